@@ -1,0 +1,164 @@
+"""FSRCNN-style super-resolution network with a transposed-convolution upsampler.
+
+The network works on an LR image that has already been padded by ``context``
+pixels on every side (``SRNet.context``) and uses only 'valid' convolutions,
+so every output pixel depends on real input pixels alone:
+
+    (N, 3, H + 2c, W + 2c) -> (N, 3, sH, sW)
+
+That contract is what makes tiled inference exact: a tile cut with ``c``
+pixels of context gives the same pixels as the whole image would. Training
+uses it too (loss only on pixels the network can see), and the exported ONNX
+model keeps it; ``model.pad_for_inference`` pads a whole image for it.
+
+Checkerboard artifacts, the known weakness of transposed convolutions, are
+avoided three ways:
+  * the learned ``ConvTranspose2d`` has a kernel that is a multiple of the
+    stride (2s for even s, 3s for odd s), so every output pixel receives the
+    same number of kernel taps;
+  * it is initialised as bilinear interpolation of its input features;
+  * a global skip adds a fixed bicubic upsampling (itself a depthwise
+    transposed convolution with frozen weights), so the learned path only
+    predicts the residual detail, which is zero on flat and linear regions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+__all__ = ["SRNetConfig", "SRNet", "VARIANTS", "build", "pad_for_inference"]
+
+
+@dataclass(frozen=True)
+class SRNetConfig:
+    scale: int = 2  # upscaling factor: 2, 3 or 4
+    d: int = 56  # feature channels (FSRCNN's d)
+    s: int = 12  # shrunk channels in the mapping layers (FSRCNN's s)
+    m: int = 4  # number of 3x3 mapping layers (FSRCNN's m)
+    channels: int = 3  # RGB in, RGB out
+
+
+# Named variants; the fast one is FSRCNN(56, 12, 4) on RGB.
+VARIANTS: dict[str, dict[str, int]] = {
+    "fast": dict(d=56, s=12, m=4),
+    "quality": dict(d=64, s=32, m=6),
+}
+
+
+def _deconv_kernel(scale: int) -> int:
+    return 2 * scale if scale % 2 == 0 else 3 * scale
+
+
+def _bilinear_kernel(size: int, scale: int) -> torch.Tensor:
+    """1-D-separable bilinear weights of a transposed conv, normalised so a flat input stays flat."""
+    centre = (size - 1) / 2
+    ax = 1 - torch.abs(torch.arange(size, dtype=torch.float64) - centre) / scale
+    ax = ax.clamp(min=0)
+    k2 = torch.outer(ax, ax)
+    return k2 / k2.sum() * scale * scale
+
+
+def _bicubic_kernel(scale: int) -> torch.Tensor:
+    """Weights of a transposed conv that performs bicubic (a = -0.5) x``scale`` upsampling.
+
+    LR pixel i has its centre at HR coordinate (i + 0.5) * s - 0.5, so it
+    reaches HR pixels o with o - i*s in (-1.5s - 0.5, 2.5s - 0.5); tap j of the
+    5s-tap kernel is HR offset j - 2s, which covers that range for every s.
+    """
+    offsets = torch.arange(-2 * scale, 3 * scale, dtype=torch.float64)
+    dist = (offsets + 0.5) / scale - 0.5  # HR offset -> LR distance from pixel centre
+    x = dist.abs()
+    w = torch.where(
+        x <= 1,
+        1.5 * x**3 - 2.5 * x**2 + 1,
+        torch.where(x < 2, -0.5 * x**3 + 2.5 * x**2 - 4 * x + 2, torch.zeros_like(x)),
+    )
+    return torch.outer(w, w)
+
+
+class SRNet(nn.Module):
+    """FSRCNN: extract -> shrink -> map -> expand -> ConvTranspose2d, plus a bicubic skip."""
+
+    def __init__(self, scale: int = 2, d: int = 56, s: int = 12, m: int = 4, channels: int = 3):
+        super().__init__()
+        if scale not in (2, 3, 4):
+            raise ValueError(f"scale must be 2, 3 or 4, got {scale}")
+        self.config = SRNetConfig(scale=scale, d=d, s=s, m=m, channels=channels)
+        self.scale = scale
+        layers: list[nn.Module] = [nn.Conv2d(channels, d, 5), nn.PReLU(d)]  # extract
+        layers += [nn.Conv2d(d, s, 1), nn.PReLU(s)]  # shrink
+        for _ in range(m):  # non-linear mapping
+            layers += [nn.Conv2d(s, s, 3), nn.PReLU(s)]
+        layers += [nn.Conv2d(s, d, 1), nn.PReLU(d)]  # expand
+        self.body = nn.Sequential(*layers)
+        # Valid convs shrink the map by body_margin per side; one LR pixel of margin is left
+        # for the transposed conv, whose padding then crops the output back to exactly sH x sW.
+        self.body_margin = 2 + m
+        self.context = self.body_margin + 1
+
+        k = _deconv_kernel(scale)
+        # out = (in - 1) * s - 2p + k with in = H + 2 and the kernel centred on the LR pixel.
+        self.upsample = nn.ConvTranspose2d(d, channels, k, stride=scale, padding=scale + (k - scale) // 2)
+        # Tap j of the skip kernel is HR offset j - 2s; the padding crops the context away:
+        # out = (H + 2c - 1)s - 2(c + 2)s + 5s = sH.
+        self.skip = nn.ConvTranspose2d(
+            channels, channels, 5 * scale, stride=scale, padding=(self.context + 2) * scale,
+            groups=channels, bias=False,
+        )
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for mod in self.body:
+            if isinstance(mod, nn.Conv2d):
+                nn.init.kaiming_normal_(mod.weight, a=0.25, nonlinearity="leaky_relu")
+                nn.init.zeros_(mod.bias)
+        with torch.no_grad():
+            # Start the learned path as a small bilinear upsampling of the features.
+            k = self.upsample.kernel_size[0]
+            bil = _bilinear_kernel(k, self.scale).float()
+            self.upsample.weight.normal_(0, 1e-3).add_(bil * 1e-3)
+            nn.init.zeros_(self.upsample.bias)
+            self.skip.weight.copy_(_bicubic_kernel(self.scale).float().expand_as(self.skip.weight))
+        self.skip.weight.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # x: (N, C, H + 2c, W + 2c) in [0, 1]
+        feats = self.body(x)  # (N, d, H + 2, W + 2)
+        residual = self.upsample(feats)  # (N, C, sH, sW)
+        base = self.skip(x)  # (N, C, sH, sW): bicubic of the unpadded centre
+        return base + residual
+
+
+def build(variant: str, scale: int) -> SRNet:
+    """Build a named variant (``fast`` or ``quality``) for ``scale``."""
+    if variant not in VARIANTS:
+        raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
+    return SRNet(scale=scale, **VARIANTS[variant])
+
+
+def config_dict(net: SRNet) -> dict[str, int]:
+    """Constructor arguments of ``net``, as stored in checkpoints."""
+    return asdict(net.config)
+
+
+def pad_for_inference(img: np.ndarray, context: int) -> np.ndarray:
+    """Pad an (..., H, W) array by ``context`` pixels per side with symmetric mirroring."""
+    pad = [(0, 0)] * (img.ndim - 2) + [(context, context), (context, context)]
+    return np.pad(img, pad, mode="symmetric")
+
+
+def macs_per_input_pixel(net: SRNet) -> int:
+    """Multiply-adds per LR input pixel (convolutions and transposed convolutions)."""
+    total = 0
+    for mod in net.modules():
+        if isinstance(mod, nn.ConvTranspose2d):
+            kh, kw = mod.kernel_size
+            total += mod.in_channels * mod.out_channels // mod.groups * kh * kw
+        elif isinstance(mod, nn.Conv2d):
+            kh, kw = mod.kernel_size
+            total += mod.in_channels * mod.out_channels // mod.groups * kh * kw
+    return total

@@ -1,0 +1,215 @@
+"""Train an SRNet variant on folders of images.
+
+    python -m model.train --data ../shared/datasets/T91-part ../shared/datasets/Sun-Hays80 \
+        --val ../shared/datasets/Set5 --scale 2 --variant fast --steps 30000 --out runs/fast_x2
+
+Checkpoints (``last.pt``, ``best.pt`` in ``--out``) store the network's
+constructor arguments beside its weights, so ``--resume`` and the ONNX export
+rebuild exactly the same network. ``--init`` starts from another checkpoint's
+body (e.g. the x2 model when training x3 or x4); the upsampler, whose shape
+depends on the scale, is trained afresh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from model.data import PatchSampler, list_images, load_rgb, make_pairs
+from model.imresize import imresize
+from model.metrics import mod_crop, psnr, rgb_to_y
+from model.network import SRNet, build, config_dict, pad_for_inference
+
+log = logging.getLogger("model.train")
+
+
+@dataclass
+class TrainConfig:
+    data: list[str] = field(default_factory=list)  # training image folders
+    val: str = ""  # validation image folder (Set5); empty = no validation
+    scale: int = 2  # upscaling factor
+    variant: str = "fast"  # named network variant (model.network.VARIANTS)
+    out: str = "runs/train"  # checkpoint and log folder
+    steps: int = 30000  # optimiser steps in total
+    batch: int = 16  # patches per step
+    patch: int = 32  # LR patch size (HR patch = scale * patch)
+    lr: float = 1e-3  # peak Adam learning rate
+    lr_min: float = 1e-5  # learning rate at the end of the cosine decay
+    warmup: int = 500  # linear warm-up steps
+    rescales: tuple[float, ...] = (1.0, 0.75, 0.5)  # extra HR copies shrunk by these factors
+    val_every: int = 1000  # steps between validations and checkpoints
+    seed: int = 0  # seeds torch and the patch sampler
+    threads: int = 0  # torch CPU threads; 0 = torch's default
+    init: str = ""  # checkpoint whose body weights start this run (fine-tuning)
+    resume: bool = False  # continue from out/last.pt
+
+
+def learning_rate(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay from ``lr`` to ``lr_min``."""
+    if step < cfg.warmup:
+        return cfg.lr * (step + 1) / cfg.warmup
+    progress = min(1.0, (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup))
+    return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * progress))
+
+
+def train_step(net: SRNet, opt: torch.optim.Optimizer, lr_batch: torch.Tensor, hr_batch: torch.Tensor) -> float:
+    """One optimiser step on L1 loss; returns the loss before the step."""
+    net.train()
+    loss = F.l1_loss(net(lr_batch), hr_batch)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss.item()
+
+
+@torch.no_grad()
+def validate(net: SRNet, images: list[np.ndarray], device: torch.device) -> float:
+    """Mean Y-PSNR (shave = scale) of the network's 8-bit output on HR ``images``."""
+    net.eval()
+    s, scores = net.scale, []
+    for img in images:
+        hr = mod_crop(img, s)
+        lr = imresize(hr, 1 / s).transpose(2, 0, 1)[None].astype(np.float32) / 255
+        x = torch.from_numpy(pad_for_inference(lr, net.context)).to(device)
+        sr = net(x)[0].clamp(0, 1).mul(255).round().byte().cpu().numpy().transpose(1, 2, 0)
+        scores.append(psnr(rgb_to_y(hr), rgb_to_y(sr), shave=s))
+    return float(np.mean(scores))
+
+
+def _checkpoint(net: SRNet, opt: torch.optim.Optimizer, cfg: TrainConfig, step: int, best: float) -> dict:
+    return {
+        "model_config": config_dict(net),
+        "variant": cfg.variant,
+        "model": net.state_dict(),
+        "optimizer": opt.state_dict(),
+        "step": step,
+        "best_psnr": best,
+        "train_config": asdict(cfg),
+    }
+
+
+def load_network(path: str | Path, map_location: str = "cpu") -> tuple[SRNet, dict]:
+    """Rebuild the network stored in a checkpoint; returns ``(net, checkpoint)``."""
+    ckpt = torch.load(path, map_location=map_location, weights_only=False)
+    net = SRNet(**ckpt["model_config"])
+    net.load_state_dict(ckpt["model"])
+    return net, ckpt
+
+
+def _init_from(net: SRNet, path: str) -> None:
+    """Copy every tensor of the same name and shape from another checkpoint (the body)."""
+    src = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    own = net.state_dict()
+    shared = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith("skip")}
+    own.update(shared)
+    net.load_state_dict(own)
+    log.info("initialised %d tensors from %s", len(shared), path)
+
+
+def train(cfg: TrainConfig) -> float:
+    """Run training as configured; returns the best validation PSNR (nan without validation)."""
+    torch.manual_seed(cfg.seed)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    net = build(cfg.variant, cfg.scale)
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr)
+    step, best = 0, float("-inf")
+    if cfg.resume and (out / "last.pt").exists():
+        ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
+        net.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        step, best = ckpt["step"], ckpt["best_psnr"]
+        log.info("resumed from %s at step %d", out / "last.pt", step)
+    elif cfg.init:
+        _init_from(net, cfg.init)
+    net.to(device)
+    for state in opt.state.values():  # optimizer tensors follow the model to the GPU
+        for k, v in state.items():
+            if torch.is_tensor(v) and k != "step":
+                state[k] = v.to(device)
+
+    images = [load_rgb(p) for folder in cfg.data for p in list_images(folder)]
+    pairs = make_pairs(images, cfg.scale, net.context, cfg.rescales)
+    sampler = PatchSampler(pairs, cfg.scale, net.context, cfg.patch, seed=cfg.seed + step)
+    val_images = [load_rgb(p) for p in list_images(cfg.val)] if cfg.val else []
+    log.info("%d training images (%d pairs), %d validation images, device %s",
+             len(images), len(pairs), len(val_images), device)
+
+    log_path = out / "log.csv"
+    new_log = not (cfg.resume and log_path.exists())
+    with open(log_path, "w" if new_log else "a", newline="") as fh:
+        writer = csv.writer(fh)
+        if new_log:
+            writer.writerow(["step", "loss", "lr", "val_psnr", "seconds"])
+        bar = tqdm(total=cfg.steps, initial=step, desc=f"{cfg.variant} x{cfg.scale}", mininterval=10)
+        started, running, val_psnr = time.time(), 0.0, float("nan")
+        while step < cfg.steps:
+            for group in opt.param_groups:
+                group["lr"] = learning_rate(cfg, step)
+            lr_np, hr_np = sampler.batch(cfg.batch)
+            loss = train_step(net, opt, torch.from_numpy(lr_np).to(device), torch.from_numpy(hr_np).to(device))
+            running = loss if step == 0 else 0.98 * running + 0.02 * loss
+            step += 1
+            bar.update(1)
+            if step % cfg.val_every == 0 or step == cfg.steps:
+                if val_images:
+                    val_psnr = validate(net, val_images, device)
+                writer.writerow([step, f"{running:.5f}", f"{opt.param_groups[0]['lr']:.3g}",
+                                 f"{val_psnr:.3f}", f"{time.time() - started:.0f}"])
+                fh.flush()
+                if not val_images or val_psnr > best:
+                    best = val_psnr if val_images else best
+                    torch.save(_checkpoint(net, opt, cfg, step, best), out / "best.pt")
+                torch.save(_checkpoint(net, opt, cfg, step, best), out / "last.pt")
+            bar.set_postfix(loss=f"{running:.4f}", val_psnr=f"{val_psnr:.2f}")
+        bar.close()
+    return best if val_images else float("nan")
+
+
+def parse_args(argv: list[str] | None = None) -> TrainConfig:
+    d = TrainConfig()
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", nargs="+", required=True, help="training image folders")
+    p.add_argument("--val", default=d.val, help="validation image folder (e.g. Set5)")
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), default=d.scale)
+    p.add_argument("--variant", default=d.variant)
+    p.add_argument("--out", default=d.out)
+    p.add_argument("--steps", type=int, default=d.steps)
+    p.add_argument("--batch", type=int, default=d.batch)
+    p.add_argument("--patch", type=int, default=d.patch)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--lr-min", type=float, default=d.lr_min)
+    p.add_argument("--warmup", type=int, default=d.warmup)
+    p.add_argument("--rescales", type=float, nargs="+", default=list(d.rescales))
+    p.add_argument("--val-every", type=int, default=d.val_every)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--threads", type=int, default=d.threads)
+    p.add_argument("--init", default=d.init, help="checkpoint to take body weights from")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    args = vars(p.parse_args(argv))
+    args["rescales"] = tuple(args["rescales"])
+    return TrainConfig(**args)
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    best = train(parse_args(argv))
+    log.info("best validation PSNR %.3f dB", best)
+
+
+if __name__ == "__main__":
+    main()
