@@ -88,6 +88,7 @@ def validate(net: SRNet, images: list[np.ndarray], device: torch.device) -> floa
 
 def _checkpoint(net: SRNet, opt: torch.optim.Optimizer, cfg: TrainConfig, step: int, best: float) -> dict:
     return {
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "model_config": config_dict(net),
         "variant": cfg.variant,
         "model": net.state_dict(),
@@ -175,7 +176,7 @@ def train(cfg: TrainConfig) -> float:
                     best = val_psnr if val_images else best
                     torch.save(_checkpoint(net, opt, cfg, step, best), out / "best.pt")
                 torch.save(_checkpoint(net, opt, cfg, step, best), out / "last.pt")
-            bar.set_postfix(loss=f"{running:.4f}", val_psnr=f"{val_psnr:.2f}")
+            bar.set_postfix(loss=f"{running:.4f}", val_psnr=f"{val_psnr:.2f}", refresh=False)
         bar.close()
     return best if val_images else float("nan")
 

@@ -1,0 +1,187 @@
+"""Export a trained SRNet to ONNX (fp32 and fp16), check it, and write its model card.
+
+    python -m export.onnx --checkpoint runs/fast_x2/best.pt --out export/models --val ../shared/datasets/Set5
+    python -m export.onnx --variant fast --scale 2 --untrained --out /tmp/models   # for tests
+
+Writes ``<variant>_x<scale>.onnx`` (opset 18; input ``lr`` (N, 3, H + 2c, W + 2c),
+output ``sr`` (N, 3, sH, sW), dynamic N/H/W; metadata: variant, scale, context),
+``<variant>_x<scale>_fp16.onnx`` (fp16 weights and compute, fp32 inputs and
+outputs) and the model card as ``.json`` and ``.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from model.network import SRNet, build, config_dict, macs_per_input_pixel
+
+log = logging.getLogger("export.onnx")
+
+OPSET = 18
+PARITY_TOLERANCE = 1e-4
+PUBLISHED_FSRCNN_SET5 = {2: (37.00, 0.9558), 3: (33.16, 0.9140), 4: (30.71, 0.8657)}
+
+
+def export_onnx(net: SRNet, path: Path, variant: str) -> None:
+    """Export with dynamic batch, height and width; store variant/scale/context as metadata."""
+    net = net.eval().cpu()
+    c = net.context
+    example = torch.rand(1, 3, 24 + 2 * c, 20 + 2 * c)
+    n, h, w = (torch.export.Dim(name, min=1, max=4096) for name in ("N", "H", "W"))
+    program = torch.onnx.export(
+        net, (example,), input_names=["lr"], output_names=["sr"], opset_version=OPSET,
+        dynamic_shapes={"x": {0: n, 2: 2 * c + h, 3: 2 * c + w}}, dynamo=True, verbose=False,
+    )
+    program.save(str(path))
+    model = onnx.load(str(path))
+    model.doc_string = f"SRNet {variant} x{net.scale}: (N,3,H+2c,W+2c) in [0,1] -> (N,3,sH,sW), c={c}"
+    for k, v in {"variant": variant, "scale": net.scale, "context": c,
+                 "config": json.dumps(config_dict(net))}.items():
+        model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=str(v)))
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(path))
+
+
+def parity(net: SRNet, path: Path, sizes=((1, 40, 36), (2, 61, 77)), seed: int = 0) -> float:
+    """Max abs difference between ONNX Runtime (CPU) and PyTorch on random inputs of two sizes."""
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    gen = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    for n, h, w in sizes:
+        x = torch.rand(n, 3, h, w, generator=gen)
+        with torch.no_grad():
+            ref = net.eval()(x).numpy()
+        got = sess.run(None, {"lr": x.numpy()})[0]
+        if got.shape != ref.shape:
+            raise AssertionError(f"ONNX output shape {got.shape} != PyTorch {ref.shape}")
+        worst = max(worst, float(np.abs(got - ref).max()))
+    return worst
+
+
+def export_fp16(src: Path, dst: Path) -> None:
+    """fp16 weights and activations for GPUs, keeping fp32 graph inputs and outputs.
+
+    The graph is only convolutions, PReLU and an add, so every float initialiser
+    becomes fp16 and two Casts wrap the graph (a Cast after ``lr``, one before ``sr``).
+    """
+    model = onnx.load(str(src))
+    graph = model.graph
+    for i, init in enumerate(graph.initializer):
+        if init.data_type == TensorProto.FLOAT:
+            half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name)
+            graph.initializer[i].CopyFrom(half)
+    for node in graph.node:
+        node.input[:] = ["lr_fp16" if name == "lr" else name for name in node.input]
+        node.output[:] = ["sr_fp16" if name == "sr" else name for name in node.output]
+    nodes = [helper.make_node("Cast", ["lr"], ["lr_fp16"], to=TensorProto.FLOAT16), *graph.node,
+             helper.make_node("Cast", ["sr_fp16"], ["sr"], to=TensorProto.FLOAT)]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    del graph.value_info[:]
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, str(dst))
+
+
+def write_card(out: Path, stem: str, card: dict) -> None:
+    (out / f"{stem}.json").write_text(json.dumps(card, indent=2) + "\n")
+    lines = [f"# Model card: {stem}", "", f"SRNet `{card['variant']}` x{card['scale']}: FSRCNN-style network "
+             "(extract, shrink, map, expand) with a `ConvTranspose2d` upsampler plus a fixed bicubic skip.", ""]
+    lines += ["| fact | value |", "|---|---|"]
+    for k in ("variant", "scale", "context", "parameters", "macs_per_input_pixel", "config", "opset", "fp16_max_abs_diff",
+              "onnx_parity_max_abs_err"):
+        lines.append(f"| {k} | {card.get(k)} |")
+    tr = card.get("training", {})
+    if tr:
+        lines += ["", "## Training", ""] + [f"- {k}: {v}" for k, v in tr.items()]
+    ev = card.get("set5")
+    if ev:
+        pub = card.get("published_fsrcnn_set5", [None, None])
+        lines += ["", "## Set5 (Y channel, shave = scale, MATLAB bicubic degradation)", "",
+                  "| | PSNR (dB) | SSIM |", "|---|---|---|",
+                  f"| this model | {ev['psnr']:.2f} | {ev['ssim']:.4f} |",
+                  f"| bicubic | {ev['bicubic_psnr']:.2f} | {ev['bicubic_ssim']:.4f} |",
+                  f"| FSRCNN (published) | {pub[0]} | {pub[1]} |"]
+    (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--checkpoint", help="training checkpoint (best.pt / last.pt)")
+    p.add_argument("--variant", default="fast", help="with --untrained")
+    p.add_argument("--scale", type=int, choices=(2, 3, 4), default=2, help="with --untrained")
+    p.add_argument("--untrained", action="store_true", help="export a freshly initialised network")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--val", help="HR folder (Set5) to measure PSNR/SSIM for the model card")
+    p.add_argument("--no-fp16", action="store_true")
+    args = p.parse_args(argv)
+
+    training: dict = {}
+    if args.checkpoint:
+        ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
+        net = SRNet(**ckpt["model_config"])
+        net.load_state_dict(ckpt["model"])
+        variant, tc = ckpt["variant"], ckpt["train_config"]
+        training = {
+            "data": ", ".join(Path(d).name for d in tc["data"]) + f" (plus copies shrunk by {tc['rescales']})",
+            "steps": ckpt["step"], "batch": tc["batch"], "lr_patch": tc["patch"], "loss": "L1",
+            "optimizer": f"Adam, lr {tc['lr']} with {tc['warmup']} warm-up steps, cosine decay to {tc['lr_min']}",
+            "init": Path(tc["init"]).parent.name + " body" if tc["init"] else "random",
+            "seed": tc["seed"], "device": ckpt.get("device", "cpu"),
+            "best_val_psnr_torch": round(ckpt["best_psnr"], 3),
+        }
+    elif args.untrained:
+        net, variant = build(args.variant, args.scale), args.variant
+    else:
+        p.error("give --checkpoint or --untrained")
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = f"{variant}_x{net.scale}"
+    path = out / f"{stem}.onnx"
+    export_onnx(net, path, variant)
+    err = parity(net, path)
+    if err > PARITY_TOLERANCE:
+        raise SystemExit(f"ONNX Runtime differs from PyTorch by {err:.2e} > {PARITY_TOLERANCE}")
+    log.info("exported %s; ONNX Runtime vs PyTorch max abs error %.2e", path, err)
+    card = {
+        "variant": variant, "scale": net.scale, "context": net.context, "config": config_dict(net),
+        "parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),
+        "macs_per_input_pixel": macs_per_input_pixel(net), "opset": OPSET,
+        "input": "lr: (N, 3, H + 2*context, W + 2*context) float32 RGB in [0, 1], mirror-padded",
+        "output": "sr: (N, 3, scale*H, scale*W) float32 RGB, clip to [0, 1]",
+        "onnx_parity_max_abs_err": float(f"{err:.3g}"), "trained": bool(args.checkpoint), "training": training,
+        "published_fsrcnn_set5": list(PUBLISHED_FSRCNN_SET5[net.scale]),
+    }
+    if not args.no_fp16:
+        fp16 = out / f"{stem}_fp16.onnx"
+        export_fp16(path, fp16)
+        card["fp16_max_abs_diff"] = float(f"{_fp16_diff(path, fp16, net.context):.3g}")
+    if args.val:
+        from model.evaluate import evaluate
+
+        ev = evaluate(args.val, net.scale, path)
+        card["set5"] = {k: round(ev[k], 4) for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")}
+        log.info("Set5 x%d: model %.3f dB, bicubic %.3f dB", net.scale, ev["psnr"], ev["bicubic_psnr"])
+    write_card(out, stem, card)
+
+
+def _fp16_diff(fp32: Path, fp16: Path, context: int) -> float:
+    """Max abs difference of the fp16 model from fp32 on a random tile (run on the CPU provider)."""
+    x = np.random.default_rng(0).random((1, 3, 64 + 2 * context, 64 + 2 * context), dtype=np.float32)
+    a = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
+    b = ort.InferenceSession(str(fp16), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
+    return float(np.abs(a - b).max())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""ONNX Runtime inference: one session per (variant, scale), fixed tile shapes.
+
+The engine knows models and arrays, nothing of HTTP. Models are discovered in
+a folder: every ``<variant>_x<scale>.onnx`` (with an optional
+``<variant>_x<scale>_fp16.onnx`` beside it for GPUs) carries its scale,
+context and variant in the ONNX metadata, and its model card in a JSON file
+of the same stem.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from service.tiling import TileGrid
+
+__all__ = ["ModelKey", "ModelSpec", "Engine", "discover_models"]
+
+log = logging.getLogger("service.engine")
+
+ModelKey = tuple[str, int]  # (variant, scale)
+_NAME = re.compile(r"^(?P<variant>[a-z0-9]+)_x(?P<scale>[234])\.onnx$")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    variant: str
+    scale: int
+    context: int  # LR pixels of context the network needs on each side of a tile
+    path: Path
+    fp16_path: Path | None = None
+    card: dict = field(default_factory=dict)  # model-card facts (PSNR, parameters, ...)
+
+    @property
+    def key(self) -> ModelKey:
+        return (self.variant, self.scale)
+
+
+def _metadata(path: Path) -> dict[str, str]:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return sess.get_modelmeta().custom_metadata_map
+
+
+def discover_models(location: str | Path) -> dict[ModelKey, ModelSpec]:
+    """Find the servable models in a folder (see the module docstring), or load one ``.onnx`` file."""
+    location = Path(location)
+    paths = [location] if location.is_file() else sorted(location.glob("*.onnx"))
+    specs: dict[ModelKey, ModelSpec] = {}
+    for path in paths:
+        match = _NAME.match(path.name)
+        meta = _metadata(path)
+        if not match and "context" not in meta:
+            continue
+        match = match or {"variant": "custom", "scale": meta.get("scale")}
+        card_path = path.with_suffix(".json")
+        fp16 = path.with_name(path.stem + "_fp16.onnx")
+        spec = ModelSpec(
+            variant=meta.get("variant", match["variant"]),
+            scale=int(meta.get("scale", match["scale"])),
+            context=int(meta["context"]),
+            path=path,
+            fp16_path=fp16 if fp16.exists() else None,
+            card=json.loads(card_path.read_text()) if card_path.exists() else {},
+        )
+        specs[spec.key] = spec
+    return specs
+
+
+def _providers(prefer_gpu: bool) -> list:
+    available = ort.get_available_providers()
+    chosen: list = []
+    if prefer_gpu and "CUDAExecutionProvider" in available:
+        # Exhaustive cuDNN search pays off because tile shapes are fixed: it is tuned once per shape.
+        chosen.append(("CUDAExecutionProvider", {"cudnn_conv_algo_search": "EXHAUSTIVE",
+                                                  "do_copy_in_default_stream": True}))
+    chosen.append("CPUExecutionProvider")
+    return chosen
+
+
+class Engine:
+    """Runs batches of fixed-shape tiles through the ONNX Runtime session of a model."""
+
+    def __init__(
+        self,
+        models: str | Path,
+        *,
+        tile: int = 128,
+        threads: int = 0,
+        prefer_gpu: bool = True,
+        precision: str = "auto",
+        variants: list[str] | None = None,
+    ):
+        self.tile = tile
+        specs = discover_models(models)
+        if variants:
+            specs = {k: v for k, v in specs.items() if k[0] in variants}
+        if not specs:
+            raise FileNotFoundError(f"no <variant>_x<scale>.onnx models found in {models}")
+        self.specs = specs
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+        providers = _providers(prefer_gpu)
+        self.sessions: dict[ModelKey, ort.InferenceSession] = {}
+        for key, spec in specs.items():
+            path = spec.path
+            self.sessions[key] = ort.InferenceSession(str(path), opts, providers=providers)
+            if self.sessions[key].get_providers()[0] == "CUDAExecutionProvider" and precision != "fp32":
+                if spec.fp16_path is not None:
+                    self.sessions[key] = ort.InferenceSession(str(spec.fp16_path), opts, providers=providers)
+        first = next(iter(self.sessions.values()))
+        # What ONNX Runtime actually uses, not what was asked for (onnxruntime-gpu falls back silently).
+        self.provider: str = first.get_providers()[0]
+        self.on_gpu = self.provider == "CUDAExecutionProvider"
+        self.fp16 = self.on_gpu and precision != "fp32" and all(s.fp16_path for s in specs.values())
+        log.info("engine ready: %d models %s on %s (tile %d)", len(specs), sorted(specs), self.provider, tile)
+
+    def grid(self, key: ModelKey, height: int, width: int) -> TileGrid:
+        spec = self.specs[key]
+        return TileGrid(height=height, width=width, tile=self.tile, context=spec.context, scale=spec.scale)
+
+    def run(self, key: ModelKey, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, T + 2c, T + 2c) float32 in [0, 1] -> (N, 3, sT, sT) float32 (not clipped)."""
+        session = self.sessions[key]
+        if not self.on_gpu:
+            return session.run(None, {"lr": batch})[0]
+        binding = session.io_binding()  # output stays on the device until copied once
+        binding.bind_cpu_input("lr", batch)
+        binding.bind_output("sr", "cuda")
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def warmup(self, max_batch: int) -> None:
+        """Run every model once at the serving tile shape (and full batch) so the first request is not slow."""
+        for key, spec in self.specs.items():
+            n = self.tile + 2 * spec.context
+            for size in {1, max_batch}:
+                self.run(key, np.zeros((size, 3, n, n), np.float32))
+
+    def upscale(self, key: ModelKey, img: np.ndarray, max_batch: int = 8) -> np.ndarray:
+        """Upscale a whole (H, W, 3) float image in [0, 1] synchronously, tile by tile; float output, unclipped.
+
+        This is the service's inference path without the cross-request batcher;
+        evaluation and tests use it.
+        """
+        grid = self.grid(key, img.shape[0], img.shape[1])
+        padded = grid.pad(img.astype(np.float32))
+        s = grid.scale
+        out = np.empty((img.shape[0] * s, img.shape[1] * s, 3), np.float32)
+        for start in range(0, len(grid), max_batch):
+            idx = range(start, min(start + max_batch, len(grid)))
+            batch = np.stack([grid.cut(padded, i).transpose(2, 0, 1) for i in idx])
+            result = self.run(key, np.ascontiguousarray(batch, np.float32))
+            for i, tile in zip(idx, result):
+                grid.place(out, i, tile.transpose(1, 2, 0))
+        return out
