@@ -20,13 +20,9 @@ import numpy as np
 from model.data import list_images, load_rgb
 from model.imresize import imresize
 from model.metrics import mod_crop, psnr, rgb_to_y, ssim
-from service.engine import Engine
+from service.engine import Engine, to_pixels
 
 DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "export" / "models"
-
-
-def _to_uint8(img: np.ndarray) -> np.ndarray:
-    return np.clip(np.round(img * 255), 0, 255).astype(np.uint8)
 
 
 def evaluate(data: str | Path, scale: int, model: str | Path | None = None, tile: int = 128) -> dict:
@@ -40,7 +36,7 @@ def evaluate(data: str | Path, scale: int, model: str | Path | None = None, tile
     for path in list_images(data):
         hr = mod_crop(load_rgb(path), scale)
         lr = imresize(hr, 1 / scale)
-        sr = _to_uint8(engine.upscale(key, lr.astype(np.float32) / 255))
+        sr = to_pixels(engine.upscale(key, lr.astype(np.float32) / 255), np.uint8)
         bic = imresize(lr, scale)
         y_hr, y_sr, y_bic = rgb_to_y(hr), rgb_to_y(sr), rgb_to_y(bic)
         images.append({

@@ -20,7 +20,7 @@ import onnxruntime as ort
 
 from service.tiling import TileGrid
 
-__all__ = ["ModelKey", "ModelSpec", "Engine", "discover_models"]
+__all__ = ["ModelKey", "ModelSpec", "Engine", "discover_models", "to_pixels"]
 
 log = logging.getLogger("service.engine")
 
@@ -42,6 +42,12 @@ class ModelSpec:
         return (self.variant, self.scale)
 
 
+def to_pixels(x: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    """Network output in [0, 1] (unclipped) -> integer pixels of ``dtype``, rounded half up."""
+    top = np.iinfo(dtype).max
+    return np.clip(x * top + 0.5, 0, top).astype(dtype)
+
+
 def _metadata(path: Path) -> dict[str, str]:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
@@ -52,7 +58,10 @@ def _metadata(path: Path) -> dict[str, str]:
 def discover_models(location: str | Path) -> dict[ModelKey, ModelSpec]:
     """Find the servable models in a folder (see the module docstring), or load one ``.onnx`` file."""
     location = Path(location)
-    paths = [location] if location.is_file() else sorted(location.glob("*.onnx"))
+    if location.is_file():
+        paths = [location]
+    else:  # fp16 twins are found through their fp32 model
+        paths = sorted(p for p in location.glob("*.onnx") if not p.stem.endswith("_fp16"))
     specs: dict[ModelKey, ModelSpec] = {}
     for path in paths:
         match = _NAME.match(path.name)

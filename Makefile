@@ -1,0 +1,39 @@
+# The two commands of README.md: `make serve` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+HOST ?= 127.0.0.1
+PORT ?= 8000
+PY := $(VENV)/bin/python
+# onnxruntime-gpu only where an NVIDIA GPU answers; the CPU build everywhere else (they cannot share a venv).
+ORT_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
+
+.PHONY: serve test lint install-serve install-test clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Serving needs no torch.
+$(VENV)/.serve-$(ORT_EXTRA): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[$(ORT_EXTRA)]"
+	touch $@
+
+$(VENV)/.test-$(ORT_EXTRA): pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e ".[$(ORT_EXTRA),train,dev]"
+	touch $@
+
+install-serve: $(VENV)/.serve-$(ORT_EXTRA)
+install-test: $(VENV)/.test-$(ORT_EXTRA)
+
+serve: install-serve
+	UPSCALER_HOST=$(HOST) UPSCALER_PORT=$(PORT) $(PY) -m service
+
+test: install-test
+	$(PY) -m ruff check .
+	$(PY) -m pytest -q
+
+lint: install-test
+	$(PY) -m ruff check . && $(PY) -m ruff format --check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

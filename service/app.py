@@ -1,0 +1,284 @@
+"""The HTTP layer: app factory, lifespan, routes, errors, auth and request logging.
+
+Data flows one way: HTTP -> decode (codecs) -> batcher/engine -> encode -> HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Literal
+
+from fastapi import Depends, FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from service.batcher import Batcher
+from service.codecs import MEDIA_TYPES, Decoded, decode, encode
+from service.engine import Engine
+from service.errors import BadParameter, NotReady, Unauthorized, UpscalerError
+from service.metrics import Metrics
+from service.schemas import ErrorResponse, HealthResponse, ModelInfo, ModelsResponse
+from service.settings import Settings
+from service.uploads import read_upload
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("service")
+access_log = logging.getLogger("service.access")
+
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 422, 503, 504)}
+_IMAGE_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "image/png": {"schema": {"type": "string", "format": "binary"}},
+            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
+            "image/webp": {"schema": {"type": "string", "format": "binary"}},
+            "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
+                                               "properties": {"image": {"type": "string", "format": "binary"}}}},
+        },
+    }
+}
+
+
+@dataclass
+class ServiceState:
+    """What the lifespan builds and the handlers use."""
+
+    settings: Settings
+    metrics: Metrics
+    engine: Engine | None = None
+    batcher: Batcher | None = None
+    codec_pool: ThreadPoolExecutor | None = None
+    ready: bool = False
+    draining: bool = False
+    started: float = field(default_factory=time.monotonic)
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+State = Annotated[ServiceState, Depends(get_state)]
+
+
+def _error_response(status: int, code: str, message: str, retry_after: int | None = None) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after)} if retry_after else None
+    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+
+
+def _build_engine(settings: Settings) -> Engine:
+    return Engine(settings.model_dir, tile=settings.tile, threads=settings.threads,
+                  prefer_gpu=settings.device != "cpu", precision=settings.precision, variants=settings.variants or None)
+
+
+def _lifespan(state: ServiceState):
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        s = state.settings
+        state.engine = await asyncio.to_thread(_build_engine, s)
+        if s.device == "cuda" and not state.engine.on_gpu:
+            raise RuntimeError("UPSCALER_DEVICE=cuda but ONNX Runtime has no working CUDA provider here")
+        if not any(k[0] == s.default_model for k in state.engine.specs):
+            raise RuntimeError(f"UPSCALER_DEFAULT_MODEL={s.default_model!r} has no model in {s.model_dir}")
+        log.info("execution provider in use: %s", state.engine.provider)
+        await asyncio.to_thread(state.engine.warmup, s.max_batch)
+        state.codec_pool = ThreadPoolExecutor(max_workers=s.codec_threads, thread_name_prefix="codec")
+        state.batcher = Batcher(state.engine, max_batch=s.max_batch, max_wait=s.max_wait_ms / 1000,
+                                max_queue_tiles=s.max_queue_tiles, on_batch=state.metrics.observe_batch)
+        state.batcher.start()
+        state.ready = True
+        log.info("ready")
+        try:
+            yield
+        finally:
+            state.ready, state.draining = False, True
+            await state.batcher.stop()
+            state.codec_pool.shutdown(wait=True)
+            log.info("stopped")
+
+    return lifespan
+
+
+async def _in_pool(state: ServiceState, fn, /, *args, **kwargs):
+    return await asyncio.get_running_loop().run_in_executor(state.codec_pool, lambda: fn(*args, **kwargs))
+
+
+async def _unless_disconnected(request: Request, coro):
+    """Await ``coro``; if the client goes away first, cancel it (its queued tiles are dropped)."""
+    task = asyncio.ensure_future(coro)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                raise asyncio.CancelledError("client disconnected")
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+
+def _key_for(state: ServiceState, model: str | None, scale: int) -> tuple[str, int]:
+    variant = model or state.settings.default_model
+    key = (variant, scale)
+    if key not in state.engine.specs:
+        served = ", ".join(f"{v} x{s}" for v, s in sorted(state.engine.specs))
+        raise BadParameter(f"no model {variant!r} for scale {scale}; this server has: {served}")
+    return key
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the service. The engine is loaded in the lifespan, when the server starts."""
+    settings = settings or Settings()
+    state = ServiceState(settings=settings, metrics=Metrics())
+    app = FastAPI(title="Upscaler", version="0.1.0", lifespan=_lifespan(state),
+                  description="Learned image upscaling (FSRCNN family, transposed-convolution upsampler).")
+    app.state.service = state
+    _install_error_handlers(app)
+    _install_middleware(app, state)
+
+    @app.post("/v1/upscale", response_class=Response, openapi_extra=_IMAGE_BODY,
+              responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}, **_ERRORS})
+    async def upscale(
+        request: Request,
+        state: State,
+        scale: Annotated[int, Query(ge=2, le=4, description="upscaling factor: 2, 3 or 4")] = 2,
+        model: Annotated[str | None, Query(max_length=64, description="model variant (default from settings)")] = None,
+        format: Annotated[Literal["png", "jpeg", "webp"] | None, Query(description="default: the input's")] = None,
+        quality: Annotated[int | None, Query(ge=1, le=100, description="JPEG/WebP quality")] = None,
+    ) -> Response:
+        """Upscale one image: the raw bytes as the body (any image/* type) or a multipart field `image`."""
+        if not state.ready:
+            raise NotReady("the service is starting or shutting down; retry shortly")
+        s = state.settings
+        key = _key_for(state, model, scale)
+        upload = await read_upload(request, s.max_body_bytes)
+        t0 = time.perf_counter()
+        decoded: Decoded = await _in_pool(state, decode, upload.data, scale=scale,
+                                          max_input_pixels=s.max_input_pixels, max_output_pixels=s.max_output_pixels)
+        t_decode = time.perf_counter() - t0
+        job = await _unless_disconnected(request, state.batcher.upscale(key, decoded.rgb, s.request_timeout_s))
+        fmt = format or decoded.default_format()
+        t0 = time.perf_counter()
+        body = await _in_pool(state, encode, job.out, decoded, fmt=fmt, quality=quality or s.default_quality,
+                              png_compress_level=s.png_compress_level)
+        timings = {"decode": t_decode, **job.timings(), "encode": time.perf_counter() - t0}
+        for stage, seconds in timings.items():
+            state.metrics.stage.labels(stage).observe(seconds)
+        state.metrics.output_pixels.inc(job.out.shape[0] * job.out.shape[1])
+        stem = Path(upload.filename).stem if upload.filename else "image"
+        request.state.log = {"model": f"{key[0]}_x{key[1]}", "in": f"{decoded.width}x{decoded.height}",
+                             "out": f"{job.out.shape[1]}x{job.out.shape[0]}", "format": fmt,
+                             **{f"{k}_ms": round(v * 1000, 1) for k, v in timings.items()}}
+        return Response(body, media_type=MEDIA_TYPES[fmt], headers={
+            "Content-Disposition": f'inline; filename="{stem}_x{scale}.{"jpg" if fmt == "jpeg" else fmt}"',
+            "Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in timings.items()),
+        })
+
+    @app.get("/v1/models", response_model=ModelsResponse)
+    async def models(state: State) -> ModelsResponse:
+        """The variants and scales served, their model-card facts and the execution provider in use."""
+        if state.engine is None:
+            raise NotReady("models are still loading")
+        eng = state.engine
+        infos = [ModelInfo(variant=v, scale=sc, context=spec.context, parameters=spec.card.get("parameters"),
+                           macs_per_input_pixel=spec.card.get("macs_per_input_pixel"), set5=spec.card.get("set5"),
+                           precision="fp16" if eng.fp16 else "fp32")
+                 for (v, sc), spec in sorted(eng.specs.items())]
+        return ModelsResponse(default_model=state.settings.default_model, provider=eng.provider,
+                              tile=eng.tile, max_batch=state.settings.max_batch, models=infos)
+
+    @app.get("/healthz", response_model=HealthResponse)
+    async def healthz() -> HealthResponse:
+        """The process is alive and its event loop answers."""
+        return HealthResponse(status="ok")
+
+    @app.get("/readyz", response_model=HealthResponse, responses={503: {"model": ErrorResponse}})
+    async def readyz(state: State) -> HealthResponse:
+        """Models loaded and warmed up; 503 while starting and while draining."""
+        if not state.ready:
+            raise NotReady("draining" if state.draining else "models are loading")
+        return HealthResponse(status="ready")
+
+    @app.get("/metrics", response_class=Response)
+    async def metrics(state: State) -> Response:
+        """Prometheus metrics."""
+        if state.batcher:
+            state.metrics.queue_tiles.set(state.batcher.queued_tiles)
+        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(UpscalerError)
+    async def _service_error(request: Request, exc: UpscalerError) -> JSONResponse:
+        return _error_response(exc.status, exc.code, exc.message, exc.retry_after)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = [f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()]
+        return _error_response(422, "validation_error", "; ".join(parts) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return _error_response(exc.status_code, code, str(exc.detail))
+
+
+def _authorized(settings: Settings, request: Request) -> bool:
+    path = request.url.path
+    if not settings.api_keys or any(path == p or (p != "/" and path.startswith(p + "/")) for p in settings.public_paths):
+        return True
+    given = request.headers.get("x-api-key", "")
+    auth = request.headers.get("authorization", "")
+    if not given and auth.lower().startswith("bearer "):
+        given = auth[7:].strip()
+    # Compare against every key, in constant time, so timing reveals neither a key nor which one matched.
+    matches = [hmac.compare_digest(given.encode(), key.encode()) for key in settings.api_keys]
+    return any(matches)
+
+
+def _install_middleware(app: FastAPI, state: ServiceState) -> None:
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        request_id = request.headers.get("x-request-id", "")[:128] or uuid.uuid4().hex
+        started = time.perf_counter()
+        state.metrics.inflight.inc()
+        try:
+            if not _authorized(state.settings, request):
+                response = _error_response(401, Unauthorized.code, "missing or wrong API key; send it as X-API-Key")
+            else:
+                response = await call_next(request)
+        except asyncio.CancelledError:
+            response = Response(status_code=499)  # the client went away; nobody reads this
+        except Exception:
+            log.exception("unhandled error on %s %s (request %s)", request.method, request.url.path, request_id)
+            response = _error_response(500, "internal", "internal error; it has been logged")
+        finally:
+            state.metrics.inflight.dec()
+        seconds = time.perf_counter() - started
+        route = request.scope.get("route")
+        path = route.path if route else "unmatched"
+        state.metrics.requests.labels(path, str(response.status_code)).inc()
+        state.metrics.latency.labels(path).observe(seconds)
+        response.headers["X-Request-ID"] = request_id
+        if path not in ("/healthz", "/readyz", "/metrics"):
+            fields = {"request_id": request_id, "method": request.method, "path": request.url.path,
+                      "status": response.status_code, "ms": round(seconds * 1000, 1),
+                      "scale": request.query_params.get("scale"), **getattr(request.state, "log", {})}
+            access_log.info(json.dumps(fields))
+        return response

@@ -1,0 +1,219 @@
+"""Dynamic batching of tiles across requests.
+
+Each request becomes a :class:`Job`: its mirror-padded image, the grid of
+fixed-shape tiles to run, and an output array the results are written into.
+One scheduler task forms batches of up to ``max_batch`` tiles of one model,
+waiting at most ``max_wait`` for a batch to fill, so images of any size share
+batches. Within a model, tiles are taken round-robin from the waiting jobs in
+arrival order: a huge image gets one tile per round like everyone else and
+cannot starve small ones. Tiles are cut (and converted to float) only when
+their batch is formed, and results are written straight into the job's
+integer output, so memory stays bounded by the batch, not by the images.
+
+The engine runs in one worker thread, so the event loop keeps accepting,
+decoding and encoding while the network runs. Jobs whose deadline passed or
+whose request was abandoned are dropped from the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from service.engine import Engine, ModelKey, to_pixels
+from service.errors import DeadlineExceeded, Overloaded
+from service.tiling import TileGrid
+
+__all__ = ["Job", "Batcher"]
+
+log = logging.getLogger("service.batcher")
+
+
+@dataclass(eq=False)
+class Job:
+    key: ModelKey
+    grid: TileGrid
+    padded: np.ndarray  # (H + 2c, W + 2c, 3) uint8/uint16 (or float32 in [0, 1])
+    out: np.ndarray  # (sH, sW, 3), same dtype as the input
+    deadline: float  # time.monotonic() after which the job is abandoned
+    future: asyncio.Future
+    submitted: float = field(default_factory=time.monotonic)
+    started: float | None = None  # when the first tile entered a batch
+    finished: float | None = None
+    todo: deque[int] = field(default_factory=deque)  # tile indices not yet batched
+    running: int = 0  # tiles in the batch being executed
+
+    @property
+    def scale_in(self) -> float:
+        return 1.0 if self.padded.dtype == np.float32 else 1.0 / np.iinfo(self.padded.dtype).max
+
+    @property
+    def dead(self) -> bool:
+        return self.future.done()
+
+    def timings(self) -> dict[str, float]:
+        """Seconds spent waiting for the first batch and from then until the last tile was done."""
+        started = self.started or self.submitted
+        return {"queue": started - self.submitted, "infer": (self.finished or started) - started}
+
+
+class Batcher:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        max_batch: int = 8,
+        max_wait: float = 0.002,
+        max_queue_tiles: int = 4096,
+        on_batch: Callable[[ModelKey, int, float], None] | None = None,
+    ):
+        self.engine = engine
+        self.max_batch, self.max_wait, self.max_queue_tiles = max_batch, max_wait, max_queue_tiles
+        self.on_batch = on_batch  # metrics hook: (model, batch size, seconds)
+        self._jobs: dict[ModelKey, deque[Job]] = {}
+        self._queued = 0  # tiles not yet batched, over all jobs
+        self._wake = asyncio.Event()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._task: asyncio.Task | None = None
+
+    @property
+    def queued_tiles(self) -> int:
+        return self._queued
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
+
+    async def stop(self) -> None:
+        if self._task:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        self._pool.shutdown(wait=True)
+
+    def submit(self, key: ModelKey, image: np.ndarray, timeout: float) -> Job:
+        """Queue an (H, W, 3) image for ``key``; raises Overloaded if the queue cannot take it."""
+        grid = self.engine.grid(key, image.shape[0], image.shape[1])
+        if self._queued and self._queued + len(grid) > self.max_queue_tiles:
+            raise Overloaded(f"the server is busy ({self._queued} tiles queued); retry shortly")
+        s = grid.scale
+        job = Job(key=key, grid=grid, padded=grid.pad(image), deadline=time.monotonic() + timeout,
+                  out=np.empty((image.shape[0] * s, image.shape[1] * s, 3), image.dtype),
+                  future=asyncio.get_running_loop().create_future(), todo=deque(range(len(grid))))
+        self._jobs.setdefault(key, deque()).append(job)
+        self._queued += len(grid)
+        self._wake.set()
+        return job
+
+    async def upscale(self, key: ModelKey, image: np.ndarray, timeout: float) -> Job:
+        """Submit and wait; the job's ``out`` holds the result. Cancelling this drops the job's tiles."""
+        job = self.submit(key, image, timeout)
+        try:
+            await job.future
+        finally:
+            if not job.future.done():
+                job.future.cancel()
+            self._forget(job)
+        return job
+
+    def _forget(self, job: Job) -> None:
+        self._queued -= len(job.todo)
+        job.todo.clear()
+        queue = self._jobs.get(job.key)
+        if queue and job in queue:
+            queue.remove(job)
+
+    def _expire(self) -> None:
+        now = time.monotonic()
+        for queue in self._jobs.values():
+            for job in list(queue):
+                if not job.dead and now > job.deadline:
+                    job.future.set_exception(DeadlineExceeded(
+                        "the request waited longer than its deadline; the server is overloaded, retry later"))
+                if job.dead and not job.running:
+                    self._forget(job)
+
+    def _next_key(self) -> ModelKey | None:
+        """The model whose oldest waiting job arrived first."""
+        waiting = [(job.submitted, key) for key, q in self._jobs.items() for job in q if job.todo and not job.dead]
+        return min(waiting)[1] if waiting else None
+
+    def _take(self, key: ModelKey) -> list[tuple[Job, int]]:
+        """Up to max_batch tiles of ``key``, one per job per round, oldest job first."""
+        picks: list[tuple[Job, int]] = []
+        jobs = [j for j in self._jobs[key] if j.todo and not j.dead]
+        while jobs and len(picks) < self.max_batch:
+            for job in jobs:
+                if len(picks) == self.max_batch:
+                    break
+                picks.append((job, job.todo.popleft()))
+                job.running += 1
+                self._queued -= 1
+            jobs = [j for j in jobs if j.todo]
+        return picks
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wake.wait()
+            self._expire()
+            key = self._next_key()
+            if key is None:
+                self._wake.clear()
+                continue
+            if sum(len(j.todo) for j in self._jobs[key]) < self.max_batch and self.max_wait > 0:
+                await asyncio.sleep(self.max_wait)  # let a partial batch fill up
+                self._expire()
+            picks = self._take(key)
+            if not picks:
+                await asyncio.sleep(0)
+                continue
+            now = time.monotonic()
+            for job, _ in picks:
+                job.started = job.started or now
+            try:
+                seconds = await loop.run_in_executor(self._pool, self._execute, key, picks)
+            except Exception as exc:  # an engine failure fails the jobs in the batch, not the server
+                log.exception("model execution failed")
+                for job, _ in picks:
+                    job.running -= 1
+                    if not job.dead:
+                        job.future.set_exception(exc)
+                continue
+            if self.on_batch:
+                self.on_batch(key, len(picks), seconds)
+            self._complete(picks)
+
+    def _execute(self, key: ModelKey, picks: list[tuple[Job, int]]) -> float:
+        """Cut, run and place one batch (in the engine thread). Returns the model's execution seconds."""
+        batch = np.stack([job.grid.cut(job.padded, i).transpose(2, 0, 1).astype(np.float32) * job.scale_in
+                          for job, i in picks])
+        t0 = time.perf_counter()
+        result = self.engine.run(key, batch)
+        seconds = time.perf_counter() - t0
+        for (job, i), tile in zip(picks, result):
+            if job.dead:
+                continue
+            tile = tile.transpose(1, 2, 0)
+            if job.out.dtype != np.float32:
+                tile = to_pixels(tile, job.out.dtype)
+            job.grid.place(job.out, i, tile)
+        return seconds
+
+    def _complete(self, picks: list[tuple[Job, int]]) -> None:
+        now = time.monotonic()
+        for job, _ in picks:
+            job.running -= 1
+        for job in {job for job, _ in picks}:
+            if not job.todo and not job.running and not job.dead:
+                job.finished = now
+                job.future.set_result(job)
+            if job.dead or (not job.todo and not job.running):
+                queue = self._jobs.get(job.key)
+                if queue and job in queue:
+                    queue.remove(job)

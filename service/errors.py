@@ -1,0 +1,61 @@
+"""Every error the service answers with, in one place.
+
+Each error has a stable machine-readable ``code`` and the HTTP status it maps
+to; the app renders them as ``{"error": {"code": ..., "message": ...}}``.
+Messages name the problem and what to do; they never carry stack traces or
+server paths.
+
+    UpscalerError                 500 internal
+    ├── BadParameter              400 bad_parameter      (a value the schema allows but we cannot serve)
+    ├── Unauthorized              401 unauthorized
+    ├── TooLarge                  413 too_large          (body bytes, input or output pixels)
+    ├── UnsupportedImage          415 unsupported_image  (not decodable, animated, ...)
+    ├── Overloaded                503 overloaded         (queue full; Retry-After)
+    ├── NotReady                  503 not_ready          (starting or draining; Retry-After)
+    └── DeadlineExceeded          504 deadline_exceeded  (waited longer than the request timeout)
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "UpscalerError", "BadParameter", "Unauthorized", "TooLarge", "UnsupportedImage",
+    "Overloaded", "NotReady", "DeadlineExceeded",
+]
+
+
+class UpscalerError(Exception):
+    status = 500
+    code = "internal"
+    retry_after: int | None = None
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+
+class BadParameter(UpscalerError):
+    status, code = 400, "bad_parameter"
+
+
+class Unauthorized(UpscalerError):
+    status, code = 401, "unauthorized"
+
+
+class TooLarge(UpscalerError):
+    status, code = 413, "too_large"
+
+
+class UnsupportedImage(UpscalerError):
+    status, code = 415, "unsupported_image"
+
+
+class Overloaded(UpscalerError):
+    status, code, retry_after = 503, "overloaded", 1
+
+
+class NotReady(UpscalerError):
+    status, code, retry_after = 503, "not_ready", 2
+
+
+class DeadlineExceeded(UpscalerError):
+    status, code = 504, "deadline_exceeded"

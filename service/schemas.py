@@ -1,0 +1,38 @@
+"""Response schemas of the JSON endpoints."""
+
+from __future__ import annotations
+
+from pydantic import BaseModel, Field
+
+__all__ = ["ErrorBody", "ErrorResponse", "ModelInfo", "ModelsResponse", "HealthResponse"]
+
+
+class ErrorBody(BaseModel):
+    code: str = Field(description="stable machine-readable error code, e.g. too_large")
+    message: str = Field(description="what went wrong and what to do")
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+class ModelInfo(BaseModel):
+    variant: str
+    scale: int
+    context: int = Field(description="LR pixels of context each tile carries per side")
+    parameters: int | None = None
+    macs_per_input_pixel: int | None = None
+    set5: dict[str, float] | None = Field(None, description="Set5 Y-PSNR/SSIM of the model and of bicubic")
+    precision: str
+
+
+class ModelsResponse(BaseModel):
+    default_model: str
+    provider: str = Field(description="ONNX Runtime execution provider actually in use")
+    tile: int
+    max_batch: int
+    models: list[ModelInfo]
+
+
+class HealthResponse(BaseModel):
+    status: str

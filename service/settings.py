@@ -1,0 +1,60 @@
+"""Service settings: one validated object, read from ``UPSCALER_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "DEFAULT_MODEL_DIR"]
+
+DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "export" / "models"
+
+
+class Settings(BaseSettings):
+    """Every limit and batching knob of the service. README.md lists them with their defaults."""
+
+    model_config = SettingsConfigDict(env_prefix="UPSCALER_", env_file=None, extra="ignore")
+
+    host: str = Field("127.0.0.1", description="address uvicorn binds to")
+    port: int = Field(8000, ge=0, le=65535, description="port uvicorn binds to (0 = any free port)")
+    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="folder of <variant>_x<scale>.onnx models and cards")
+    default_model: str = Field("fast", description="variant used when a request names none")
+    variants: list[str] = Field(default_factory=list, description="variants to load (empty = all found)")
+    device: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="auto: CUDA if ONNX Runtime has it")
+    precision: str = Field("auto", pattern="^(auto|fp32|fp16)$", description="fp16 models on GPU when present")
+    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads on CPU (0 = one per core)")
+    codec_threads: int = Field(2, ge=1, description="threads decoding and encoding images")
+
+    tile: int = Field(128, ge=16, le=1024, description="LR tile core size in pixels (fixed network input shape)")
+    max_batch: int = Field(8, ge=1, le=256, description="most tiles in one model execution")
+    max_wait_ms: float = Field(2.0, ge=0, description="how long a non-full batch waits for more tiles")
+    max_queue_tiles: int = Field(4096, ge=1, description="tiles waiting across all requests before 503")
+    request_timeout_s: float = Field(120.0, gt=0, description="deadline from arrival to inference done")
+
+    max_body_bytes: int = Field(50 * 2**20, ge=1024, description="largest accepted request body")
+    max_input_pixels: int = Field(4096 * 4096, ge=1, description="largest input image (width x height)")
+    max_output_pixels: int = Field(16384 * 16384, ge=1, description="largest output image (width x height)")
+    png_compress_level: int = Field(1, ge=0, le=9, description="zlib level of PNG output (1 = fast)")
+    default_quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality when a request names none")
+
+    api_keys: list[str] = Field(default_factory=list, description="accepted X-API-Key values (empty = no auth)")
+    public_paths: list[str] = Field(default_factory=lambda: ["/healthz", "/readyz", "/metrics", "/", "/docs",
+                                                             "/openapi.json", "/static"],
+                                    description="paths (and their children) served without a key")
+    drain_seconds: float = Field(0.0, ge=0, description="pause after /readyz turns 503 on shutdown")
+    log_level: str = Field("info", description="logging level")
+
+    @field_validator("model_dir")
+    @classmethod
+    def _model_dir_exists(cls, v: Path) -> Path:
+        if not v.is_dir():
+            raise ValueError(f"UPSCALER_MODEL_DIR={v} is not a folder; point it at the folder of .onnx models")
+        return v
+
+    @model_validator(mode="after")
+    def _default_is_served(self) -> Settings:
+        if self.variants and self.default_model not in self.variants:
+            raise ValueError(f"UPSCALER_DEFAULT_MODEL={self.default_model!r} is not in UPSCALER_VARIANTS={self.variants}")
+        return self
