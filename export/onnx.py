@@ -38,14 +38,19 @@ def export_onnx(net: SRNet, path: Path, variant: str) -> None:
     example = torch.rand(1, 3, 24 + 2 * c, 20 + 2 * c)
     n, h, w = (torch.export.Dim(name, min=1, max=4096) for name in ("N", "H", "W"))
     program = torch.onnx.export(
-        net, (example,), input_names=["lr"], output_names=["sr"], opset_version=OPSET,
-        dynamic_shapes={"x": {0: n, 2: 2 * c + h, 3: 2 * c + w}}, dynamo=True, verbose=False,
+        net,
+        (example,),
+        input_names=["lr"],
+        output_names=["sr"],
+        opset_version=OPSET,
+        dynamic_shapes={"x": {0: n, 2: 2 * c + h, 3: 2 * c + w}},
+        dynamo=True,
+        verbose=False,
     )
     program.save(str(path))
     model = onnx.load(str(path))
     model.doc_string = f"SRNet {variant} x{net.scale}: (N,3,H+2c,W+2c) in [0,1] -> (N,3,sH,sW), c={c}"
-    for k, v in {"variant": variant, "scale": net.scale, "context": c,
-                 "config": json.dumps(config_dict(net))}.items():
+    for k, v in {"variant": variant, "scale": net.scale, "context": c, "config": json.dumps(config_dict(net))}.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=str(v)))
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
@@ -82,8 +87,11 @@ def export_fp16(src: Path, dst: Path) -> None:
     for node in graph.node:
         node.input[:] = ["lr_fp16" if name == "lr" else name for name in node.input]
         node.output[:] = ["sr_fp16" if name == "sr" else name for name in node.output]
-    nodes = [helper.make_node("Cast", ["lr"], ["lr_fp16"], to=TensorProto.FLOAT16), *graph.node,
-             helper.make_node("Cast", ["sr_fp16"], ["sr"], to=TensorProto.FLOAT)]
+    nodes = [
+        helper.make_node("Cast", ["lr"], ["lr_fp16"], to=TensorProto.FLOAT16),
+        *graph.node,
+        helper.make_node("Cast", ["sr_fp16"], ["sr"], to=TensorProto.FLOAT),
+    ]
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.value_info[:]
@@ -93,11 +101,25 @@ def export_fp16(src: Path, dst: Path) -> None:
 
 def write_card(out: Path, stem: str, card: dict) -> None:
     (out / f"{stem}.json").write_text(json.dumps(card, indent=2) + "\n")
-    lines = [f"# Model card: {stem}", "", f"SRNet `{card['variant']}` x{card['scale']}: FSRCNN-style network "
-             "(extract, shrink, map, expand) with a `ConvTranspose2d` upsampler plus a fixed bicubic skip.", ""]
+    lines = [
+        f"# Model card: {stem}",
+        "",
+        f"SRNet `{card['variant']}` x{card['scale']}: FSRCNN-style network "
+        "(extract, shrink, map, expand) with a `ConvTranspose2d` upsampler plus a fixed bicubic skip.",
+        "",
+    ]
     lines += ["| fact | value |", "|---|---|"]
-    for k in ("variant", "scale", "context", "parameters", "macs_per_input_pixel", "config", "opset", "fp16_max_abs_diff",
-              "onnx_parity_max_abs_err"):
+    for k in (
+        "variant",
+        "scale",
+        "context",
+        "parameters",
+        "macs_per_input_pixel",
+        "config",
+        "opset",
+        "fp16_max_abs_diff",
+        "onnx_parity_max_abs_err",
+    ):
         lines.append(f"| {k} | {card.get(k)} |")
     tr = card.get("training", {})
     if tr:
@@ -105,11 +127,16 @@ def write_card(out: Path, stem: str, card: dict) -> None:
     ev = card.get("set5")
     if ev:
         pub = card.get("published_fsrcnn_set5", [None, None])
-        lines += ["", "## Set5 (Y channel, shave = scale, MATLAB bicubic degradation)", "",
-                  "| | PSNR (dB) | SSIM |", "|---|---|---|",
-                  f"| this model | {ev['psnr']:.2f} | {ev['ssim']:.4f} |",
-                  f"| bicubic | {ev['bicubic_psnr']:.2f} | {ev['bicubic_ssim']:.4f} |",
-                  f"| FSRCNN (published) | {pub[0]} | {pub[1]} |"]
+        lines += [
+            "",
+            "## Set5 (Y channel, shave = scale, MATLAB bicubic degradation)",
+            "",
+            "| | PSNR (dB) | SSIM |",
+            "|---|---|---|",
+            f"| this model | {ev['psnr']:.2f} | {ev['ssim']:.4f} |",
+            f"| bicubic | {ev['bicubic_psnr']:.2f} | {ev['bicubic_ssim']:.4f} |",
+            f"| FSRCNN (published) | {pub[0]} | {pub[1]} |",
+        ]
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
@@ -133,10 +160,14 @@ def main(argv: list[str] | None = None) -> None:
         variant, tc = ckpt["variant"], ckpt["train_config"]
         training = {
             "data": ", ".join(Path(d).name for d in tc["data"]) + f" (plus copies shrunk by {tc['rescales']})",
-            "steps": ckpt["step"], "batch": tc["batch"], "lr_patch": tc["patch"], "loss": "L1",
+            "steps": ckpt["step"],
+            "batch": tc["batch"],
+            "lr_patch": tc["patch"],
+            "loss": "L1",
             "optimizer": f"Adam, lr {tc['lr']} with {tc['warmup']} warm-up steps, cosine decay to {tc['lr_min']}",
             "init": Path(tc["init"]).parent.name + " body" if tc["init"] else "random",
-            "seed": tc["seed"], "device": ckpt.get("device", "cpu"),
+            "seed": tc["seed"],
+            "device": ckpt.get("device", "cpu"),
             "best_val_psnr_torch": round(ckpt["best_psnr"], 3),
         }
     elif args.untrained:
@@ -154,12 +185,18 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit(f"ONNX Runtime differs from PyTorch by {err:.2e} > {PARITY_TOLERANCE}")
     log.info("exported %s; ONNX Runtime vs PyTorch max abs error %.2e", path, err)
     card = {
-        "variant": variant, "scale": net.scale, "context": net.context, "config": config_dict(net),
+        "variant": variant,
+        "scale": net.scale,
+        "context": net.context,
+        "config": config_dict(net),
         "parameters": sum(p.numel() for p in net.parameters() if p.requires_grad),
-        "macs_per_input_pixel": macs_per_input_pixel(net), "opset": OPSET,
+        "macs_per_input_pixel": macs_per_input_pixel(net),
+        "opset": OPSET,
         "input": "lr: (N, 3, H + 2*context, W + 2*context) float32 RGB in [0, 1], mirror-padded",
         "output": "sr: (N, 3, scale*H, scale*W) float32 RGB, clip to [0, 1]",
-        "onnx_parity_max_abs_err": float(f"{err:.3g}"), "trained": bool(args.checkpoint), "training": training,
+        "onnx_parity_max_abs_err": float(f"{err:.3g}"),
+        "trained": bool(args.checkpoint),
+        "training": training,
         "published_fsrcnn_set5": list(PUBLISHED_FSRCNN_SET5[net.scale]),
     }
     if not args.no_fp16:

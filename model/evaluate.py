@@ -39,13 +39,15 @@ def evaluate(data: str | Path, scale: int, model: str | Path | None = None, tile
         sr = to_pixels(engine.upscale(key, lr.astype(np.float32) / 255), np.uint8)
         bic = imresize(lr, scale)
         y_hr, y_sr, y_bic = rgb_to_y(hr), rgb_to_y(sr), rgb_to_y(bic)
-        images.append({
-            "image": path.name,
-            "psnr": psnr(y_hr, y_sr, shave=scale),
-            "ssim": ssim(y_hr, y_sr, shave=scale),
-            "bicubic_psnr": psnr(y_hr, y_bic, shave=scale),
-            "bicubic_ssim": ssim(y_hr, y_bic, shave=scale),
-        })
+        images.append(
+            {
+                "image": path.name,
+                "psnr": psnr(y_hr, y_sr, shave=scale),
+                "ssim": ssim(y_hr, y_sr, shave=scale),
+                "bicubic_psnr": psnr(y_hr, y_bic, shave=scale),
+                "bicubic_ssim": ssim(y_hr, y_bic, shave=scale),
+            }
+        )
     means = {k: float(np.mean([im[k] for im in images])) for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")}
     return {"model": str(model), "scale": scale, **means, "images": images}
 
@@ -64,7 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{result['model']}  x{args.scale}")
     print(f"{'image':<20}{'PSNR':>8}{'SSIM':>8}{'bic PSNR':>10}{'bic SSIM':>10}")
     for im in result["images"] + [{"image": "mean", **result}]:
-        print(f"{im['image']:<20}{im['psnr']:8.2f}{im['ssim']:8.4f}{im['bicubic_psnr']:10.2f}{im['bicubic_ssim']:10.4f}")
+        print(
+            f"{im['image']:<20}{im['psnr']:8.2f}{im['ssim']:8.4f}{im['bicubic_psnr']:10.2f}{im['bicubic_ssim']:10.4f}"
+        )
 
 
 if __name__ == "__main__":

@@ -106,8 +106,13 @@ class SRNet(nn.Module):
         # Tap j of the skip kernel is HR offset j - 2s; the padding crops the context away:
         # out = (H + 2c - 1)s - 2(c + 2)s + 5s = sH.
         self.skip = nn.ConvTranspose2d(
-            channels, channels, 5 * scale, stride=scale, padding=(self.context + 2) * scale,
-            groups=channels, bias=False,
+            channels,
+            channels,
+            5 * scale,
+            stride=scale,
+            padding=(self.context + 2) * scale,
+            groups=channels,
+            bias=False,
         )
         self._init_weights()
 

@@ -147,8 +147,13 @@ def train(cfg: TrainConfig) -> float:
     pairs = make_pairs(images, cfg.scale, net.context, cfg.rescales)
     sampler = PatchSampler(pairs, cfg.scale, net.context, cfg.patch, seed=cfg.seed + step)
     val_images = [load_rgb(p) for p in list_images(cfg.val)] if cfg.val else []
-    log.info("%d training images (%d pairs), %d validation images, device %s",
-             len(images), len(pairs), len(val_images), device)
+    log.info(
+        "%d training images (%d pairs), %d validation images, device %s",
+        len(images),
+        len(pairs),
+        len(val_images),
+        device,
+    )
 
     log_path = out / "log.csv"
     new_log = not (cfg.resume and log_path.exists())
@@ -169,8 +174,15 @@ def train(cfg: TrainConfig) -> float:
             if step % cfg.val_every == 0 or step == cfg.steps:
                 if val_images:
                     val_psnr = validate(net, val_images, device)
-                writer.writerow([step, f"{running:.5f}", f"{opt.param_groups[0]['lr']:.3g}",
-                                 f"{val_psnr:.3f}", f"{time.time() - started:.0f}"])
+                writer.writerow(
+                    [
+                        step,
+                        f"{running:.5f}",
+                        f"{opt.param_groups[0]['lr']:.3g}",
+                        f"{val_psnr:.3f}",
+                        f"{time.time() - started:.0f}",
+                    ]
+                )
                 fh.flush()
                 if not val_images or val_psnr > best:
                     best = val_psnr if val_images else best

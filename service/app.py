@@ -45,8 +45,13 @@ _IMAGE_BODY = {
             "image/png": {"schema": {"type": "string", "format": "binary"}},
             "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
             "image/webp": {"schema": {"type": "string", "format": "binary"}},
-            "multipart/form-data": {"schema": {"type": "object", "required": ["image"],
-                                               "properties": {"image": {"type": "string", "format": "binary"}}}},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["image"],
+                    "properties": {"image": {"type": "string", "format": "binary"}},
+                }
+            },
         },
     }
 }
@@ -79,8 +84,14 @@ def _error_response(status: int, code: str, message: str, retry_after: int | Non
 
 
 def _build_engine(settings: Settings) -> Engine:
-    return Engine(settings.model_dir, tile=settings.tile, threads=settings.threads,
-                  prefer_gpu=settings.device != "cpu", precision=settings.precision, variants=settings.variants or None)
+    return Engine(
+        settings.model_dir,
+        tile=settings.tile,
+        threads=settings.threads,
+        prefer_gpu=settings.device != "cpu",
+        precision=settings.precision,
+        variants=settings.variants or None,
+    )
 
 
 def _lifespan(state: ServiceState):
@@ -95,8 +106,13 @@ def _lifespan(state: ServiceState):
         log.info("execution provider in use: %s", state.engine.provider)
         await asyncio.to_thread(state.engine.warmup, s.max_batch)
         state.codec_pool = ThreadPoolExecutor(max_workers=s.codec_threads, thread_name_prefix="codec")
-        state.batcher = Batcher(state.engine, max_batch=s.max_batch, max_wait=s.max_wait_ms / 1000,
-                                max_queue_tiles=s.max_queue_tiles, on_batch=state.metrics.observe_batch)
+        state.batcher = Batcher(
+            state.engine,
+            max_batch=s.max_batch,
+            max_wait=s.max_wait_ms / 1000,
+            max_queue_tiles=s.max_queue_tiles,
+            on_batch=state.metrics.observe_batch,
+        )
         state.batcher.start()
         state.ready = True
         log.info("ready")
@@ -144,14 +160,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. The engine is loaded in the lifespan, when the server starts."""
     settings = settings or Settings()
     state = ServiceState(settings=settings, metrics=Metrics())
-    app = FastAPI(title="Upscaler", version="0.1.0", lifespan=_lifespan(state),
-                  description="Learned image upscaling (FSRCNN family, transposed-convolution upsampler).")
+    app = FastAPI(
+        title="Upscaler",
+        version="0.1.0",
+        lifespan=_lifespan(state),
+        description="Learned image upscaling (FSRCNN family, transposed-convolution upsampler).",
+    )
     app.state.service = state
     _install_error_handlers(app)
     _install_middleware(app, state)
 
-    @app.post("/v1/upscale", response_class=Response, openapi_extra=_IMAGE_BODY,
-              responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}, **_ERRORS})
+    @app.post(
+        "/v1/upscale",
+        response_class=Response,
+        openapi_extra=_IMAGE_BODY,
+        responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}, **_ERRORS},
+    )
     async def upscale(
         request: Request,
         state: State,
@@ -167,26 +191,47 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         key = _key_for(state, model, scale)
         upload = await read_upload(request, s.max_body_bytes)
         t0 = time.perf_counter()
-        decoded: Decoded = await _in_pool(state, decode, upload.data, scale=scale,
-                                          max_input_pixels=s.max_input_pixels, max_output_pixels=s.max_output_pixels)
+        decoded: Decoded = await _in_pool(
+            state,
+            decode,
+            upload.data,
+            scale=scale,
+            max_input_pixels=s.max_input_pixels,
+            max_output_pixels=s.max_output_pixels,
+        )
         t_decode = time.perf_counter() - t0
         job = await _unless_disconnected(request, state.batcher.upscale(key, decoded.rgb, s.request_timeout_s))
         fmt = format or decoded.default_format()
         t0 = time.perf_counter()
-        body = await _in_pool(state, encode, job.out, decoded, fmt=fmt, quality=quality or s.default_quality,
-                              png_compress_level=s.png_compress_level)
+        body = await _in_pool(
+            state,
+            encode,
+            job.out,
+            decoded,
+            fmt=fmt,
+            quality=quality or s.default_quality,
+            png_compress_level=s.png_compress_level,
+        )
         timings = {"decode": t_decode, **job.timings(), "encode": time.perf_counter() - t0}
         for stage, seconds in timings.items():
             state.metrics.stage.labels(stage).observe(seconds)
         state.metrics.output_pixels.inc(job.out.shape[0] * job.out.shape[1])
         stem = Path(upload.filename).stem if upload.filename else "image"
-        request.state.log = {"model": f"{key[0]}_x{key[1]}", "in": f"{decoded.width}x{decoded.height}",
-                             "out": f"{job.out.shape[1]}x{job.out.shape[0]}", "format": fmt,
-                             **{f"{k}_ms": round(v * 1000, 1) for k, v in timings.items()}}
-        return Response(body, media_type=MEDIA_TYPES[fmt], headers={
-            "Content-Disposition": f'inline; filename="{stem}_x{scale}.{"jpg" if fmt == "jpeg" else fmt}"',
-            "Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in timings.items()),
-        })
+        request.state.log = {
+            "model": f"{key[0]}_x{key[1]}",
+            "in": f"{decoded.width}x{decoded.height}",
+            "out": f"{job.out.shape[1]}x{job.out.shape[0]}",
+            "format": fmt,
+            **{f"{k}_ms": round(v * 1000, 1) for k, v in timings.items()},
+        }
+        return Response(
+            body,
+            media_type=MEDIA_TYPES[fmt],
+            headers={
+                "Content-Disposition": f'inline; filename="{stem}_x{scale}.{"jpg" if fmt == "jpeg" else fmt}"',
+                "Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in timings.items()),
+            },
+        )
 
     @app.get("/v1/models", response_model=ModelsResponse)
     async def models(state: State) -> ModelsResponse:
@@ -194,12 +239,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if state.engine is None:
             raise NotReady("models are still loading")
         eng = state.engine
-        infos = [ModelInfo(variant=v, scale=sc, context=spec.context, parameters=spec.card.get("parameters"),
-                           macs_per_input_pixel=spec.card.get("macs_per_input_pixel"), set5=spec.card.get("set5"),
-                           precision="fp16" if eng.fp16 else "fp32")
-                 for (v, sc), spec in sorted(eng.specs.items())]
-        return ModelsResponse(default_model=state.settings.default_model, provider=eng.provider,
-                              tile=eng.tile, max_batch=state.settings.max_batch, models=infos)
+        infos = [
+            ModelInfo(
+                variant=v,
+                scale=sc,
+                context=spec.context,
+                parameters=spec.card.get("parameters"),
+                macs_per_input_pixel=spec.card.get("macs_per_input_pixel"),
+                set5=spec.card.get("set5"),
+                precision="fp16" if eng.fp16 else "fp32",
+            )
+            for (v, sc), spec in sorted(eng.specs.items())
+        ]
+        return ModelsResponse(
+            default_model=state.settings.default_model,
+            provider=eng.provider,
+            tile=eng.tile,
+            max_batch=state.settings.max_batch,
+            models=infos,
+        )
 
     @app.get("/healthz", response_model=HealthResponse)
     async def healthz() -> HealthResponse:
@@ -241,7 +299,9 @@ def _install_error_handlers(app: FastAPI) -> None:
 
 def _authorized(settings: Settings, request: Request) -> bool:
     path = request.url.path
-    if not settings.api_keys or any(path == p or (p != "/" and path.startswith(p + "/")) for p in settings.public_paths):
+    if not settings.api_keys or any(
+        path == p or (p != "/" and path.startswith(p + "/")) for p in settings.public_paths
+    ):
         return True
     given = request.headers.get("x-api-key", "")
     auth = request.headers.get("authorization", "")
@@ -277,8 +337,14 @@ def _install_middleware(app: FastAPI, state: ServiceState) -> None:
         state.metrics.latency.labels(path).observe(seconds)
         response.headers["X-Request-ID"] = request_id
         if path not in ("/healthz", "/readyz", "/metrics"):
-            fields = {"request_id": request_id, "method": request.method, "path": request.url.path,
-                      "status": response.status_code, "ms": round(seconds * 1000, 1),
-                      "scale": request.query_params.get("scale"), **getattr(request.state, "log", {})}
+            fields = {
+                "request_id": request_id,
+                "method": request.method,
+                "path": request.url.path,
+                "status": response.status_code,
+                "ms": round(seconds * 1000, 1),
+                "scale": request.query_params.get("scale"),
+                **getattr(request.state, "log", {}),
+            }
             access_log.info(json.dumps(fields))
         return response

@@ -102,9 +102,15 @@ class Batcher:
         if self._queued and self._queued + len(grid) > self.max_queue_tiles:
             raise Overloaded(f"the server is busy ({self._queued} tiles queued); retry shortly")
         s = grid.scale
-        job = Job(key=key, grid=grid, padded=grid.pad(image), deadline=time.monotonic() + timeout,
-                  out=np.empty((image.shape[0] * s, image.shape[1] * s, 3), image.dtype),
-                  future=asyncio.get_running_loop().create_future(), todo=deque(range(len(grid))))
+        job = Job(
+            key=key,
+            grid=grid,
+            padded=grid.pad(image),
+            deadline=time.monotonic() + timeout,
+            out=np.empty((image.shape[0] * s, image.shape[1] * s, 3), image.dtype),
+            future=asyncio.get_running_loop().create_future(),
+            todo=deque(range(len(grid))),
+        )
         self._jobs.setdefault(key, deque()).append(job)
         self._queued += len(grid)
         self._wake.set()
@@ -133,8 +139,11 @@ class Batcher:
         for queue in self._jobs.values():
             for job in list(queue):
                 if not job.dead and now > job.deadline:
-                    job.future.set_exception(DeadlineExceeded(
-                        "the request waited longer than its deadline; the server is overloaded, retry later"))
+                    job.future.set_exception(
+                        DeadlineExceeded(
+                            "the request waited longer than its deadline; the server is overloaded, retry later"
+                        )
+                    )
                 if job.dead and not job.running:
                     self._forget(job)
 
@@ -191,12 +200,13 @@ class Batcher:
 
     def _execute(self, key: ModelKey, picks: list[tuple[Job, int]]) -> float:
         """Cut, run and place one batch (in the engine thread). Returns the model's execution seconds."""
-        batch = np.stack([job.grid.cut(job.padded, i).transpose(2, 0, 1).astype(np.float32) * job.scale_in
-                          for job, i in picks])
+        batch = np.stack(
+            [job.grid.cut(job.padded, i).transpose(2, 0, 1).astype(np.float32) * job.scale_in for job, i in picks]
+        )
         t0 = time.perf_counter()
         result = self.engine.run(key, batch)
         seconds = time.perf_counter() - t0
-        for (job, i), tile in zip(picks, result):
+        for (job, i), tile in zip(picks, result, strict=True):
             if job.dead:
                 continue
             tile = tile.transpose(1, 2, 0)

@@ -65,9 +65,11 @@ def _open(data: bytes) -> Image.Image:
     try:
         return Image.open(io.BytesIO(data))
     except UnidentifiedImageError:
-        raise UnsupportedImage("the body is not an image format we can decode (PNG, JPEG, WebP, BMP, GIF, TIFF)")
+        raise UnsupportedImage(
+            "the body is not an image format we can decode (PNG, JPEG, WebP, BMP, GIF, TIFF)"
+        ) from None
     except Exception as exc:  # Pillow raises many types on hostile headers
-        raise UnsupportedImage(f"the image header could not be read ({type(exc).__name__})")
+        raise UnsupportedImage(f"the image header could not be read ({type(exc).__name__})") from None
 
 
 def _check_size(im: Image.Image, scale: int, max_input_pixels: int, max_output_pixels: int) -> None:
@@ -77,8 +79,10 @@ def _check_size(im: Image.Image, scale: int, max_input_pixels: int, max_output_p
     if w * h > max_input_pixels:
         raise TooLarge(f"the image is {w}x{h} = {w * h} pixels; this server accepts at most {max_input_pixels}")
     if w * h * scale * scale > max_output_pixels:
-        raise TooLarge(f"x{scale} of {w}x{h} would be {w * h * scale * scale} pixels; "
-                       f"this server makes at most {max_output_pixels}; use a smaller scale or image")
+        raise TooLarge(
+            f"x{scale} of {w}x{h} would be {w * h * scale * scale} pixels; "
+            f"this server makes at most {max_output_pixels}; use a smaller scale or image"
+        )
     if getattr(im, "is_animated", False) or getattr(im, "n_frames", 1) > 1:
         raise UnsupportedImage("animated and multi-frame images are not supported; send a single frame")
 
@@ -125,14 +129,18 @@ def decode(data: bytes, *, scale: int, max_input_pixels: int, max_output_pixels:
     except (TooLarge, UnsupportedImage):
         raise
     except Exception as exc:  # truncated or corrupt data
-        raise UnsupportedImage(f"the image data is corrupt or truncated ({type(exc).__name__})")
-    return Decoded(rgb=np.ascontiguousarray(rgb), alpha=alpha, grayscale=gray, source_format=source_format,
-                   icc_profile=icc, exif=exif)
+        raise UnsupportedImage(f"the image data is corrupt or truncated ({type(exc).__name__})") from None
+    return Decoded(
+        rgb=np.ascontiguousarray(rgb),
+        alpha=alpha,
+        grayscale=gray,
+        source_format=source_format,
+        icc_profile=icc,
+        exif=exif,
+    )
 
 
-def encode(
-    sr: np.ndarray, decoded: Decoded, *, fmt: str, quality: int, png_compress_level: int
-) -> bytes:
+def encode(sr: np.ndarray, decoded: Decoded, *, fmt: str, quality: int, png_compress_level: int) -> bytes:
     """Encode the (sH, sW, 3) result, restoring alpha, grayscale, bit depth, ICC profile and EXIF."""
     if fmt not in OUTPUT_FORMATS:
         raise BadParameter(f"format must be one of {', '.join(OUTPUT_FORMATS)}")

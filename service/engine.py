@@ -88,8 +88,9 @@ def _providers(prefer_gpu: bool) -> list:
     chosen: list = []
     if prefer_gpu and "CUDAExecutionProvider" in available:
         # Exhaustive cuDNN search pays off because tile shapes are fixed: it is tuned once per shape.
-        chosen.append(("CUDAExecutionProvider", {"cudnn_conv_algo_search": "EXHAUSTIVE",
-                                                  "do_copy_in_default_stream": True}))
+        chosen.append(
+            ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True})
+        )
     chosen.append("CPUExecutionProvider")
     return chosen
 
@@ -169,6 +170,6 @@ class Engine:
             idx = range(start, min(start + max_batch, len(grid)))
             batch = np.stack([grid.cut(padded, i).transpose(2, 0, 1) for i in idx])
             result = self.run(key, np.ascontiguousarray(batch, np.float32))
-            for i, tile in zip(idx, result):
+            for i, tile in zip(idx, result, strict=True):
                 grid.place(out, i, tile.transpose(1, 2, 0))
         return out

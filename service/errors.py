@@ -18,8 +18,14 @@ server paths.
 from __future__ import annotations
 
 __all__ = [
-    "UpscalerError", "BadParameter", "Unauthorized", "TooLarge", "UnsupportedImage",
-    "Overloaded", "NotReady", "DeadlineExceeded",
+    "UpscalerError",
+    "BadParameter",
+    "Unauthorized",
+    "TooLarge",
+    "UnsupportedImage",
+    "Overloaded",
+    "NotReady",
+    "DeadlineExceeded",
 ]
 
 

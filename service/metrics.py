@@ -18,16 +18,27 @@ class Metrics:
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("upscaler_requests", "HTTP requests answered", ["path", "status"], registry=r)
-        self.latency = Histogram("upscaler_request_duration_seconds", "Whole request latency", ["path"],
-                                 buckets=_LATENCY_BUCKETS, registry=r)
-        self.stage = Histogram("upscaler_stage_duration_seconds", "Upscale latency by stage",
-                               ["stage"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.batch_size = Histogram("upscaler_batch_size", "Tiles per model execution", ["model"],
-                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256), registry=r)
-        self.executions = Counter("upscaler_model_executions", "Model executions (batches run)", ["model"],
-                                  registry=r)
-        self.execution_seconds = Counter("upscaler_model_execution_seconds", "Seconds inside the model",
-                                         ["model"], registry=r)
+        self.latency = Histogram(
+            "upscaler_request_duration_seconds", "Whole request latency", ["path"], buckets=_LATENCY_BUCKETS, registry=r
+        )
+        self.stage = Histogram(
+            "upscaler_stage_duration_seconds",
+            "Upscale latency by stage",
+            ["stage"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "upscaler_batch_size",
+            "Tiles per model execution",
+            ["model"],
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.executions = Counter("upscaler_model_executions", "Model executions (batches run)", ["model"], registry=r)
+        self.execution_seconds = Counter(
+            "upscaler_model_execution_seconds", "Seconds inside the model", ["model"], registry=r
+        )
         self.tiles = Counter("upscaler_tiles", "Tiles run through the model", ["model"], registry=r)
         self.output_pixels = Counter("upscaler_output_pixels", "Pixels of upscaled images returned", registry=r)
         self.queue_tiles = Gauge("upscaler_queue_tiles", "Tiles waiting for a batch", registry=r)

@@ -40,9 +40,10 @@ class Settings(BaseSettings):
     default_quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality when a request names none")
 
     api_keys: list[str] = Field(default_factory=list, description="accepted X-API-Key values (empty = no auth)")
-    public_paths: list[str] = Field(default_factory=lambda: ["/healthz", "/readyz", "/metrics", "/", "/docs",
-                                                             "/openapi.json", "/static"],
-                                    description="paths (and their children) served without a key")
+    public_paths: list[str] = Field(
+        default_factory=lambda: ["/healthz", "/readyz", "/metrics", "/", "/docs", "/openapi.json", "/static"],
+        description="paths (and their children) served without a key",
+    )
     drain_seconds: float = Field(0.0, ge=0, description="pause after /readyz turns 503 on shutdown")
     log_level: str = Field("info", description="logging level")
 
@@ -56,5 +57,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _default_is_served(self) -> Settings:
         if self.variants and self.default_model not in self.variants:
-            raise ValueError(f"UPSCALER_DEFAULT_MODEL={self.default_model!r} is not in UPSCALER_VARIANTS={self.variants}")
+            raise ValueError(
+                f"UPSCALER_DEFAULT_MODEL={self.default_model!r} is not in UPSCALER_VARIANTS={self.variants}"
+            )
         return self

@@ -46,8 +46,10 @@ async def read_upload(request: Request, max_bytes: int) -> Upload:
     if content_type.startswith("multipart/form-data"):
         return await _read_multipart(request, max_bytes)
     if content_type and not content_type.startswith(_RAW_TYPES):
-        raise UnsupportedImage(f"Content-Type {content_type.split(';')[0]!r} is not an image; send the image bytes "
-                               "with an image/* Content-Type, or a multipart form with an 'image' field")
+        raise UnsupportedImage(
+            f"Content-Type {content_type.split(';')[0]!r} is not an image; send the image bytes "
+            "with an image/* Content-Type, or a multipart form with an 'image' field"
+        )
     body = bytearray()
     async for chunk in _limited(request, max_bytes):
         body += chunk
@@ -59,7 +61,7 @@ async def _read_multipart(request: Request, max_bytes: int) -> Upload:
     try:
         form = await parser.parse()
     except MultiPartException as exc:
-        raise BadParameter(f"the multipart body could not be parsed: {exc.message}")
+        raise BadParameter(f"the multipart body could not be parsed: {exc.message}") from None
     try:
         field = form.get("image")
         if not isinstance(field, UploadFile):

@@ -1,0 +1,121 @@
+"""Shared fixtures: a real uvicorn server on 127.0.0.1 and images made in code."""
+
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parent.parent
+MODELS = ROOT / "export" / "models"
+DATASETS = ROOT.parent / "shared" / "datasets"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def start_server(tmp_dir: Path, **settings: str) -> Server:
+    """Start ``python -m service`` with UPSCALER_* settings and wait until /readyz answers 200."""
+    port = free_port()
+    env = {**os.environ, "UPSCALER_HOST": "127.0.0.1", "UPSCALER_PORT": str(port), "PYTHONPATH": str(ROOT)}
+    env.update({f"UPSCALER_{k.upper()}": str(v) for k, v in settings.items()})
+    log_path = tmp_dir / f"server-{port}.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{log_path.read_text()}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return Server(url, proc, log_path)
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"server not ready after 60 s:\n{log_path.read_text()}")
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory) -> Iterator[Server]:
+    srv = start_server(tmp_path_factory.mktemp("server"), tile=64, max_batch=8)
+    yield srv
+    stop_server(srv)
+
+
+@pytest.fixture(scope="session")
+def client(server: Server) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=60) as c:
+        yield c
+
+
+def smooth_image(h: int, w: int, channels: int = 3, seed: int = 0) -> np.ndarray:
+    """A photo-like uint8 image: smooth colour fields plus a little texture."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:h, 0:w] / max(h, w)
+    base = [np.sin(6 * xx + 3 * c) * np.cos(5 * yy - c) for c in range(channels)]
+    img = 0.5 + 0.35 * np.stack(base, axis=-1) + 0.05 * rng.standard_normal((h, w, channels))
+    return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def encode_image(im: Image.Image, fmt: str = "PNG", **params) -> bytes:
+    buf = io.BytesIO()
+    im.save(buf, format=fmt, **params)
+    return buf.getvalue()
+
+
+def decode_image(data: bytes) -> Image.Image:
+    im = Image.open(io.BytesIO(data))
+    im.load()
+    return im
+
+
+def assert_same_pixels(got: np.ndarray, reference: np.ndarray, float_tolerance: float = 1e-5) -> None:
+    """``got`` (uint8) equals the float ``reference`` rounded to 8 bits.
+
+    Inference with different tile or batch shapes sums in a different order, so floats agree to ~1e-6,
+    not bit for bit; a pixel may round the other way only when the reference lies within
+    ``float_tolerance`` of a rounding boundary. Everywhere else the bytes must be identical.
+    """
+    from service.engine import to_pixels
+
+    expected = to_pixels(reference, np.uint8)
+    differs = got != expected
+    scaled = np.clip(reference, 0, 1) * 255 + 0.5
+    near_boundary = np.abs(scaled - np.round(scaled)) < float_tolerance * 255
+    assert not (differs & ~near_boundary).any(), f"{int((differs & ~near_boundary).sum())} pixels differ"
+    assert np.abs(got.astype(int) - expected).max(initial=0) <= 1

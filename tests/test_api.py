@@ -1,0 +1,197 @@
+"""The HTTP API, spoken to over real HTTP on 127.0.0.1 with the shipped models."""
+
+import concurrent.futures as cf
+import io
+import re
+
+import numpy as np
+import pytest
+from PIL import Image, ImageCms
+
+from service.engine import Engine
+
+from .conftest import MODELS, assert_same_pixels, decode_image, encode_image, smooth_image
+
+
+def post_image(client, data: bytes, content_type: str = "image/png", **params):
+    return client.post("/v1/upscale", content=data, headers={"Content-Type": content_type}, params=params)
+
+
+@pytest.fixture(scope="module")
+def png_rgb():
+    return encode_image(Image.fromarray(smooth_image(37, 51)))
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+def test_png_comes_back_scale_times_larger(client, png_rgb, scale):
+    r = post_image(client, png_rgb, scale=scale)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert decode_image(r.content).size == (51 * scale, 37 * scale)
+
+
+def test_default_scale_is_two(client, png_rgb):
+    assert decode_image(post_image(client, png_rgb).content).size == (102, 74)
+
+
+@pytest.mark.parametrize(
+    "fmt,media,pil", [("png", "image/png", "PNG"), ("jpeg", "image/jpeg", "JPEG"), ("webp", "image/webp", "WEBP")]
+)
+def test_requested_format_is_returned(client, png_rgb, fmt, media, pil):
+    r = post_image(client, png_rgb, format=fmt, quality=80)
+    assert r.status_code == 200 and r.headers["content-type"] == media
+    assert decode_image(r.content).format == pil
+
+
+@pytest.mark.parametrize("pil,media", [("JPEG", "image/jpeg"), ("WEBP", "image/webp"), ("BMP", "image/png")])
+def test_default_format_is_the_inputs_where_writable_else_png(client, pil, media):
+    data = encode_image(Image.fromarray(smooth_image(20, 20)), pil)
+    r = post_image(client, data, content_type="image/bmp" if pil == "BMP" else f"image/{pil.lower()}")
+    assert r.headers["content-type"] == media
+
+
+def test_multipart_field_image_is_accepted_and_names_the_download(client, png_rgb):
+    r = client.post("/v1/upscale", files={"image": ("holiday photo.png", png_rgb, "image/png")}, params={"scale": 3})
+    assert r.status_code == 200
+    assert decode_image(r.content).size == (153, 111)
+    assert 'filename="holiday_photo_x3.png"' in r.headers["content-disposition"]
+
+
+def test_server_timing_names_the_stages(client, png_rgb):
+    timing = post_image(client, png_rgb).headers["server-timing"]
+    assert [m.split(";")[0] for m in timing.split(", ")] == ["decode", "queue", "infer", "encode"]
+
+
+def test_pixels_equal_whole_image_inference(client):
+    img = smooth_image(45, 70, seed=3)
+    r = post_image(client, encode_image(Image.fromarray(img)))
+    expected = Engine(MODELS / "fast_x2.onnx", tile=512).upscale(("fast", 2), img.astype(np.float32) / 255)
+    assert_same_pixels(np.asarray(decode_image(r.content)), expected)
+
+
+def test_alpha_channel_is_kept_and_upscaled(client):
+    rgba = np.dstack([smooth_image(30, 40), np.tile(np.linspace(0, 255, 40, dtype=np.uint8), (30, 1))])
+    out = decode_image(post_image(client, encode_image(Image.fromarray(rgba))).content)
+    assert out.mode == "RGBA" and out.size == (80, 60)
+    alpha = np.asarray(out)[:, :, 3].astype(int)
+    assert alpha[:, 0].max() < 10 and alpha[:, -1].min() > 245
+
+
+def test_palette_with_transparency_keeps_transparency(client):
+    im = Image.fromarray(smooth_image(24, 24)).quantize(16)
+    im.info["transparency"] = 0
+    out = decode_image(post_image(client, encode_image(im, transparency=0)).content)
+    assert out.mode == "RGBA" and np.asarray(out)[:, :, 3].min() == 0
+
+
+def test_grayscale_stays_grayscale(client):
+    out = decode_image(post_image(client, encode_image(Image.fromarray(smooth_image(20, 30)[:, :, 0]))).content)
+    assert out.mode == "L" and out.size == (60, 40)
+
+
+def test_sixteen_bit_grayscale_png_stays_sixteen_bit(client):
+    gray16 = (np.linspace(0, 65535, 32 * 32).reshape(32, 32)).astype(np.uint16)
+    out = decode_image(post_image(client, encode_image(Image.fromarray(gray16))).content)
+    assert out.mode.startswith("I") and out.size == (64, 64)
+    values = np.asarray(out)
+    assert values.max() > 255 and len(np.unique(values)) > 256  # real 16-bit precision, not 8 bits scaled
+
+
+def test_exif_orientation_is_applied(client):
+    im = Image.fromarray(smooth_image(20, 40))  # 40 wide, 20 high as stored
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to display
+    out = decode_image(post_image(client, encode_image(im, "JPEG", exif=exif.tobytes()), "image/jpeg").content)
+    assert out.size == (40, 80)
+    assert out.getexif().get(0x0112, 1) == 1
+
+
+def test_icc_profile_is_carried_to_the_output(client):
+    icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    im = Image.fromarray(smooth_image(16, 16))
+    for fmt, media in (("PNG", "image/png"), ("JPEG", "image/jpeg")):
+        out = decode_image(post_image(client, encode_image(im, fmt, icc_profile=icc), media).content)
+        assert out.info.get("icc_profile") == icc
+
+
+def test_cmyk_jpeg_comes_back_rgb(client):
+    im = Image.fromarray(smooth_image(16, 16)).convert("CMYK")
+    out = decode_image(post_image(client, encode_image(im, "JPEG"), "image/jpeg").content)
+    assert out.mode == "RGB" and out.size == (32, 32)
+
+
+def test_twenty_concurrent_requests_of_different_sizes_all_come_back_right(client):
+    sizes = [(8 + 7 * i, 90 - 3 * i) for i in range(20)]
+    payloads = [encode_image(Image.fromarray(smooth_image(h, w, seed=i))) for i, (h, w) in enumerate(sizes)]
+    with cf.ThreadPoolExecutor(20) as pool:
+        responses = list(pool.map(lambda p: post_image(client, p, scale=2), payloads))
+    engine = Engine(MODELS / "fast_x2.onnx", tile=512)  # whole-image inference as the reference
+    for (h, w), payload, r in zip(sizes, payloads, responses, strict=True):
+        assert r.status_code == 200
+        got = np.asarray(decode_image(r.content))
+        src = np.asarray(decode_image(payload)).astype(np.float32) / 255
+        assert got.shape == (2 * h, 2 * w, 3)
+        assert_same_pixels(got, engine.upscale(("fast", 2), src))
+
+
+def test_models_lists_every_scale_with_card_facts_and_provider(client):
+    body = client.get("/v1/models").json()
+    assert body["provider"] == "CPUExecutionProvider"
+    assert {(m["variant"], m["scale"]) for m in body["models"]} >= {("fast", 2), ("fast", 3), ("fast", 4)}
+    assert all(m["parameters"] and m["macs_per_input_pixel"] for m in body["models"])
+
+
+def test_health_and_readiness(client):
+    assert client.get("/healthz").json() == {"status": "ok"}
+    assert client.get("/readyz").status_code == 200
+
+
+def test_openapi_documents_the_upscale_endpoint(client):
+    spec = client.get("/openapi.json").json()
+    assert "multipart/form-data" in spec["paths"]["/v1/upscale"]["post"]["requestBody"]["content"]
+    assert client.get("/docs").status_code == 200
+
+
+def _metric(text: str, name: str, **labels) -> float:
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    pattern = rf"^{name}\{{{re.escape(want)}\}} (\S+)$" if labels else rf"^{name} (\S+)$"
+    found = re.search(pattern, text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def test_metrics_move_when_requests_are_served(client, png_rgb):
+    before = client.get("/metrics").text
+    post_image(client, png_rgb)
+    post_image(client, b"not an image")
+    after = client.get("/metrics").text
+    for name, labels in [
+        ("upscaler_requests_total", {"path": "/v1/upscale", "status": "200"}),
+        ("upscaler_requests_total", {"path": "/v1/upscale", "status": "415"}),
+        ("upscaler_model_executions_total", {"model": "fast_x2"}),
+        ("upscaler_stage_duration_seconds_count", {"stage": "infer"}),
+        ("upscaler_batch_size_count", {"model": "fast_x2"}),
+    ]:
+        assert _metric(after, name, **labels) > _metric(before, name, **labels), name
+    assert "upscaler_queue_tiles" in after and "upscaler_inflight_requests" in after
+
+
+def test_request_id_is_echoed_or_generated(client):
+    assert client.get("/healthz", headers={"X-Request-ID": "abc-123"}).headers["x-request-id"] == "abc-123"
+    assert len(client.get("/healthz").headers["x-request-id"]) == 32
+
+
+def test_one_log_line_per_request_without_image_bytes(client, server, png_rgb):
+    post_image(client, png_rgb, scale=3)
+    lines = [ln for ln in server.log().splitlines() if "service.access" in ln and '"scale": "3"' in ln]
+    assert lines and '"in": "51x37"' in lines[-1] and '"infer_ms"' in lines[-1]
+    assert "PNG" not in lines[-1]
+
+
+def test_jpeg_quality_changes_the_size(client, png_rgb):
+    small = post_image(client, png_rgb, format="jpeg", quality=10).content
+    large = post_image(client, png_rgb, format="jpeg", quality=95).content
+    assert len(small) < len(large)
+
+
+def test_output_is_readable_with_pillow_after_round_trip(client, png_rgb):
+    r = post_image(client, png_rgb, format="webp")
+    assert Image.open(io.BytesIO(r.content)).size == (102, 74)
