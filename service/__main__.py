@@ -1,15 +1,38 @@
-"""Run the service: ``python -m service`` (settings from UPSCALER_* variables, see README.md)."""
+"""Run the service: ``python -m service`` (settings from UPSCALER_* variables, see README.md).
+
+On SIGTERM or SIGINT the service first drains: ``/readyz`` turns 503 while it
+keeps serving for ``UPSCALER_DRAIN_SECONDS`` (so load balancers stop sending
+work), then uvicorn stops accepting connections, finishes the requests in
+flight and exits 0. A second signal stops at once.
+"""
 
 from __future__ import annotations
 
 import logging
 import sys
+import threading
 
 import uvicorn
 from pydantic import ValidationError
 
-from service.app import create_app
+from service.app import ServiceState, create_app
 from service.settings import Settings
+
+log = logging.getLogger("service")
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, state: ServiceState):
+        super().__init__(config)
+        self.state = state
+
+    def handle_exit(self, sig, frame) -> None:
+        if self.state.draining:  # second signal: stop now
+            return super().handle_exit(sig, frame)
+        self.state.ready, self.state.draining = False, True
+        delay = self.state.settings.drain_seconds
+        log.info("draining: /readyz answers 503; stopping in %.1f s", delay)
+        threading.Timer(delay, super().handle_exit, args=(sig, frame)).start()
 
 
 def main() -> None:
@@ -18,14 +41,16 @@ def main() -> None:
     except ValidationError as exc:
         sys.exit(f"invalid settings:\n{exc}")
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
         access_log=False,
-        timeout_graceful_shutdown=30,
+        timeout_graceful_shutdown=60,
     )
+    DrainingServer(config, app.state.service).run()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,103 @@
+"""Cross-request batching: shared batches, fairness, deadlines and cancellation (in-process, real engine)."""
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from service.batcher import Batcher
+from service.engine import Engine
+from service.errors import DeadlineExceeded, Overloaded
+
+from .conftest import MODELS, smooth_image
+
+KEY = ("fast", 2)
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine(MODELS / "fast_x2.onnx", tile=16)
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _with_batcher(engine, body, **options):
+    batches: list[int] = []
+    batcher = Batcher(engine, on_batch=lambda key, size, seconds: batches.append(size), **options)
+    batcher.start()
+    try:
+        return await body(batcher, batches)
+    finally:
+        await batcher.stop()
+
+
+def test_images_of_different_sizes_share_batches(engine):
+    async def body(batcher, batches):
+        images = [smooth_image(h, w) for h, w in [(10, 12), (16, 5), (7, 7), (14, 9)]]  # one tile each
+        jobs = await asyncio.gather(*(batcher.upscale(KEY, im, timeout=30) for im in images))
+        assert [j.out.shape[:2] for j in jobs] == [(2 * im.shape[0], 2 * im.shape[1]) for im in images]
+        return batches
+
+    batches = run(_with_batcher(engine, body, max_batch=8, max_wait=0.05))
+    assert batches == [4]
+
+
+def test_a_huge_image_does_not_starve_small_ones(engine):
+    async def body(batcher, batches):
+        huge = asyncio.ensure_future(batcher.upscale(KEY, smooth_image(320, 320), timeout=60))  # 400 tiles
+        await asyncio.sleep(0.05)  # the huge job is being served
+        small = [await batcher.upscale(KEY, smooth_image(12, 12, seed=i), timeout=60) for i in range(3)]
+        assert not huge.done()  # every small job finished while the huge one was still running
+        done_after = len(batches)
+        await huge
+        return small, done_after, len(batches)
+
+    small, batches_when_small_done, total = run(_with_batcher(engine, body, max_batch=4, max_wait=0))
+    assert batches_when_small_done < total / 2
+
+
+def test_full_queue_refuses_new_work(engine):
+    async def body(batcher, batches):
+        first = asyncio.ensure_future(batcher.upscale(KEY, smooth_image(160, 160), timeout=60))  # 100 tiles
+        await asyncio.sleep(0)
+        with pytest.raises(Overloaded):
+            batcher.submit(KEY, smooth_image(40, 40), timeout=60)
+        await first
+
+    run(_with_batcher(engine, body, max_batch=4, max_queue_tiles=50))
+
+
+def test_expired_job_fails_and_leaves_the_queue(engine):
+    async def body(batcher, batches):
+        with pytest.raises(DeadlineExceeded):
+            await batcher.upscale(KEY, smooth_image(320, 320), timeout=0.05)
+        assert batcher.queued_tiles == 0
+
+    run(_with_batcher(engine, body, max_batch=2))
+
+
+def test_cancelled_request_drops_its_tiles(engine):
+    async def body(batcher, batches):
+        task = asyncio.ensure_future(batcher.upscale(KEY, smooth_image(320, 320), timeout=60))
+        await asyncio.sleep(0.05)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        assert batcher.queued_tiles == 0
+        ran = len(batches)
+        await asyncio.sleep(0.2)
+        return ran, len(batches)
+
+    ran, later = run(_with_batcher(engine, body, max_batch=2))
+    assert later <= ran + 1  # at most the batch in flight when it was cancelled
+
+
+def test_float_input_gives_float_output_equal_to_engine(engine):
+    img = smooth_image(20, 33).astype(np.float32) / 255
+
+    async def body(batcher, batches):
+        return (await batcher.upscale(KEY, img, timeout=30)).out
+
+    out = run(_with_batcher(engine, body))
+    assert np.abs(out - engine.upscale(KEY, img)).max() <= 1e-5
