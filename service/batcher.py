@@ -40,7 +40,7 @@ log = logging.getLogger("service.batcher")
 class Job:
     key: ModelKey
     grid: TileGrid
-    padded: np.ndarray  # (H + 2c, W + 2c, 3) uint8/uint16 (or float32 in [0, 1])
+    padded: np.ndarray | None  # (H + 2c, W + 2c, 3) uint8/uint16 (or float32 in [0, 1]); None when done
     out: np.ndarray  # (sH, sW, 3), same dtype as the input
     deadline: float  # time.monotonic() after which the job is abandoned
     future: asyncio.Future
@@ -119,6 +119,7 @@ class Batcher:
     async def upscale(self, key: ModelKey, image: np.ndarray, timeout: float) -> Job:
         """Submit and wait; the job's ``out`` holds the result. Cancelling this drops the job's tiles."""
         job = self.submit(key, image, timeout)
+        del image  # the job holds its padded copy; let the caller's pixels be freed
         try:
             await job.future
         finally:
@@ -222,6 +223,7 @@ class Batcher:
         for job in {job for job, _ in picks}:
             if not job.todo and not job.running and not job.dead:
                 job.finished = now
+                job.padded = None  # the input is no longer needed; free it before encoding
                 job.future.set_result(job)
             if job.dead or (not job.todo and not job.running):
                 queue = self._jobs.get(job.key)

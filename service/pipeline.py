@@ -1,0 +1,98 @@
+"""One upscale request, start to finish: read -> decode -> batcher/engine -> encode.
+
+Knows nothing of HTTP: the caller passes a coroutine that reads the body and
+one that tells whether the client has gone away. Large intermediate buffers
+are released as soon as the next stage has what it needs (the body after
+decoding, the pixels once the batcher has its padded copy), so a big image
+holds at most about its output plus its input in memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+from service.batcher import Batcher
+from service.codecs import decode, encode
+from service.engine import ModelKey
+from service.settings import Settings
+from service.uploads import Upload
+
+__all__ = ["UpscaleResult", "Pipeline"]
+
+
+@dataclass(frozen=True)
+class UpscaleResult:
+    body: bytes
+    format: str  # png, jpeg or webp
+    filename: str | None  # the client's name for the input, if it sent one
+    input_size: tuple[int, int]  # (width, height)
+    output_size: tuple[int, int]
+    timings: dict[str, float]  # seconds: decode, queue, infer, encode
+
+
+class Pipeline:
+    def __init__(self, batcher: Batcher, codec_pool: Executor, settings: Settings):
+        self.batcher, self.codec_pool, self.settings = batcher, codec_pool, settings
+
+    async def _in_pool(self, fn, /, *args, **kwargs):
+        return await asyncio.get_running_loop().run_in_executor(self.codec_pool, lambda: fn(*args, **kwargs))
+
+    async def run(
+        self,
+        read: Callable[[], Awaitable[Upload]],
+        is_disconnected: Callable[[], Awaitable[bool]],
+        *,
+        key: ModelKey,
+        fmt: str | None,
+        quality: int | None,
+    ) -> UpscaleResult:
+        s = self.settings
+        upload = await read()
+        filename = upload.filename
+        t0 = time.perf_counter()
+        decoded = await self._in_pool(
+            decode,
+            upload.data,
+            scale=key[1],
+            max_input_pixels=s.max_input_pixels,
+            max_output_pixels=s.max_output_pixels,
+        )
+        del upload  # the body is no longer needed
+        t_decode = time.perf_counter() - t0
+        in_size = (decoded.width, decoded.height)
+        job = await _unless_disconnected(
+            is_disconnected, self.batcher.upscale(key, decoded.take_pixels(), s.request_timeout_s)
+        )
+        fmt = fmt or decoded.default_format()
+        t0 = time.perf_counter()
+        body = await self._in_pool(
+            encode,
+            job.out,
+            decoded,
+            fmt=fmt,
+            quality=quality or s.default_quality,
+            png_compress_level=s.png_compress_level,
+        )
+        timings = {"decode": t_decode, **job.timings(), "encode": time.perf_counter() - t0}
+        out_size = (job.out.shape[1], job.out.shape[0])
+        return UpscaleResult(body, fmt, filename, in_size, out_size, timings)
+
+
+async def _unless_disconnected(is_disconnected: Callable[[], Awaitable[bool]], coro):
+    """Await ``coro``; if the client goes away first, cancel it (its queued tiles are dropped)."""
+    task = asyncio.ensure_future(coro)
+    try:
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if await is_disconnected():
+                raise asyncio.CancelledError("client disconnected")
+    finally:
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
