@@ -1,0 +1,265 @@
+"""Load generator: closed loop over concurrency levels, or open loop at a fixed rate.
+
+    python -m client.loadtest --server http://127.0.0.1:8000 --concurrency 1,2,4,8 --duration 10 --sizes 128,256
+    python -m client.loadtest --server URL --rate 5 --duration 20 --images photos/
+
+Closed loop: for each concurrency level N, N workers post back to back for
+``--duration`` seconds (or ``--max-requests``). Open loop: requests start at
+``--rate`` per second whatever the service does, so queueing shows up as
+latency. Per step it reports requests/s, output MPix/s, p50/p90/p95/p99
+latency and errors by status, and writes ``loadtest.json``, ``loadtest.csv``
+and ``loadtest.png`` (throughput against p95 latency) to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import io
+import json
+import logging
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+import numpy as np
+from PIL import Image
+
+__all__ = ["Payload", "StepResult", "make_payloads", "load_payloads", "closed_loop", "open_loop", "main"]
+
+log = logging.getLogger("client.loadtest")
+
+
+@dataclass(frozen=True)
+class Payload:
+    data: bytes
+    content_type: str
+    width: int
+    height: int
+
+
+@dataclass
+class StepResult:
+    mode: str  # closed or open
+    level: float  # concurrency (closed) or offered requests/s (open)
+    seconds: float
+    requests: int
+    ok: int
+    requests_per_s: float
+    output_mpix_per_s: float
+    p50_ms: float
+    p90_ms: float
+    p95_ms: float
+    p99_ms: float
+    errors: dict[str, int] = field(default_factory=dict)  # status (or exception name) -> count
+
+
+def make_payloads(sizes: list[int], seed: int = 0) -> list[Payload]:
+    """Photo-like PNGs of the given square sizes (smooth colour fields plus mild noise)."""
+    rng = np.random.default_rng(seed)
+    payloads = []
+    for n in sizes:
+        yy, xx = np.mgrid[0:n, 0:n] / n
+        img = np.stack([np.sin(5 * xx + c) * np.cos(4 * yy - c) for c in range(3)], -1) * 0.4 + 0.5
+        img = np.clip(img + 0.03 * rng.standard_normal(img.shape), 0, 1)
+        buf = io.BytesIO()
+        Image.fromarray((img * 255).astype(np.uint8)).save(buf, "PNG")
+        payloads.append(Payload(buf.getvalue(), "image/png", n, n))
+    return payloads
+
+
+def load_payloads(folder: str | Path, limit: int = 64) -> list[Payload]:
+    """Up to ``limit`` images from a folder, sent as they are."""
+    payloads = []
+    for path in sorted(Path(folder).rglob("*")):
+        if path.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp", ".bmp") or len(payloads) >= limit:
+            continue
+        with Image.open(path) as im:
+            w, h = im.size
+            kind = (im.format or "png").lower()
+        payloads.append(Payload(path.read_bytes(), f"image/{kind}", w, h))
+    if not payloads:
+        raise SystemExit(f"no images in {folder}")
+    return payloads
+
+
+class _Recorder:
+    def __init__(self, scale: int):
+        self.scale = scale
+        self.latencies: list[float] = []
+        self.statuses: Counter[str] = Counter()
+        self.pixels = 0
+
+    async def send(self, client: httpx.AsyncClient, payload: Payload, params: dict) -> None:
+        t0 = time.perf_counter()
+        try:
+            r = await client.post(
+                "/v1/upscale", content=payload.data, params=params, headers={"Content-Type": payload.content_type}
+            )
+            status = str(r.status_code)
+        except httpx.HTTPError as exc:
+            status = type(exc).__name__
+        self.statuses[status] += 1
+        if status == "200":
+            self.latencies.append(time.perf_counter() - t0)
+            self.pixels += payload.width * payload.height * self.scale**2
+
+    def result(self, mode: str, level: float, seconds: float) -> StepResult:
+        lat = np.array(self.latencies or [np.nan]) * 1000
+        total = sum(self.statuses.values())
+        ok = self.statuses.get("200", 0)
+        p50, p90, p95, p99 = (float(np.percentile(lat, q)) for q in (50, 90, 95, 99))
+        return StepResult(
+            mode=mode,
+            level=level,
+            seconds=round(seconds, 3),
+            requests=total,
+            ok=ok,
+            requests_per_s=ok / seconds,
+            output_mpix_per_s=self.pixels / seconds / 1e6,
+            p50_ms=p50,
+            p90_ms=p90,
+            p95_ms=p95,
+            p99_ms=p99,
+            errors={k: v for k, v in self.statuses.items() if k != "200"},
+        )
+
+
+def _client(server: str, timeout: float, api_key: str | None, connections: int) -> httpx.AsyncClient:
+    headers = {"X-API-Key": api_key} if api_key else {}
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    return httpx.AsyncClient(base_url=server, timeout=timeout, headers=headers, limits=limits)
+
+
+async def closed_loop(
+    server: str,
+    payloads: list[Payload],
+    concurrency: int,
+    *,
+    duration: float,
+    max_requests: int,
+    params: dict,
+    timeout: float = 120,
+    api_key: str | None = None,
+) -> StepResult:
+    """``concurrency`` workers post back to back until ``duration`` or ``max_requests``."""
+    rec = _Recorder(int(params.get("scale", 2)))
+    sent = 0
+    deadline = time.perf_counter() + duration
+
+    async def worker(client: httpx.AsyncClient, offset: int) -> None:
+        nonlocal sent
+        i = offset
+        while time.perf_counter() < deadline and sent < max_requests:
+            sent += 1
+            await rec.send(client, payloads[i % len(payloads)], params)
+            i += concurrency
+
+    async with _client(server, timeout, api_key, concurrency) as client:
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(client, k) for k in range(concurrency)))
+        return rec.result("closed", concurrency, time.perf_counter() - t0)
+
+
+async def open_loop(
+    server: str,
+    payloads: list[Payload],
+    rate: float,
+    *,
+    duration: float,
+    max_requests: int,
+    params: dict,
+    timeout: float = 120,
+    api_key: str | None = None,
+) -> StepResult:
+    """Start a request every 1/``rate`` seconds for ``duration``, however slowly the service answers."""
+    rec = _Recorder(int(params.get("scale", 2)))
+    count = min(max_requests, max(1, int(rate * duration)))
+    async with _client(server, timeout, api_key, 256) as client:
+        t0 = time.perf_counter()
+        tasks = []
+        for i in range(count):
+            await asyncio.sleep(max(0.0, t0 + i / rate - time.perf_counter()))
+            tasks.append(asyncio.ensure_future(rec.send(client, payloads[i % len(payloads)], params)))
+        await asyncio.gather(*tasks)
+        return rec.result("open", rate, time.perf_counter() - t0)
+
+
+def write_results(results: list[StepResult], out: Path, meta: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    rows = [asdict(r) for r in results]
+    (out / "loadtest.json").write_text(json.dumps({"meta": meta, "steps": rows}, indent=2) + "\n")
+    with open(out / "loadtest.csv", "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows({**r, "errors": json.dumps(r["errors"])} for r in rows)
+    _plot(results, out / "loadtest.png")
+
+
+def _plot(results: list[StepResult], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        log.warning("matplotlib is not installed; no plot written")
+        return
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot([r.output_mpix_per_s for r in results], [r.p95_ms for r in results], "o-")
+    for r in results:
+        ax.annotate(f"{r.mode[0]}{r.level:g}", (r.output_mpix_per_s, r.p95_ms), fontsize=8)
+    ax.set_xlabel("output MPix/s")
+    ax.set_ylabel("p95 latency (ms)")
+    ax.set_title("throughput vs p95 latency")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _report(r: StepResult) -> str:
+    errors = ", ".join(f"{k}: {v}" for k, v in r.errors.items()) or "none"
+    return (
+        f"{r.mode:6} {r.level:>6g}  {r.requests_per_s:7.2f} req/s  {r.output_mpix_per_s:7.2f} MPix/s  "
+        f"p50 {r.p50_ms:7.1f}  p90 {r.p90_ms:7.1f}  p95 {r.p95_ms:7.1f}  p99 {r.p99_ms:7.1f} ms  errors: {errors}"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--server", required=True, help="base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--concurrency", default="1,2,4,8,16", help="closed-loop levels, comma separated")
+    p.add_argument("--rate", type=float, help="open loop at this many requests/s instead")
+    p.add_argument("--duration", type=float, default=10.0, help="seconds per step")
+    p.add_argument("--max-requests", type=int, default=1000, help="cap on requests per step")
+    p.add_argument("--sizes", default="128,256,512", help="square PNG sizes to generate")
+    p.add_argument("--images", help="send these images instead of generated ones")
+    p.add_argument("--scale", type=int, default=2, choices=(2, 3, 4))
+    p.add_argument("--format", choices=("png", "jpeg", "webp"))
+    p.add_argument("--api-key")
+    p.add_argument("--out", default="loadtest-results", help="folder for JSON, CSV and plot")
+    args = p.parse_args(argv)
+
+    payloads = load_payloads(args.images) if args.images else make_payloads([int(s) for s in args.sizes.split(",")])
+    params = {"scale": args.scale, **({"format": args.format} if args.format else {})}
+    common = dict(duration=args.duration, max_requests=args.max_requests, params=params, api_key=args.api_key)
+    results = []
+    if args.rate:
+        results.append(asyncio.run(open_loop(args.server, payloads, args.rate, **common)))
+        log.info(_report(results[-1]))
+    else:
+        for level in (int(c) for c in args.concurrency.split(",")):
+            results.append(asyncio.run(closed_loop(args.server, payloads, level, **common)))
+            log.info(_report(results[-1]))
+    meta = {"server": args.server, "payloads": [f"{p.width}x{p.height}" for p in payloads], **params}
+    write_results(results, Path(args.out), meta)
+    log.info("wrote %s/loadtest.{json,csv,png}", args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""Smoke tests of the load tools against the real service (bounded to a few requests; no timing assertions)."""
+
+import asyncio
+import csv
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from client.loadtest import closed_loop, main, make_payloads, open_loop
+
+from .conftest import ROOT
+
+
+@pytest.fixture(scope="module")
+def payloads():
+    return make_payloads([32, 48])
+
+
+def test_closed_loop_counts_requests_pixels_and_latency(server, payloads):
+    step = asyncio.run(closed_loop(server.url, payloads, 2, duration=30, max_requests=6, params={"scale": 2}))
+    assert step.requests == step.ok == 6 and step.errors == {}
+    assert step.output_mpix_per_s > 0 and 0 < step.p50_ms <= step.p99_ms
+
+
+def test_open_loop_sends_at_the_offered_rate(server, payloads):
+    step = asyncio.run(open_loop(server.url, payloads, 8, duration=0.5, max_requests=100, params={"scale": 3}))
+    assert step.requests == 4 and step.ok == 4
+
+
+def test_errors_are_counted_by_status(server, payloads):
+    step = asyncio.run(closed_loop(server.url, payloads, 1, duration=30, max_requests=2, params={"model": "nope"}))
+    assert step.ok == 0 and step.errors == {"400": 2}
+
+
+def test_command_writes_json_csv_and_plot(server, tmp_path):
+    main(
+        [
+            "--server",
+            server.url,
+            "--concurrency",
+            "1,2",
+            "--duration",
+            "5",
+            "--max-requests",
+            "3",
+            "--sizes",
+            "32",
+            "--out",
+            str(tmp_path),
+        ]
+    )
+    report = json.loads((tmp_path / "loadtest.json").read_text())
+    assert [s["level"] for s in report["steps"]] == [1, 2] and all(s["ok"] == 3 for s in report["steps"])
+    assert len(list(csv.DictReader((tmp_path / "loadtest.csv").open()))) == 2
+    assert (tmp_path / "loadtest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+LOCUST = shutil.which("locust", path=str(ROOT / ".venv" / "bin")) or shutil.which("locust")
+
+
+@pytest.mark.skipif(LOCUST is None, reason="locust is not installed")
+def test_locust_file_runs_headless(server, tmp_path):
+    cmd = [LOCUST, "-f", "client/locustfile.py", "--headless", "--host", server.url, "--users", "2"]
+    cmd += ["--spawn-rate", "2", "--run-time", "3s", "--csv", str(tmp_path / "locust"), "--only-summary"]
+    env = {"PYTHONPATH": str(ROOT), "UPSCALER_LOAD_SIZES": "32", "PATH": "/usr/bin:/bin"}
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
+    rows = list(csv.DictReader((tmp_path / "locust_stats.csv").open()))
+    total = next(r for r in rows if r["Name"] == "Aggregated")
+    assert int(total["Request Count"]) > 0 and int(total["Failure Count"]) == 0, done.stderr[-2000:]
