@@ -19,15 +19,17 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.batcher import Batcher
-from service.codecs import MEDIA_TYPES, Decoded, decode, encode
+from service.codecs import MEDIA_TYPES
 from service.engine import Engine
 from service.errors import BadParameter, NotReady, Unauthorized, UpscalerError
 from service.metrics import Metrics
+from service.pipeline import Pipeline, UpscaleResult
 from service.schemas import ErrorResponse, HealthResponse, ModelInfo, ModelsResponse
 from service.settings import Settings
 from service.uploads import read_upload
@@ -36,6 +38,8 @@ __all__ = ["create_app"]
 
 log = logging.getLogger("service")
 access_log = logging.getLogger("service.access")
+
+STATIC_DIR = Path(__file__).resolve().parent / "static"
 
 _ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 422, 503, 504)}
 _IMAGE_BODY = {
@@ -66,6 +70,7 @@ class ServiceState:
     engine: Engine | None = None
     batcher: Batcher | None = None
     codec_pool: ThreadPoolExecutor | None = None
+    pipeline: Pipeline | None = None
     ready: bool = False
     draining: bool = False
     started: float = field(default_factory=time.monotonic)
@@ -114,6 +119,7 @@ def _lifespan(state: ServiceState):
             on_batch=state.metrics.observe_batch,
         )
         state.batcher.start()
+        state.pipeline = Pipeline(state.batcher, state.codec_pool, s)
         state.ready = True
         log.info("ready")
         try:
@@ -127,24 +133,17 @@ def _lifespan(state: ServiceState):
     return lifespan
 
 
-async def _in_pool(state: ServiceState, fn, /, *args, **kwargs):
-    return await asyncio.get_running_loop().run_in_executor(state.codec_pool, lambda: fn(*args, **kwargs))
-
-
-async def _unless_disconnected(request: Request, coro):
-    """Await ``coro``; if the client goes away first, cancel it (its queued tiles are dropped)."""
-    task = asyncio.ensure_future(coro)
-    try:
-        while True:
-            done, _ = await asyncio.wait({task}, timeout=0.25)
-            if done:
-                return task.result()
-            if await request.is_disconnected():
-                raise asyncio.CancelledError("client disconnected")
-    finally:
-        if not task.done():
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+def _observe(state: ServiceState, request: Request, key: tuple[str, int], result: UpscaleResult) -> None:
+    for stage, seconds in result.timings.items():
+        state.metrics.stage.labels(stage).observe(seconds)
+    state.metrics.output_pixels.inc(result.output_size[0] * result.output_size[1])
+    request.state.log = {
+        "model": f"{key[0]}_x{key[1]}",
+        "in": "{}x{}".format(*result.input_size),
+        "out": "{}x{}".format(*result.output_size),
+        "format": result.format,
+        **{f"{k}_ms": round(v * 1000, 1) for k, v in result.timings.items()},
+    }
 
 
 def _key_for(state: ServiceState, model: str | None, scale: int) -> tuple[str, int]:
@@ -187,49 +186,23 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Upscale one image: the raw bytes as the body (any image/* type) or a multipart field `image`."""
         if not state.ready:
             raise NotReady("the service is starting or shutting down; retry shortly")
-        s = state.settings
         key = _key_for(state, model, scale)
-        upload = await read_upload(request, s.max_body_bytes)
-        t0 = time.perf_counter()
-        decoded: Decoded = await _in_pool(
-            state,
-            decode,
-            upload.data,
-            scale=scale,
-            max_input_pixels=s.max_input_pixels,
-            max_output_pixels=s.max_output_pixels,
+        result = await state.pipeline.run(
+            lambda: read_upload(request, state.settings.max_body_bytes),
+            request.is_disconnected,
+            key=key,
+            fmt=format,
+            quality=quality,
         )
-        t_decode = time.perf_counter() - t0
-        job = await _unless_disconnected(request, state.batcher.upscale(key, decoded.rgb, s.request_timeout_s))
-        fmt = format or decoded.default_format()
-        t0 = time.perf_counter()
-        body = await _in_pool(
-            state,
-            encode,
-            job.out,
-            decoded,
-            fmt=fmt,
-            quality=quality or s.default_quality,
-            png_compress_level=s.png_compress_level,
-        )
-        timings = {"decode": t_decode, **job.timings(), "encode": time.perf_counter() - t0}
-        for stage, seconds in timings.items():
-            state.metrics.stage.labels(stage).observe(seconds)
-        state.metrics.output_pixels.inc(job.out.shape[0] * job.out.shape[1])
-        stem = Path(upload.filename).stem if upload.filename else "image"
-        request.state.log = {
-            "model": f"{key[0]}_x{key[1]}",
-            "in": f"{decoded.width}x{decoded.height}",
-            "out": f"{job.out.shape[1]}x{job.out.shape[0]}",
-            "format": fmt,
-            **{f"{k}_ms": round(v * 1000, 1) for k, v in timings.items()},
-        }
+        _observe(state, request, key, result)
+        stem = Path(result.filename).stem if result.filename else "image"
+        extension = "jpg" if result.format == "jpeg" else result.format
         return Response(
-            body,
-            media_type=MEDIA_TYPES[fmt],
+            result.body,
+            media_type=MEDIA_TYPES[result.format],
             headers={
-                "Content-Disposition": f'inline; filename="{stem}_x{scale}.{"jpg" if fmt == "jpeg" else fmt}"',
-                "Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in timings.items()),
+                "Content-Disposition": f'inline; filename="{stem}_x{scale}.{extension}"',
+                "Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in result.timings.items()),
             },
         )
 
@@ -258,6 +231,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_batch=state.settings.max_batch,
             models=infos,
         )
+
+    @app.get("/", include_in_schema=False)
+    async def page() -> FileResponse:
+        """The page to try the upscaler in a browser (service/static)."""
+        return FileResponse(STATIC_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC_DIR), name="static")
 
     @app.get("/healthz", response_model=HealthResponse)
     async def healthz() -> HealthResponse:
