@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # onnxruntime-gpu only where an NVIDIA GPU answers; the CPU build everywhere else (they cannot share a venv).
 ORT_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: serve test lint install-serve install-test clean
+.PHONY: serve test lint install-serve install-test install-browser clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,18 @@ $(VENV)/.test-$(ORT_EXTRA): pyproject.toml | $(PY)
 install-serve: $(VENV)/.serve-$(ORT_EXTRA)
 install-test: $(VENV)/.test-$(ORT_EXTRA)
 
+# The browser test (tests/test_web_page.py) drives Debian's chromium: installed where we are root with apt, else it skips.
+install-browser:
+	@if [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
+	    || echo "could not install chromium; the browser tests will skip"; \
+	else echo "no /usr/bin/chromium and no root apt-get; the browser tests will skip"; fi
+
 serve: install-serve
 	UPSCALER_HOST=$(HOST) UPSCALER_PORT=$(PORT) $(PY) -m service
 
-test: install-test
+test: install-test install-browser
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
