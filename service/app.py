@@ -219,6 +219,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 context=spec.context,
                 parameters=spec.card.get("parameters"),
                 macs_per_input_pixel=spec.card.get("macs_per_input_pixel"),
+                trained=spec.card.get("trained", False),
                 set5=spec.card.get("set5"),
                 precision="fp16" if eng.fp16 else "fp32",
             )

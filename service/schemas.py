@@ -22,6 +22,7 @@ class ModelInfo(BaseModel):
     context: int = Field(description="LR pixels of context each tile carries per side")
     parameters: int | None = None
     macs_per_input_pixel: int | None = None
+    trained: bool = Field(description="false for an untrained placeholder network")
     set5: dict[str, float] | None = Field(None, description="Set5 Y-PSNR/SSIM of the model and of bicubic")
     precision: str
 
