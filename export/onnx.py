@@ -163,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
             "steps": ckpt["step"],
             "batch": tc["batch"],
             "lr_patch": tc["patch"],
-            "loss": "L1",
+            "loss": tc.get("loss", "l1").upper(),
             "optimizer": f"Adam, lr {tc['lr']} with {tc['warmup']} warm-up steps, cosine decay to {tc['lr_min']}",
             "init": Path(tc["init"]).parent.name + " body" if tc["init"] else "random",
             "seed": tc["seed"],

@@ -43,6 +43,7 @@ class TrainConfig:
     steps: int = 30000  # optimiser steps in total
     batch: int = 16  # patches per step
     patch: int = 32  # LR patch size (HR patch = scale * patch)
+    loss: str = "l1"  # l1 (robust, sharp) or l2 (what PSNR measures; good for a final fine-tune)
     lr: float = 1e-3  # peak Adam learning rate
     lr_min: float = 1e-5  # learning rate at the end of the cosine decay
     warmup: int = 500  # linear warm-up steps
@@ -62,10 +63,15 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * progress))
 
 
-def train_step(net: SRNet, opt: torch.optim.Optimizer, lr_batch: torch.Tensor, hr_batch: torch.Tensor) -> float:
-    """One optimiser step on L1 loss; returns the loss before the step."""
+LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
+
+
+def train_step(
+    net: SRNet, opt: torch.optim.Optimizer, lr_batch: torch.Tensor, hr_batch: torch.Tensor, loss_name: str = "l1"
+) -> float:
+    """One optimiser step; returns the loss before the step."""
     net.train()
-    loss = F.l1_loss(net(lr_batch), hr_batch)
+    loss = LOSSES[loss_name](net(lr_batch), hr_batch)
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()
@@ -167,7 +173,8 @@ def train(cfg: TrainConfig) -> float:
             for group in opt.param_groups:
                 group["lr"] = learning_rate(cfg, step)
             lr_np, hr_np = sampler.batch(cfg.batch)
-            loss = train_step(net, opt, torch.from_numpy(lr_np).to(device), torch.from_numpy(hr_np).to(device))
+            lr_t, hr_t = torch.from_numpy(lr_np).to(device), torch.from_numpy(hr_np).to(device)
+            loss = train_step(net, opt, lr_t, hr_t, cfg.loss)
             running = loss if step == 0 else 0.98 * running + 0.02 * loss
             step += 1
             bar.update(1)
@@ -204,6 +211,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--patch", type=int, default=d.patch)
+    p.add_argument("--loss", choices=sorted(LOSSES), default=d.loss)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--lr-min", type=float, default=d.lr_min)
     p.add_argument("--warmup", type=int, default=d.warmup)
