@@ -38,9 +38,9 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
 
-def start_server(tmp_dir: Path, **settings: str) -> Server:
-    """Start ``python -m service`` with UPSCALER_* settings and wait until /readyz answers 200."""
-    port = free_port()
+def start_server(tmp_dir: Path, port: int | None = None, **settings: str) -> Server:
+    """Start ``python -m service`` (on ``port``, or a free one) with UPSCALER_* settings; wait until /readyz is 200."""
+    port = port or free_port()
     env = {**os.environ, "UPSCALER_HOST": "127.0.0.1", "UPSCALER_PORT": str(port), "PYTHONPATH": str(ROOT)}
     env.update({f"UPSCALER_{k.upper()}": str(v) for k, v in settings.items()})
     log_path = tmp_dir / f"server-{port}.log"
