@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # onnxruntime-gpu only where an NVIDIA GPU answers; the CPU build everywhere else (they cannot share a venv).
 ORT_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: serve test lint install-serve install-test install-browser clean
+.PHONY: serve test lint install-serve install-test install-browser docker-smoke clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,12 @@ serve: install-serve
 test: install-test install-browser
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# Build the CPU image, run it, wait for /readyz and the HEALTHCHECK, upscale one image, stop it with SIGTERM
+# (deploy/docker-smoke.sh). Needs a Docker engine, or root with docker.io + debootstrap; prints SKIP otherwise.
+# Not part of `make test`: it takes minutes.
+docker-smoke: | $(PY)
+	PYTHON=$(PY) bash deploy/docker-smoke.sh
 
 lint: install-test
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> None:
             "init": Path(tc["init"]).parent.name + " body" if tc["init"] else "random",
             "seed": tc["seed"],
             "device": ckpt.get("device", "cpu"),
-            "best_val_psnr_torch": round(ckpt["best_psnr"], 3),
+            "checkpoint": f"{Path(args.checkpoint).name} (the run's last step unless named best.pt)",
         }
     elif args.untrained:
         net, variant = build(args.variant, args.scale), args.variant

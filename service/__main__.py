@@ -8,6 +8,7 @@ flight and exits 0. A second signal stops at once.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import threading
@@ -33,6 +34,15 @@ class DrainingServer(uvicorn.Server):
         delay = self.state.settings.drain_seconds
         log.info("draining: /readyz answers 503; stopping in %.1f s", delay)
         threading.Timer(delay, super().handle_exit, args=(sig, frame)).start()
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        with super().capture_signals():
+            yield
+            # uvicorn re-raises a captured signal once it has stopped, so the process would die of SIGTERM
+            # (exit status -15) even after a clean drain; only a forced stop (a second signal) keeps that.
+            if len(self._captured_signals) == 1:
+                self._captured_signals.clear()
 
 
 def main() -> None:

@@ -155,6 +155,35 @@ def _key_for(state: ServiceState, model: str | None, scale: int) -> tuple[str, i
     return key
 
 
+class _DisconnectWatch:
+    """Whether the client has gone away, asked once its body has been read.
+
+    ``request.is_disconnected()`` never sees a disconnect behind ``@app.middleware("http")``: Starlette's
+    BaseHTTPMiddleware answers that non-blocking poll under an already-cancelled scope, so it always says no
+    and abandoned requests ran to the end. Instead a task waits for the next ASGI message; after the body
+    the only one that can come is ``http.disconnect``.
+    """
+
+    def __init__(self, request: Request):
+        self.request = request
+        self.task: asyncio.Future | None = None
+
+    async def __call__(self) -> bool:
+        if self.task is None:
+            self.task = asyncio.ensure_future(self.request.receive())
+        if not self.task.done() or self.task.cancelled() or self.task.exception() is not None:
+            return False
+        return self.task.result().get("type") == "http.disconnect"
+
+    def close(self) -> None:
+        if self.task is None:
+            return
+        if not self.task.done():
+            self.task.cancel()
+        elif not self.task.cancelled():
+            self.task.exception()  # mark it retrieved, so asyncio does not log it
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. The engine is loaded in the lifespan, when the server starts."""
     settings = settings or Settings()
@@ -184,16 +213,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         quality: Annotated[int | None, Query(ge=1, le=100, description="JPEG/WebP quality")] = None,
     ) -> Response:
         """Upscale one image: the raw bytes as the body (any image/* type) or a multipart field `image`."""
-        if not state.ready:
+        if not (state.ready or state.draining):  # while draining, keep serving what load balancers still send
             raise NotReady("the service is starting or shutting down; retry shortly")
         key = _key_for(state, model, scale)
-        result = await state.pipeline.run(
-            lambda: read_upload(request, state.settings.max_body_bytes),
-            request.is_disconnected,
-            key=key,
-            fmt=format,
-            quality=quality,
-        )
+        disconnected = _DisconnectWatch(request)
+        try:
+            result = await state.pipeline.run(
+                lambda: read_upload(request, state.settings.max_body_bytes),
+                disconnected,
+                key=key,
+                fmt=format,
+                quality=quality,
+            )
+        finally:
+            disconnected.close()
         _observe(state, request, key, result)
         stem = Path(result.filename).stem if result.filename else "image"
         extension = "jpg" if result.format == "jpeg" else result.format

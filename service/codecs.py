@@ -30,6 +30,7 @@ Image.MAX_IMAGE_PIXELS = None
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 _PIL_FORMAT = {"jpeg": "JPEG", "webp": "WEBP"}
+_JPEG_MAX_EXIF = 65533  # one APP1 segment: 64 KiB minus its length field
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I"}
 
 
@@ -177,8 +178,10 @@ def encode(sr: np.ndarray, decoded: Decoded, *, fmt: str, quality: int, png_comp
     params: dict = {"quality": quality}
     if decoded.icc_profile:
         params["icc_profile"] = decoded.icc_profile
-    if decoded.exif:
+    if decoded.exif and (fmt != "jpeg" or len(decoded.exif) <= _JPEG_MAX_EXIF):
         params["exif"] = decoded.exif
+    elif decoded.exif:
+        log.info("dropping %d bytes of EXIF: more than one JPEG APP1 segment holds", len(decoded.exif))
     buf = io.BytesIO()
     im.save(buf, format=_PIL_FORMAT[fmt], **params)
     return buf.getvalue()

@@ -10,6 +10,7 @@ server paths.
     ├── Unauthorized              401 unauthorized
     ├── TooLarge                  413 too_large          (body bytes, input or output pixels)
     ├── UnsupportedImage          415 unsupported_image  (not decodable, animated, ...)
+    ├── ClientGone                499 client_closed      (the client went away; nobody reads the answer)
     ├── Overloaded                503 overloaded         (queue full; Retry-After)
     ├── NotReady                  503 not_ready          (starting or draining; Retry-After)
     └── DeadlineExceeded          504 deadline_exceeded  (waited longer than the request timeout)
@@ -22,6 +23,7 @@ __all__ = [
     "BadParameter",
     "Unauthorized",
     "TooLarge",
+    "ClientGone",
     "UnsupportedImage",
     "Overloaded",
     "NotReady",
@@ -49,6 +51,10 @@ class Unauthorized(UpscalerError):
 
 class TooLarge(UpscalerError):
     status, code = 413, "too_large"
+
+
+class ClientGone(UpscalerError):
+    status, code = 499, "client_closed"
 
 
 class UnsupportedImage(UpscalerError):

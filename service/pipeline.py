@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from service.batcher import Batcher
 from service.codecs import decode, encode
 from service.engine import ModelKey
+from service.errors import ClientGone, Overloaded
 from service.settings import Settings
 from service.uploads import Upload
 
@@ -51,6 +52,8 @@ class Pipeline:
         quality: int | None,
     ) -> UpscaleResult:
         s = self.settings
+        if self.batcher.queued_tiles >= s.max_queue_tiles:  # refuse before reading and decoding the body
+            raise Overloaded(f"the server is busy ({self.batcher.queued_tiles} tiles queued); retry shortly")
         upload = await read()
         filename = upload.filename
         t0 = time.perf_counter()
@@ -91,7 +94,8 @@ async def _unless_disconnected(is_disconnected: Callable[[], Awaitable[bool]], c
             if done:
                 return task.result()
             if await is_disconnected():
-                raise asyncio.CancelledError("client disconnected")
+                # An error, not CancelledError: that one escapes Starlette's middleware as "No response returned".
+                raise ClientGone("the client closed the connection before its image was done")
     finally:
         if not task.done():
             task.cancel()

@@ -54,6 +54,13 @@ class Settings(BaseSettings):
             raise ValueError(f"UPSCALER_MODEL_DIR={v} is not a folder; point it at the folder of .onnx models")
         return v
 
+    @field_validator("api_keys")
+    @classmethod
+    def _no_blank_keys(cls, v: list[str]) -> list[str]:
+        if any(not key.strip() for key in v):  # an empty key would match a request that sends none
+            raise ValueError("UPSCALER_API_KEYS has an empty key; it would let requests without a key in")
+        return v
+
     @model_validator(mode="after")
     def _default_is_served(self) -> Settings:
         if self.variants and self.default_model not in self.variants:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from service.errors import BadParameter, TooLarge, UnsupportedImage
+from service.errors import BadParameter, ClientGone, TooLarge, UnsupportedImage
 
 __all__ = ["Upload", "read_upload"]
 
@@ -33,11 +33,14 @@ async def _limited(request: Request, max_bytes: int) -> AsyncIterator[bytes]:
     if length and length.isdigit() and int(length) > max_bytes:
         raise TooLarge(f"the body is {int(length)} bytes; this server accepts at most {max_bytes}")
     seen = 0
-    async for chunk in request.stream():
-        seen += len(chunk)
-        if seen > max_bytes:
-            raise TooLarge(f"the body exceeds {max_bytes} bytes, the most this server accepts")
-        yield chunk
+    try:
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > max_bytes:
+                raise TooLarge(f"the body exceeds {max_bytes} bytes, the most this server accepts")
+            yield chunk
+    except ClientDisconnect:  # it hung up halfway through the upload: nobody to answer, nothing went wrong here
+        raise ClientGone("the client closed the connection while sending the body") from None
 
 
 async def read_upload(request: Request, max_bytes: int) -> Upload:

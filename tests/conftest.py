@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -70,17 +71,31 @@ def stop_server(server: Server) -> None:
         server.process.kill()
 
 
-@pytest.fixture(scope="session")
-def server(tmp_path_factory) -> Iterator[Server]:
-    srv = start_server(tmp_path_factory.mktemp("server"), tile=64, max_batch=8)
-    yield srv
-    stop_server(srv)
+@contextmanager
+def serving(tmp_dir: Path, **settings) -> Iterator[tuple[Server, httpx.Client]]:
+    """A started server and an HTTP client for it; both closed on exit."""
+    srv = start_server(tmp_dir, **settings)
+    try:
+        with httpx.Client(base_url=srv.url, timeout=60) as c:
+            yield srv, c
+    finally:
+        stop_server(srv)
 
 
 @pytest.fixture(scope="session")
-def client(server: Server) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=server.url, timeout=60) as c:
-        yield c
+def served(tmp_path_factory) -> Iterator[tuple[Server, httpx.Client]]:
+    with serving(tmp_path_factory.mktemp("server"), tile=64, max_batch=8) as pair:
+        yield pair
+
+
+@pytest.fixture(scope="session")
+def server(served) -> Server:
+    return served[0]
+
+
+@pytest.fixture(scope="session")
+def client(served) -> httpx.Client:
+    return served[1]
 
 
 def smooth_image(h: int, w: int, channels: int = 3, seed: int = 0) -> np.ndarray:

@@ -1,0 +1,99 @@
+"""Engine benchmark: ONNX Runtime vs PyTorch eager on the same network and tiles, and vs the SGEMM peak.
+
+    python -m bench.engine [--model fast_x2] [--tile 128] [--batch 8] [--quick]
+
+Writes bench/results/engine.json. Both run the shipped network's architecture on
+the same batch of serving tiles with the same number of threads; achieved
+GFLOP/s counts the multiply-adds of every convolution at the real tile shape.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import torch
+
+from bench.machine import RESULTS, sgemm_gflops, timed, write_result
+from model.network import SRNet
+from service.engine import Engine
+
+MODELS = RESULTS.parent.parent / "export" / "models"
+
+
+def conv_flops(net: SRNet, x: torch.Tensor) -> int:
+    """2 x multiply-adds of all (transposed) convolutions for input ``x``."""
+    total = 0
+
+    def count(mod, inputs, output):
+        nonlocal total
+        k = mod.kernel_size[0] * mod.kernel_size[1]
+        if isinstance(mod, torch.nn.ConvTranspose2d):  # every input pixel scatters a kernel per output channel
+            total += inputs[0].numel() * mod.out_channels // mod.groups * k
+        else:
+            total += output.numel() * mod.in_channels // mod.groups * k
+
+    hooks = [
+        m.register_forward_hook(count)
+        for m in net.modules()
+        if isinstance(m, torch.nn.Conv2d | torch.nn.ConvTranspose2d)
+    ]
+    with torch.inference_mode():
+        net(x)
+    for h in hooks:
+        h.remove()
+    return 2 * total
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="fast_x2")
+    p.add_argument("--tile", type=int, default=128)
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--threads", type=int, default=os.cpu_count())
+    p.add_argument("--quick", action="store_true", help="smoke run: tiny tile, one repeat, no result file")
+    args = p.parse_args(argv)
+    repeat = 1 if args.quick else 7
+    tile = 16 if args.quick else args.tile
+
+    path = MODELS / f"{args.model}.onnx"
+    meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    net = SRNet(**json.loads(meta["config"])).eval()  # same architecture; speed does not depend on weight values
+    c = int(meta["context"])
+    x = np.random.default_rng(0).random((args.batch, 3, tile + 2 * c, tile + 2 * c), dtype=np.float32)
+    flops = conv_flops(net, torch.from_numpy(x))
+
+    engine = Engine(path, tile=tile, threads=args.threads, prefer_gpu=False)
+    key = next(iter(engine.specs))
+    t_ort = timed(lambda: engine.run(key, x), repeat=repeat)
+    torch.set_num_threads(args.threads)
+    xt = torch.from_numpy(x)
+    with torch.inference_mode():
+        t_torch = timed(lambda: net(xt), repeat=repeat)
+    peak = sgemm_gflops(512 if args.quick else 2048, repeat=repeat)
+    out_mpix = args.batch * (tile * net.scale) ** 2 / 1e6
+    result = {
+        "model": args.model,
+        "tile": tile,
+        "batch": args.batch,
+        "threads": args.threads,
+        "gflop_per_batch": flops / 1e9,
+        "onnxruntime_ms": t_ort * 1000,
+        "pytorch_eager_ms": t_torch * 1000,
+        "onnxruntime_speedup_vs_pytorch": t_torch / t_ort,
+        "onnxruntime_gflops": flops / t_ort / 1e9,
+        "pytorch_gflops": flops / t_torch / 1e9,
+        "sgemm_gflops": peak,
+        "onnxruntime_fraction_of_sgemm": flops / t_ort / 1e9 / peak,
+        "engine_output_mpix_per_s": out_mpix / t_ort,
+    }
+    print(json.dumps(result, indent=2))
+    if not args.quick:
+        print("wrote", write_result("engine", result))
+
+
+if __name__ == "__main__":
+    main()

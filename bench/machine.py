@@ -1,0 +1,64 @@
+"""What a benchmark ran on, recorded beside its figures; and a few helpers every benchmark uses."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+__all__ = ["describe", "timed", "sgemm_gflops", "write_result", "RESULTS"]
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def describe() -> dict:
+    """CPU model, core count, library versions."""
+    cpu = "unknown"
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "onnxruntime": ort.__version__,
+        "providers": ort.get_available_providers(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+
+
+def timed(fn: Callable[[], object], repeat: int = 5, warmup: int = 1) -> float:
+    """Median seconds of ``repeat`` calls after ``warmup`` calls."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def sgemm_gflops(n: int = 2048, repeat: int = 5) -> float:
+    """The machine's practical float32 peak: numpy (BLAS) matrix multiply GFLOP/s."""
+    rng = np.random.default_rng(0)
+    a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
+    return 2 * n**3 / timed(lambda: a @ b, repeat=repeat) / 1e9
+
+
+def write_result(name: str, data: dict) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": describe(), **data}, indent=2) + "\n")
+    return path
