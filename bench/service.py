@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 
 from bench.machine import RESULTS, timed, write_result
-from client.loadtest import closed_loop, make_payloads, write_results
+from client.loadtest import closed_loop, make_payloads, open_loop, write_results
 from service.engine import Engine
 
 ROOT = RESULTS.parent.parent
@@ -101,6 +101,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     with running([sys.executable, "-m", "service"], env, url):
         ours = [asyncio.run(closed_loop(url, payloads, c, **load)) for c in levels]
+        half_rate = max(r.requests_per_s for r in ours) / 2  # open loop at half the peak: the latency promise
+        half = asyncio.run(open_loop(url, payloads, half_rate, **load))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with running([sys.executable, "-m", "bench.naive_server", "--port", str(port)], {}, url):
@@ -116,14 +118,16 @@ def main(argv: list[str] | None = None) -> None:
         "service_best_output_mpix_per_s": best.output_mpix_per_s,
         "service_vs_engine": best.output_mpix_per_s / engine_mpix,
         f"service_vs_naive_at_concurrency_{max(levels)}": at8[0].output_mpix_per_s / at8[1].output_mpix_per_s,
+        "open_loop_at_half_peak": asdict(half),
+        "p99_over_p50_at_half_peak": half.p99_ms / half.p50_ms,
         "service": [asdict(r) for r in ours],
         "naive": [asdict(r) for r in naive],
     }
-    for r in ours + naive:
+    for r in ours + [half] + naive:
         print(f"{r.level:>3} {r.output_mpix_per_s:7.2f} MPix/s p50 {r.p50_ms:7.1f} p99 {r.p99_ms:7.1f} {r.errors}")
     print(f"engine alone {engine_mpix:.2f} MPix/s; service/engine {result['service_vs_engine']:.2f}")
     if not args.quick:
-        write_results(ours, RESULTS / "service-loadtest", {"image": result["image"]})
+        write_results(ours + [half], RESULTS / "service-loadtest", {"image": result["image"]})
         print("wrote", write_result("service", result))
 
 

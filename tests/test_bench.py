@@ -1,0 +1,21 @@
+"""Smoke tests of the benchmarks: each runs end to end in --quick mode (tiny inputs, no result files)."""
+
+import json
+
+import pytest
+
+from bench import codecs, engine, memory, service
+
+
+@pytest.mark.parametrize("bench", [engine, codecs, service, memory], ids=lambda m: m.__name__)
+def test_benchmark_runs_quick(bench, capsys):
+    extra = ["--concurrency", "1,2"] if bench is service else []
+    bench.main(["--quick", *extra])
+    out = capsys.readouterr().out
+    assert out.strip() and "wrote" not in out
+
+
+def test_engine_benchmark_counts_flops_and_both_runtimes(capsys):
+    engine.main(["--quick"])
+    result = json.loads(capsys.readouterr().out)
+    assert result["gflop_per_batch"] > 0 and result["onnxruntime_ms"] > 0 and result["pytorch_eager_ms"] > 0
