@@ -195,3 +195,28 @@ def test_jpeg_quality_changes_the_size(client, png_rgb):
 def test_output_is_readable_with_pillow_after_round_trip(client, png_rgb):
     r = post_image(client, png_rgb, format="webp")
     assert Image.open(io.BytesIO(r.content)).size == (102, 74)
+
+
+def _png16(pixels: np.ndarray) -> bytes:
+    import png
+
+    h, w, planes = pixels.shape
+    buf = io.BytesIO()
+    png.Writer(w, h, greyscale=False, alpha=planes == 4, bitdepth=16).write(buf, pixels.reshape(h, w * planes))
+    return buf.getvalue()
+
+
+def _read_png16(data: bytes) -> np.ndarray:
+    import png
+
+    w, h, rows, info = png.Reader(bytes=data).asDirect()
+    assert info["bitdepth"] == 16
+    return np.vstack([np.asarray(r, np.uint16) for r in rows]).reshape(h, w, info["planes"])
+
+
+@pytest.mark.parametrize("planes", [3, 4])
+def test_sixteen_bit_colour_png_stays_sixteen_bit(client, planes):
+    ramp = np.linspace(0, 65535, 24 * 20 * planes).reshape(24, 20, planes).astype(np.uint16)
+    out = _read_png16(post_image(client, _png16(ramp)).content)
+    assert out.shape == (48, 40, planes)
+    assert len(np.unique(out[:, :, 0])) > 256  # finer steps than 8 bits could hold
