@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # onnxruntime-gpu only where an NVIDIA GPU answers; the CPU build everywhere else (they cannot share a venv).
 ORT_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: serve test lint install-serve install-test install-browser docker-smoke clean
+.PHONY: serve test lint install-serve install-test install-browser install-docker docker-smoke clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -43,8 +43,16 @@ test: install-test install-browser
 # Build the CPU image, run it, wait for /readyz and the HEALTHCHECK, upscale one image, stop it with SIGTERM
 # (deploy/docker-smoke.sh). Needs a Docker engine, or root with docker.io + debootstrap; prints SKIP otherwise.
 # Not part of `make test`: it takes minutes.
-docker-smoke: | $(PY)
+docker-smoke: install-docker | $(PY)
 	PYTHON=$(PY) bash deploy/docker-smoke.sh
+
+# Debian's docker.io and debootstrap, where we are root with apt; otherwise the smoke test prints SKIP.
+install-docker:
+	@if command -v docker >/dev/null 2>&1 && command -v debootstrap >/dev/null 2>&1; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null) \
+	    || echo "could not install docker.io/debootstrap; the container smoke test will skip"; \
+	else echo "no docker and no root apt-get; the container smoke test will skip"; fi
 
 lint: install-test
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .
