@@ -226,6 +226,4 @@ class Batcher:
                 job.padded = None  # the input is no longer needed; free it before encoding
                 job.future.set_result(job)
             if job.dead or (not job.todo and not job.running):
-                queue = self._jobs.get(job.key)
-                if queue and job in queue:
-                    queue.remove(job)
+                self._forget(job)
