@@ -24,7 +24,7 @@ import httpx
 import numpy as np
 
 from bench.machine import RESULTS, timed, write_result
-from client.loadtest import closed_loop, make_payloads, open_loop, write_results
+from client.loadtest import LoadOptions, closed_loop, make_payloads, open_loop, write_results
 from service.engine import Engine
 
 ROOT = RESULTS.parent.parent
@@ -87,7 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     duration, max_requests = (1, 4) if args.quick else (args.duration, 10_000)
     levels = [int(c) for c in args.concurrency.split(",")]
     payloads = make_payloads([size])
-    load = dict(duration=duration, max_requests=max_requests, params={"scale": 2})
+    load = LoadOptions(duration=duration, max_requests=max_requests, params={"scale": 2})
 
     engine_mpix = engine_alone(size, args.tile, args.batch, repeat=1 if args.quick else 5)
 
@@ -100,13 +100,13 @@ def main(argv: list[str] | None = None) -> None:
         "UPSCALER_LOG_LEVEL": "warning",
     }
     with running([sys.executable, "-m", "service"], env, url):
-        ours = [asyncio.run(closed_loop(url, payloads, c, **load)) for c in levels]
+        ours = [asyncio.run(closed_loop(url, payloads, c, load)) for c in levels]
         half_rate = max(r.requests_per_s for r in ours) / 2  # open loop at half the peak: the latency promise
-        half = asyncio.run(open_loop(url, payloads, half_rate, **load))
+        half = asyncio.run(open_loop(url, payloads, half_rate, load))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with running([sys.executable, "-m", "bench.naive_server", "--port", str(port)], {}, url):
-        naive = [asyncio.run(closed_loop(url, payloads, c, **load)) for c in levels]
+        naive = [asyncio.run(closed_loop(url, payloads, c, load)) for c in levels]
 
     best = max(ours, key=lambda r: r.output_mpix_per_s)
     at8 = {r.level: r for r in ours}.get(max(levels)), {r.level: r for r in naive}.get(max(levels))

@@ -28,7 +28,7 @@ import httpx
 import numpy as np
 from PIL import Image
 
-__all__ = ["Payload", "StepResult", "make_payloads", "load_payloads", "closed_loop", "open_loop", "main"]
+__all__ = ["Payload", "StepResult", "LoadOptions", "make_payloads", "load_payloads", "closed_loop", "open_loop", "main"]
 
 log = logging.getLogger("client.loadtest")
 
@@ -128,57 +128,52 @@ class _Recorder:
         )
 
 
-def _client(server: str, timeout: float, api_key: str | None, connections: int) -> httpx.AsyncClient:
-    headers = {"X-API-Key": api_key} if api_key else {}
+@dataclass(frozen=True, kw_only=True)
+class LoadOptions:
+    """How one load step runs, whichever loop drives it."""
+
+    duration: float  # seconds
+    max_requests: int  # cap on requests in the step
+    params: dict = field(default_factory=dict)  # query parameters of /v1/upscale
+    timeout: float = 120.0  # seconds per request
+    api_key: str | None = None
+
+    @property
+    def scale(self) -> int:
+        return int(self.params.get("scale", 2))
+
+
+def _client(server: str, options: LoadOptions, connections: int) -> httpx.AsyncClient:
+    headers = {"X-API-Key": options.api_key} if options.api_key else {}
     limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
-    return httpx.AsyncClient(base_url=server, timeout=timeout, headers=headers, limits=limits)
+    return httpx.AsyncClient(base_url=server, timeout=options.timeout, headers=headers, limits=limits)
 
 
-async def closed_loop(
-    server: str,
-    payloads: list[Payload],
-    concurrency: int,
-    *,
-    duration: float,
-    max_requests: int,
-    params: dict,
-    timeout: float = 120,
-    api_key: str | None = None,
-) -> StepResult:
+async def closed_loop(server: str, payloads: list[Payload], concurrency: int, options: LoadOptions) -> StepResult:
     """``concurrency`` workers post back to back until ``duration`` or ``max_requests``."""
-    rec = _Recorder(int(params.get("scale", 2)))
+    rec, params = _Recorder(options.scale), options.params
     sent = 0
-    deadline = time.perf_counter() + duration
+    deadline = time.perf_counter() + options.duration
 
     async def worker(client: httpx.AsyncClient, offset: int) -> None:
         nonlocal sent
         i = offset
-        while time.perf_counter() < deadline and sent < max_requests:
+        while time.perf_counter() < deadline and sent < options.max_requests:
             sent += 1
             await rec.send(client, payloads[i % len(payloads)], params)
             i += concurrency
 
-    async with _client(server, timeout, api_key, concurrency) as client:
+    async with _client(server, options, concurrency) as client:
         t0 = time.perf_counter()
         await asyncio.gather(*(worker(client, k) for k in range(concurrency)))
         return rec.result("closed", concurrency, time.perf_counter() - t0)
 
 
-async def open_loop(
-    server: str,
-    payloads: list[Payload],
-    rate: float,
-    *,
-    duration: float,
-    max_requests: int,
-    params: dict,
-    timeout: float = 120,
-    api_key: str | None = None,
-) -> StepResult:
+async def open_loop(server: str, payloads: list[Payload], rate: float, options: LoadOptions) -> StepResult:
     """Start a request every 1/``rate`` seconds for ``duration``, however slowly the service answers."""
-    rec = _Recorder(int(params.get("scale", 2)))
-    count = min(max_requests, max(1, int(rate * duration)))
-    async with _client(server, timeout, api_key, 256) as client:
+    rec, params = _Recorder(options.scale), options.params
+    count = min(options.max_requests, max(1, int(rate * options.duration)))
+    async with _client(server, options, 256) as client:
         t0 = time.perf_counter()
         tasks = []
         for i in range(count):
@@ -247,14 +242,14 @@ def main(argv: list[str] | None = None) -> None:
 
     payloads = load_payloads(args.images) if args.images else make_payloads([int(s) for s in args.sizes.split(",")])
     params = {"scale": args.scale, **({"format": args.format} if args.format else {})}
-    common = dict(duration=args.duration, max_requests=args.max_requests, params=params, api_key=args.api_key)
+    options = LoadOptions(duration=args.duration, max_requests=args.max_requests, params=params, api_key=args.api_key)
     results = []
     if args.rate:
-        results.append(asyncio.run(open_loop(args.server, payloads, args.rate, **common)))
+        results.append(asyncio.run(open_loop(args.server, payloads, args.rate, options)))
         log.info(_report(results[-1]))
     else:
         for level in (int(c) for c in args.concurrency.split(",")):
-            results.append(asyncio.run(closed_loop(args.server, payloads, level, **common)))
+            results.append(asyncio.run(closed_loop(args.server, payloads, level, options)))
             log.info(_report(results[-1]))
     meta = {"server": args.server, "payloads": [f"{p.width}x{p.height}" for p in payloads], **params}
     write_results(results, Path(args.out), meta)

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from client.loadtest import closed_loop, main, make_payloads, open_loop
+from client.loadtest import LoadOptions, closed_loop, main, make_payloads, open_loop
 
 from .conftest import ROOT
 
@@ -19,18 +19,24 @@ def payloads():
 
 
 def test_closed_loop_counts_requests_pixels_and_latency(server, payloads):
-    step = asyncio.run(closed_loop(server.url, payloads, 2, duration=30, max_requests=6, params={"scale": 2}))
+    step = asyncio.run(
+        closed_loop(server.url, payloads, 2, LoadOptions(duration=30, max_requests=6, params={"scale": 2}))
+    )
     assert step.requests == step.ok == 6 and step.errors == {}
     assert step.output_mpix_per_s > 0 and 0 < step.p50_ms <= step.p99_ms
 
 
 def test_open_loop_sends_at_the_offered_rate(server, payloads):
-    step = asyncio.run(open_loop(server.url, payloads, 8, duration=0.5, max_requests=100, params={"scale": 3}))
+    step = asyncio.run(
+        open_loop(server.url, payloads, 8, LoadOptions(duration=0.5, max_requests=100, params={"scale": 3}))
+    )
     assert step.requests == 4 and step.ok == 4
 
 
 def test_errors_are_counted_by_status(server, payloads):
-    step = asyncio.run(closed_loop(server.url, payloads, 1, duration=30, max_requests=2, params={"model": "nope"}))
+    step = asyncio.run(
+        closed_loop(server.url, payloads, 1, LoadOptions(duration=30, max_requests=2, params={"model": "nope"}))
+    )
     assert step.ok == 0 and step.errors == {"400": 2}
 
 
