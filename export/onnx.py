@@ -22,7 +22,7 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from model.network import SRNet, build, config_dict, macs_per_input_pixel
+from model.network import SRNet, build, config_dict, load_weights, macs_per_input_pixel
 
 log = logging.getLogger("export.onnx")
 
@@ -52,8 +52,31 @@ def export_onnx(net: SRNet, path: Path, variant: str) -> None:
     model.doc_string = f"SRNet {variant} x{net.scale}: (N,3,H+2c,W+2c) in [0,1] -> (N,3,sH,sW), c={c}"
     for k, v in {"variant": variant, "scale": net.scale, "context": c, "config": json.dumps(config_dict(net))}.items():
         model.metadata_props.append(onnx.StringStringEntryProto(key=k, value=str(v)))
+    _fusable_activations(model)
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(path))
+
+
+def _fusable_activations(model: onnx.ModelProto) -> None:
+    """Rewrite each PRelu whose slope is one constant as LeakyRelu(alpha), in place.
+
+    Same function, but ONNX Runtime fuses LeakyRelu into the preceding Conv and
+    keeps the blocked (NCHWc) layout between convolutions; PRelu it runs as a
+    separate pass, with a layout conversion on each side.
+    """
+    consts = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        slope = consts.get(node.input[1]) if node.op_type == "PRelu" else None
+        if slope is None or int(np.prod(slope.dims)) != 1:
+            continue
+        alpha = float(numpy_helper.to_array(slope).reshape(()))
+        node.op_type = "LeakyRelu"
+        del node.input[1]
+        node.attribute.append(helper.make_attribute("alpha", alpha))
+    used = {name for node in model.graph.node for name in node.input}
+    kept = [init for init in model.graph.initializer if init.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
 
 
 def parity(net: SRNet, path: Path, sizes=((1, 40, 36), (2, 61, 77)), seed: int = 0) -> float:
@@ -75,7 +98,7 @@ def parity(net: SRNet, path: Path, sizes=((1, 40, 36), (2, 61, 77)), seed: int =
 def export_fp16(src: Path, dst: Path) -> None:
     """fp16 weights and activations for GPUs, keeping fp32 graph inputs and outputs.
 
-    The graph is only convolutions, PReLU and an add, so every float initialiser
+    The graph is convolutions, activations, a slice, a pixel shuffle and an add, so every float initialiser
     becomes fp16 and two Casts wrap the graph (a Cast after ``lr``, one before ``sr``).
     """
     model = onnx.load(str(src))
@@ -156,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.checkpoint:
         ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
         net = SRNet(**ckpt["model_config"])
-        net.load_state_dict(ckpt["model"])
+        load_weights(net, ckpt["model"])
         variant, tc = ckpt["variant"], ckpt["train_config"]
         training = {
             "data": ", ".join(Path(d).name for d in tc["data"]) + f" (plus copies shrunk by {tc['rescales']})",

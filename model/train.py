@@ -28,7 +28,7 @@ from tqdm import tqdm
 from model.data import PatchSampler, list_images, load_rgb, make_pairs
 from model.imresize import imresize
 from model.metrics import mod_crop, psnr, rgb_to_y
-from model.network import SRNet, build, config_dict, pad_for_inference
+from model.network import SRNet, build, config_dict, load_weights, pad_for_inference
 
 log = logging.getLogger("model.train")
 
@@ -109,14 +109,18 @@ def load_network(path: str | Path, map_location: str = "cpu") -> tuple[SRNet, di
     """Rebuild the network stored in a checkpoint; returns ``(net, checkpoint)``."""
     ckpt = torch.load(path, map_location=map_location, weights_only=False)
     net = SRNet(**ckpt["model_config"])
-    net.load_state_dict(ckpt["model"])
+    load_weights(net, ckpt["model"])
     return net, ckpt
 
 
 def _init_from(net: SRNet, path: str) -> None:
-    """Copy every tensor of the same name and shape from another checkpoint (the body)."""
+    """Copy every tensor of the same name and shape from another checkpoint (the body).
+
+    Per-channel PReLU slopes start a per-layer slope at their mean.
+    """
     src = torch.load(path, map_location="cpu", weights_only=False)["model"]
     own = net.state_dict()
+    src = {k: v.mean(0, keepdim=True) if v.ndim == 1 and own.get(k, v).shape == (1,) else v for k, v in src.items()}
     shared = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith("skip")}
     own.update(shared)
     net.load_state_dict(own)

@@ -6,9 +6,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+import torch
 
+from export.onnx import export_onnx, parity
 from export.onnx import main as export_main
-from export.onnx import parity
 from model.network import build
 
 
@@ -40,12 +41,8 @@ def test_exported_model_has_named_dynamic_io_and_metadata(exported):
 
 
 def test_onnx_runtime_matches_pytorch_at_two_sizes(tmp_path):
-    import torch
-
     torch.manual_seed(1)
     net = build("fast", 2)
-    from export.onnx import export_onnx
-
     export_onnx(net, tmp_path / "m.onnx", "fast")
     assert parity(net, tmp_path / "m.onnx", sizes=((1, 30, 40), (3, 57, 21))) <= 1e-4
 
@@ -60,3 +57,21 @@ def test_fp16_twin_is_close_to_fp32(exported):
 def test_card_records_size_and_cost(exported):
     card = json.loads((exported / "fast_x3.json").read_text())
     assert card["parameters"] > 0 and card["macs_per_input_pixel"] > 0 and card["scale"] == 3
+
+
+def test_exported_model_upsamples_with_a_learned_transposed_convolution(exported):
+    ops = [n.op_type for n in onnx.load(exported / "fast_x3.onnx").graph.node]
+    assert ops.count("ConvTranspose") == 1
+
+
+def test_per_layer_slopes_export_as_leaky_relu_that_onnx_runtime_fuses(tmp_path):
+    net = build("turbo", 2)
+    export_onnx(net, tmp_path / "turbo.onnx", "turbo")
+    ops = [n.op_type for n in onnx.load(tmp_path / "turbo.onnx").graph.node]
+    assert "PRelu" not in ops and ops.count("LeakyRelu") == 3 + net.config.m
+    assert parity(net, tmp_path / "turbo.onnx") < 1e-5
+
+
+def test_per_channel_slopes_stay_prelu_and_match_pytorch(exported):
+    ops = [n.op_type for n in onnx.load(exported / "fast_x3.onnx").graph.node]
+    assert ops.count("PRelu") == 3 + build("fast", 3).config.m and "LeakyRelu" not in ops

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from model.imresize import imresize
-from model.network import VARIANTS, build, macs_per_input_pixel, pad_for_inference
+from model.network import VARIANTS, build, load_weights, macs_per_input_pixel, pad_for_inference
 from model.train import train_step
 
 
@@ -39,6 +39,24 @@ def test_skip_path_is_matlab_bicubic_upscaling(scale):
 def test_fast_variant_costs_at_most_25k_macs_per_pixel_like_fsrcnn():
     for scale in (2, 3, 4):
         assert macs_per_input_pixel(build("fast", scale)) <= 25_100
+
+
+def test_turbo_is_fast_with_one_prelu_slope_per_layer():
+    fast, turbo = build("fast", 3), build("turbo", 3)
+    slopes = lambda n: [m.weight.numel() for m in n.body if isinstance(m, torch.nn.PReLU)]
+    assert slopes(fast) == [56, 12, 12, 12, 12, 12, 56] and slopes(turbo) == [1] * 7
+    assert macs_per_input_pixel(turbo) == macs_per_input_pixel(fast)
+
+
+def test_checkpoints_with_the_old_transposed_conv_skip_still_load():
+    trained = build("fast", 2)
+    state = {k: v for k, v in trained.state_dict().items() if not k.startswith("skip.")}
+    state["skip.weight"] = torch.zeros(3, 1, 10, 10)  # how the skip was stored before its polyphase form
+    fresh = build("fast", 2)
+    load_weights(fresh, state)
+    x = torch.rand(1, 3, 30, 30)
+    with torch.no_grad():
+        assert torch.equal(fresh(x), trained(x))
 
 
 def test_quality_variant_is_larger_than_fast():
