@@ -1,10 +1,11 @@
 """Engine benchmark: ONNX Runtime vs PyTorch eager on the same network and tiles, and vs the SGEMM peak.
 
-    python -m bench.engine [--model fast_x2] [--tile 128] [--batch 8] [--quick]
+    python -m bench.engine [--models fast_x2,turbo_x2] [--tile 128] [--batch 8] [--quick]
 
-Writes bench/results/engine.json. Both run the shipped network's architecture on
-the same batch of serving tiles with the same number of threads; achieved
-GFLOP/s counts the multiply-adds of every convolution at the real tile shape.
+Writes bench/results/engine.json. For each model, both runtimes run the shipped
+network's architecture on the same batch of serving tiles with the same number
+of threads; achieved GFLOP/s counts the multiply-adds of every convolution at
+the real tile shape.
 """
 
 from __future__ import annotations
@@ -48,9 +49,35 @@ def conv_flops(net: SRNet, x: torch.Tensor) -> int:
     return 2 * total
 
 
+def measure(model: str, tile: int, batch: int, threads: int, repeat: int) -> dict:
+    """ONNX Runtime (through the service's Engine) and PyTorch eager on one batch of serving tiles."""
+    path = MODELS / f"{model}.onnx"
+    meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
+    net = SRNet(**json.loads(meta["config"])).eval()  # same architecture; speed does not depend on weight values
+    c = int(meta["context"])
+    x = np.random.default_rng(0).random((batch, 3, tile + 2 * c, tile + 2 * c), dtype=np.float32)
+    flops = conv_flops(net, torch.from_numpy(x))
+    engine = Engine(path, tile=tile, threads=threads, prefer_gpu=False)
+    key = next(iter(engine.specs))
+    t_ort = timed(lambda: engine.run(key, x), repeat=repeat)
+    torch.set_num_threads(threads)
+    xt = torch.from_numpy(x)
+    with torch.inference_mode():
+        t_torch = timed(lambda: net(xt), repeat=repeat)
+    return {
+        "gflop_per_batch": flops / 1e9,
+        "onnxruntime_ms": t_ort * 1000,
+        "pytorch_eager_ms": t_torch * 1000,
+        "onnxruntime_speedup_vs_pytorch": t_torch / t_ort,
+        "onnxruntime_gflops": flops / t_ort / 1e9,
+        "pytorch_gflops": flops / t_torch / 1e9,
+        "engine_output_mpix_per_s": batch * (tile * net.scale) ** 2 / 1e6 / t_ort,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", default="fast_x2")
+    p.add_argument("--models", default="fast_x2,turbo_x2", help="comma-separated shipped model names")
     p.add_argument("--tile", type=int, default=128)
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=os.cpu_count())
@@ -59,37 +86,11 @@ def main(argv: list[str] | None = None) -> None:
     repeat = 1 if args.quick else 7
     tile = 16 if args.quick else args.tile
 
-    path = MODELS / f"{args.model}.onnx"
-    meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
-    net = SRNet(**json.loads(meta["config"])).eval()  # same architecture; speed does not depend on weight values
-    c = int(meta["context"])
-    x = np.random.default_rng(0).random((args.batch, 3, tile + 2 * c, tile + 2 * c), dtype=np.float32)
-    flops = conv_flops(net, torch.from_numpy(x))
-
-    engine = Engine(path, tile=tile, threads=args.threads, prefer_gpu=False)
-    key = next(iter(engine.specs))
-    t_ort = timed(lambda: engine.run(key, x), repeat=repeat)
-    torch.set_num_threads(args.threads)
-    xt = torch.from_numpy(x)
-    with torch.inference_mode():
-        t_torch = timed(lambda: net(xt), repeat=repeat)
+    models = {name: measure(name, tile, args.batch, args.threads, repeat) for name in args.models.split(",")}
     peak = sgemm_gflops(512 if args.quick else 2048, repeat=repeat)
-    out_mpix = args.batch * (tile * net.scale) ** 2 / 1e6
-    result = {
-        "model": args.model,
-        "tile": tile,
-        "batch": args.batch,
-        "threads": args.threads,
-        "gflop_per_batch": flops / 1e9,
-        "onnxruntime_ms": t_ort * 1000,
-        "pytorch_eager_ms": t_torch * 1000,
-        "onnxruntime_speedup_vs_pytorch": t_torch / t_ort,
-        "onnxruntime_gflops": flops / t_ort / 1e9,
-        "pytorch_gflops": flops / t_torch / 1e9,
-        "sgemm_gflops": peak,
-        "onnxruntime_fraction_of_sgemm": flops / t_ort / 1e9 / peak,
-        "engine_output_mpix_per_s": out_mpix / t_ort,
-    }
+    for m in models.values():
+        m["onnxruntime_fraction_of_sgemm"] = m["onnxruntime_gflops"] / peak
+    result = {"tile": tile, "batch": args.batch, "threads": args.threads, "sgemm_gflops": peak, "models": models}
     print(json.dumps(result, indent=2))
     if not args.quick:
         print("wrote", write_result("engine", result))

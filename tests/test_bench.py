@@ -4,10 +4,10 @@ import json
 
 import pytest
 
-from bench import codecs, engine, memory, service
+from bench import codecs, engine, int8, memory, service
 
 
-@pytest.mark.parametrize("bench", [engine, codecs, service, memory], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("bench", [engine, codecs, service, memory, int8], ids=lambda m: m.__name__)
 def test_benchmark_runs_quick(bench, capsys):
     extra = ["--concurrency", "1,2"] if bench is service else []
     bench.main(["--quick", *extra])
@@ -16,6 +16,6 @@ def test_benchmark_runs_quick(bench, capsys):
 
 
 def test_engine_benchmark_counts_flops_and_both_runtimes(capsys):
-    engine.main(["--quick"])
-    result = json.loads(capsys.readouterr().out)
+    engine.main(["--quick", "--models", "fast_x2"])
+    result = json.loads(capsys.readouterr().out)["models"]["fast_x2"]
     assert result["gflop_per_batch"] > 0 and result["onnxruntime_ms"] > 0 and result["pytorch_eager_ms"] > 0
