@@ -10,36 +10,41 @@ from service.engine import Engine
 from .conftest import DATASETS, MODELS
 
 SCALES = (2, 3, 4)
+VARIANTS = ("fast", "turbo")
 PUBLISHED_FSRCNN = {2: 37.00, 3: 33.16, 4: 30.71}
+TURBO_MAX_LOSS_DB = 0.15  # what turbo's fused activations may cost against fast on Set5
 
 
 @pytest.fixture(scope="module")
 def engine():
-    return Engine(MODELS, tile=48, prefer_gpu=False, variants=["fast"])
+    return Engine(MODELS, tile=48, prefer_gpu=False, variants=list(VARIANTS))
 
 
-def test_every_scale_is_shipped_with_a_card():
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_every_scale_is_shipped_with_a_card(variant):
     for s in SCALES:
-        assert (MODELS / f"fast_x{s}.onnx").is_file()
-        card = json.loads((MODELS / f"fast_x{s}.json").read_text())
+        assert (MODELS / f"{variant}_x{s}.onnx").is_file()
+        card = json.loads((MODELS / f"{variant}_x{s}.json").read_text())
         assert card["trained"] and card["set5"]["psnr"] > card["set5"]["bicubic_psnr"]
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("grey", [0.0, 0.2, 0.5, 0.8, 1.0])
-def test_flat_grey_comes_back_flat(engine, scale, grey):
-    out = engine.upscale(("fast", scale), np.full((40, 37, 3), grey, np.float32))
+def test_flat_grey_comes_back_flat(engine, variant, scale, grey):
+    out = engine.upscale((variant, scale), np.full((40, 37, 3), grey, np.float32))
     assert np.abs(out - grey).max() < 0.25 / 255
 
 
+@pytest.mark.parametrize("variant", VARIANTS)
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize("axis", [0, 1])
-def test_smooth_gradient_comes_back_smooth(engine, scale, axis):
+def test_smooth_gradient_comes_back_smooth(engine, variant, scale, axis):
     # A linear ramp upscales to the same ramp sampled at the HR pixel centres (away from the mirrored borders).
     n = 48
     ramp = 0.2 + 0.6 * np.arange(n) / (n - 1)
     img = np.broadcast_to(ramp[:, None, None] if axis == 0 else ramp[None, :, None], (n, n, 3)).astype(np.float32)
-    out = engine.upscale(("fast", scale), np.ascontiguousarray(img))
+    out = engine.upscale((variant, scale), np.ascontiguousarray(img))
     centres = (np.arange(n * scale) + 0.5) / scale - 0.5
     ideal = 0.2 + 0.6 * centres / (n - 1)
     ideal = ideal[:, None, None] if axis == 0 else ideal[None, :, None]
@@ -63,3 +68,13 @@ def test_shipped_model_reaches_published_fsrcnn_on_set5(scale):
 
     result = evaluate(DATASETS / "Set5", scale)
     assert result["psnr"] >= PUBLISHED_FSRCNN[scale]
+
+
+@pytest.mark.skipif(not (DATASETS / "Set5").is_dir(), reason="Set5 not present (../shared/datasets/Set5)")
+@pytest.mark.parametrize("scale", SCALES)
+def test_turbo_stays_close_to_fast_on_set5(scale):
+    from model.evaluate import evaluate
+
+    fast = evaluate(DATASETS / "Set5", scale, MODELS / f"fast_x{scale}.onnx")
+    turbo = evaluate(DATASETS / "Set5", scale, MODELS / f"turbo_x{scale}.onnx")
+    assert turbo["psnr"] >= fast["psnr"] - TURBO_MAX_LOSS_DB
