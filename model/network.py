@@ -89,8 +89,8 @@ class BicubicUpsample(nn.Module):
     transposed convolution is a 5-tap correlation of LR pixels q - 2 .. q + 2
     with taps s(4 - u) + r. So a grouped 5x5 convolution makes the s*s phases
     as channels and a pixel shuffle interleaves them. That costs the same
-    multiply-adds without a transposed convolution's scatter, and runs several
-    times faster in ONNX Runtime.
+    multiply-adds without a transposed convolution's column buffer and scatter;
+    in ONNX Runtime it made the whole fast x2 network about 10% faster.
     """
 
     def __init__(self, scale: int, channels: int, context: int):
