@@ -90,8 +90,9 @@ def _share_cpu_arena(opts: ort.SessionOptions) -> None:
     """Let every session of this process draw CPU memory from one arena.
 
     Each session otherwise keeps its own arena sized for its largest batch; with
-    six models loaded that was 630 MB after warm-up, against 207 MB shared. One
-    batch runs at a time, so a shared arena is as large as the largest batch needs.
+    six models warmed up, the service's idle RSS was 716 MB, and 287 MB shared
+    (bench/results/memory.json). One batch runs at a time, so a shared arena is
+    as large as the largest batch needs.
     """
     global _shared_cpu_arena
     if not _shared_cpu_arena:
@@ -135,13 +136,15 @@ class Engine:
         self.specs = specs
         providers = _providers(prefer_gpu)
         opts = ort.SessionOptions()
-        # On CPU, "all" adds ORT's blocked NCHWc layout, which measured 5-9% slower for these thin
+        # On CPU, "all" adds ORT's blocked NCHWc layout, which measured 3-9% slower for these thin
         # networks than "extended" (bench/results/engine.json, graph_optimization_ms).
         on_cpu = providers == ["CPUExecutionProvider"]
         level = "ORT_ENABLE_EXTENDED" if on_cpu else "ORT_ENABLE_ALL"
         opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
+        if on_cpu:  # idle ORT threads would spin on cores the codec threads need between batches
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         _share_cpu_arena(opts)
         self.sessions: dict[ModelKey, ort.InferenceSession] = {}
         for key, spec in specs.items():
