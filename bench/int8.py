@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -50,12 +51,17 @@ class _Tiles(CalibrationDataReader):
 
 
 def quantize(src: Path, dst: Path, images: list[np.ndarray]) -> None:
-    """int8 QDQ copy of ``src`` at ``dst`` calibrated on ``images``, keeping its metadata (scale, context, variant)."""
-    model = onnx.load(str(src))
-    meta = {p.key: p.value for p in model.metadata_props}
+    """int8 QDQ copy of ``src`` at ``dst`` calibrated on ``images`` (the quantiser keeps the metadata).
+
+    The quantiser writes scratch files beside its input, so it reads a copy in ``dst``'s folder,
+    never the shipped folder, where a leftover would be discovered as a model.
+    """
+    scratch = dst.with_name("fp32_" + src.name)
+    shutil.copyfile(src, scratch)
+    meta = {p.key: p.value for p in onnx.load(str(scratch)).metadata_props}
     reader = _Tiles(images, int(meta["scale"]), int(meta["context"]))
     quantize_static(
-        str(src),
+        str(scratch),
         str(dst),
         reader,
         quant_format=QuantFormat.QDQ,
@@ -64,9 +70,6 @@ def quantize(src: Path, dst: Path, images: list[np.ndarray]) -> None:
         weight_type=QuantType.QInt8,
         op_types_to_quantize=["Conv", "ConvTranspose"],
     )
-    quantized = onnx.load(str(dst))
-    quantized.metadata_props.extend(model.metadata_props)
-    onnx.save(quantized, str(dst))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -60,9 +60,8 @@ def export_onnx(net: SRNet, path: Path, variant: str) -> None:
 def _fusable_activations(model: onnx.ModelProto) -> None:
     """Rewrite each PRelu whose slope is one constant as LeakyRelu(alpha), in place.
 
-    Same function, but ONNX Runtime fuses LeakyRelu into the preceding Conv and
-    keeps the blocked (NCHWc) layout between convolutions; PRelu it runs as a
-    separate pass, with a layout conversion on each side.
+    Same function, but ONNX Runtime fuses LeakyRelu into the preceding Conv,
+    while it runs PRelu as a separate pass over memory.
     """
     consts = {init.name: init for init in model.graph.initializer}
     for node in model.graph.node:

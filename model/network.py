@@ -123,7 +123,7 @@ class SRNet(nn.Module):
         self.scale = scale
 
         # One slope per layer exports as LeakyRelu, which ONNX Runtime fuses into the convolution
-        # (per-channel PRelu is a separate pass over memory that also breaks its blocked layout).
+        # (per-channel PRelu it runs as a separate pass over memory).
         def act(n: int) -> nn.PReLU:
             return nn.PReLU(n if channel_slopes else 1)
 
@@ -165,7 +165,7 @@ class SRNet(nn.Module):
 
 
 def build(variant: str, scale: int) -> SRNet:
-    """Build a named variant (``fast`` or ``quality``) for ``scale``."""
+    """Build a named variant (``fast``, ``turbo`` or ``quality``; see ``VARIANTS``) for ``scale``."""
     if variant not in VARIANTS:
         raise ValueError(f"unknown variant {variant!r}; choose one of {sorted(VARIANTS)}")
     return SRNet(scale=scale, **VARIANTS[variant])
