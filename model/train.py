@@ -7,7 +7,8 @@ Checkpoints (``last.pt``, ``best.pt`` in ``--out``) store the network's
 constructor arguments beside its weights, so ``--resume`` and the ONNX export
 rebuild exactly the same network. ``--init`` starts from another checkpoint's
 body (e.g. the x2 model when training x3 or x4); the upsampler, whose shape
-depends on the scale, is trained afresh.
+depends on the scale, is trained afresh. ``--init`` also takes an exported
+``.onnx`` file, so a shipped model can be fine-tuned without its checkpoint.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from model.data import PatchSampler, list_images, load_rgb, make_pairs
 from model.imresize import imresize
 from model.metrics import mod_crop, psnr, rgb_to_y
 from model.network import SRNet, build, config_dict, load_weights, pad_for_inference
+from model.onnx_weights import weights_from_onnx
 
 log = logging.getLogger("model.train")
 
@@ -51,7 +53,7 @@ class TrainConfig:
     val_every: int = 1000  # steps between validations and checkpoints
     seed: int = 0  # seeds torch and the patch sampler
     threads: int = 0  # torch CPU threads; 0 = torch's default
-    init: str = ""  # checkpoint whose body weights start this run (fine-tuning)
+    init: str = ""  # checkpoint or exported .onnx whose body weights start this run (fine-tuning)
     resume: bool = False  # continue from out/last.pt
 
 
@@ -114,11 +116,14 @@ def load_network(path: str | Path, map_location: str = "cpu") -> tuple[SRNet, di
 
 
 def _init_from(net: SRNet, path: str) -> None:
-    """Copy every tensor of the same name and shape from another checkpoint (the body).
+    """Copy every tensor of the same name and shape from a checkpoint or exported ``.onnx`` (the body).
 
     Per-channel PReLU slopes start a per-layer slope at their mean.
     """
-    src = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    if path.endswith(".onnx"):
+        _, src = weights_from_onnx(path)
+    else:
+        src = torch.load(path, map_location="cpu", weights_only=False)["model"]
     own = net.state_dict()
     src = {k: v.mean(0, keepdim=True) if v.ndim == 1 and own.get(k, v).shape == (1,) else v for k, v in src.items()}
     shared = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith("skip")}
@@ -141,7 +146,7 @@ def train(cfg: TrainConfig) -> float:
     step, best = 0, float("-inf")
     if cfg.resume and (out / "last.pt").exists():
         ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
-        net.load_state_dict(ckpt["model"])
+        load_weights(net, ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         step, best = ckpt["step"], ckpt["best_psnr"]
         log.info("resumed from %s at step %d", out / "last.pt", step)
@@ -223,7 +228,7 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--val-every", type=int, default=d.val_every)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=d.threads)
-    p.add_argument("--init", default=d.init, help="checkpoint to take body weights from")
+    p.add_argument("--init", default=d.init, help="checkpoint or exported .onnx to take body weights from")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
     args = vars(p.parse_args(argv))
     args["rescales"] = tuple(args["rescales"])

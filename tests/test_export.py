@@ -10,7 +10,8 @@ import torch
 
 from export.onnx import export_onnx, parity
 from export.onnx import main as export_main
-from model.network import build
+from model.network import build, config_dict
+from model.onnx_weights import weights_from_onnx
 
 
 @pytest.fixture(scope="module")
@@ -72,6 +73,22 @@ def test_per_layer_slopes_export_as_leaky_relu_that_onnx_runtime_fuses(tmp_path)
     assert parity(net, tmp_path / "turbo.onnx") < 1e-5
 
 
-def test_per_channel_slopes_stay_prelu_and_match_pytorch(exported):
+def test_per_channel_slopes_stay_prelu(exported):
     ops = [n.op_type for n in onnx.load(exported / "fast_x3.onnx").graph.node]
     assert ops.count("PRelu") == 3 + build("fast", 3).config.m and "LeakyRelu" not in ops
+
+
+@pytest.mark.parametrize("variant", ["fast", "turbo"])
+def test_weights_read_back_from_onnx_rebuild_the_exported_network(tmp_path, variant):
+    torch.manual_seed(2)
+    net = build(variant, 3)
+    with torch.no_grad():  # slopes away from their 0.25 init, so a mix-up between layers shows
+        for mod in net.modules():
+            if isinstance(mod, torch.nn.PReLU):
+                mod.weight.uniform_(-0.5, 0.5)
+    export_onnx(net, tmp_path / "m.onnx", variant)
+    config, state = weights_from_onnx(tmp_path / "m.onnx")
+    assert config == config_dict(net)
+    expected = {k: v for k, v in net.state_dict().items() if not k.startswith("skip.")}
+    assert state.keys() == expected.keys()
+    assert all(torch.equal(state[k], expected[k]) for k in expected)
