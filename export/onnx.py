@@ -162,6 +162,14 @@ def write_card(out: Path, stem: str, card: dict) -> None:
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
+def _init_label(init: str) -> str:
+    """How a run started, for the card: a checkpoint is named by its run folder, an exported model by its file."""
+    if not init:
+        return "random"
+    path = Path(init)
+    return f"{path.name} as exported before this run" if path.suffix == ".onnx" else f"{path.parent.name} body"
+
+
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -187,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
             "lr_patch": tc["patch"],
             "loss": tc.get("loss", "l1").upper(),
             "optimizer": f"Adam, lr {tc['lr']} with {tc['warmup']} warm-up steps, cosine decay to {tc['lr_min']}",
-            "init": Path(tc["init"]).parent.name + " body" if tc["init"] else "random",
+            "init": _init_label(tc["init"]),
             "seed": tc["seed"],
             "device": ckpt.get("device", "cpu"),
             "checkpoint": f"{Path(args.checkpoint).name} (the run's last step unless named best.pt)",
