@@ -33,9 +33,13 @@ def config(images, out: Path, **kw) -> TrainConfig:
     )
 
 
+def log_rows(out: Path) -> list[dict[str, str]]:
+    return list(csv.DictReader((out / "log.csv").read_text().splitlines()))
+
+
 def test_a_run_writes_checkpoints_and_a_log_row_per_validation(images, tmp_path):
     best = train(config(images, tmp_path, steps=4))
-    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    rows = log_rows(tmp_path)
     assert [int(r["step"]) for r in rows] == [2, 4]
     assert best == pytest.approx(max(float(r["val_psnr"]) for r in rows), abs=1e-3)  # the log rounds
     net, ckpt = load_network(tmp_path / "last.pt")
@@ -45,7 +49,7 @@ def test_a_run_writes_checkpoints_and_a_log_row_per_validation(images, tmp_path)
 def test_resume_continues_from_the_last_checkpoint(images, tmp_path):
     train(config(images, tmp_path, steps=2))
     train(config(images, tmp_path, steps=4, resume=True))
-    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    rows = log_rows(tmp_path)
     assert [int(r["step"]) for r in rows] == [2, 4]
     assert torch.load(tmp_path / "last.pt", weights_only=False)["step"] == 4
 
