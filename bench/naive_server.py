@@ -21,8 +21,9 @@ from bench.machine import RESULTS
 MODEL = RESULTS.parent.parent / "export" / "models" / "fast_x2.onnx"
 
 
-def create_app() -> FastAPI:
-    session = ort.InferenceSession(str(MODEL), providers=["CPUExecutionProvider"])
+def create_app(device: str = "cpu") -> FastAPI:
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
+    session = ort.InferenceSession(str(MODEL), providers=providers)
     context = int(session.get_modelmeta().custom_metadata_map["context"])
     app = FastAPI()
 
@@ -45,4 +46,6 @@ def create_app() -> FastAPI:
 if __name__ == "__main__":
     p = argparse.ArgumentParser()
     p.add_argument("--port", type=int, default=8001)
-    uvicorn.run(create_app(), host="127.0.0.1", port=p.parse_args().port, log_level="warning")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    args = p.parse_args()
+    uvicorn.run(create_app(args.device), host="127.0.0.1", port=args.port, log_level="warning")

@@ -171,6 +171,8 @@ async def closed_loop(server: str, payloads: list[Payload], concurrency: int, op
 
 async def open_loop(server: str, payloads: list[Payload], rate: float, options: LoadOptions) -> StepResult:
     """Start a request every 1/``rate`` seconds for ``duration``, however slowly the service answers."""
+    if rate <= 0:
+        raise ValueError(f"open loop needs a rate above 0 requests/s, not {rate}")
     rec, params = _Recorder(options.scale), options.params
     count = min(options.max_requests, max(1, int(rate * options.duration)))
     async with _client(server, options, 256) as client:

@@ -2,6 +2,7 @@
 
 import json
 
+import onnxruntime as ort
 import pytest
 
 from bench import codecs, engine, int8, memory, service
@@ -19,3 +20,15 @@ def test_engine_benchmark_counts_flops_and_both_runtimes(capsys):
     engine.main(["--quick", "--models", "fast_x2"])
     result = json.loads(capsys.readouterr().out)["models"]["fast_x2"]
     assert result["gflop_per_batch"] > 0 and result["onnxruntime_ms"] > 0 and result["pytorch_eager_ms"] > 0
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" not in ort.get_available_providers(),
+    reason="no CUDA provider in this ONNX Runtime",
+)
+def test_gpu_benchmark_runs_quick(capsys):
+    from bench import gpu
+
+    gpu.main(["--quick", "--models", "fast_x2"])
+    out = capsys.readouterr().out
+    assert '"device_output_mpix_per_s"' in out and "wrote" not in out

@@ -33,6 +33,11 @@ def test_open_loop_sends_at_the_offered_rate(server, payloads):
     assert step.requests == 4 and step.ok == 4
 
 
+def test_open_loop_refuses_a_rate_of_zero(payloads):
+    with pytest.raises(ValueError, match="rate above 0"):
+        asyncio.run(open_loop("http://127.0.0.1:9", payloads, 0, LoadOptions(duration=1, max_requests=1)))
+
+
 def test_errors_are_counted_by_status(server, payloads):
     step = asyncio.run(
         closed_loop(server.url, payloads, 1, LoadOptions(duration=30, max_requests=2, params={"model": "nope"}))
