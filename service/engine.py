@@ -141,23 +141,23 @@ class Engine:
         on_cpu = providers == ["CPUExecutionProvider"]
         level = "ORT_ENABLE_EXTENDED" if on_cpu else "ORT_ENABLE_ALL"
         opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-        opts.intra_op_num_threads = threads
+        # With CUDA, ORT's CPU threads run only the shape operators: one is enough.
+        opts.intra_op_num_threads = threads if threads or on_cpu else 1
         opts.inter_op_num_threads = 1
-        if on_cpu:  # idle ORT threads would spin on cores the codec threads need between batches
-            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        # Idle ORT threads would spin on cores the codec threads need between batches (CPU and GPU alike).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         _share_cpu_arena(opts)
         self.sessions: dict[ModelKey, ort.InferenceSession] = {}
         for key, spec in specs.items():
-            path = spec.path
-            self.sessions[key] = ort.InferenceSession(str(path), opts, providers=providers)
-            if self.sessions[key].get_providers()[0] == "CUDAExecutionProvider" and precision != "fp32":
-                if spec.fp16_path is not None:
-                    self.sessions[key] = ort.InferenceSession(str(spec.fp16_path), opts, providers=providers)
+            self.sessions[key] = ort.InferenceSession(str(spec.path), opts, providers=providers)
+            on_cuda = self.sessions[key].get_providers()[0] == "CUDAExecutionProvider"
+            if on_cuda and precision == "fp16" and spec.fp16_path is not None:
+                self.sessions[key] = ort.InferenceSession(str(spec.fp16_path), opts, providers=providers)
         first = next(iter(self.sessions.values()))
         # What ONNX Runtime actually uses, not what was asked for (onnxruntime-gpu falls back silently).
         self.provider: str = first.get_providers()[0]
         self.on_gpu = self.provider == "CUDAExecutionProvider"
-        self.fp16 = self.on_gpu and precision != "fp32" and all(s.fp16_path for s in specs.values())
+        self.fp16 = self.on_gpu and precision == "fp16" and all(s.fp16_path for s in specs.values())
         log.info("engine ready: %d models %s on %s (tile %d)", len(specs), sorted(specs), self.provider, tile)
 
     def grid(self, key: ModelKey, height: int, width: int) -> TileGrid:

@@ -15,20 +15,27 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def engines():
+    """The default GPU engine (fp32), the GPU engine on the fp16 twins, and the CPU engine."""
     gpu = Engine(MODELS, tile=128, prefer_gpu=True)
     if not gpu.on_gpu:
         pytest.skip("onnxruntime-gpu is installed but fell back to the CPU (no usable GPU)")
-    return gpu, Engine(MODELS, tile=128, prefer_gpu=False)
+    return gpu, Engine(MODELS, tile=128, prefer_gpu=True, precision="fp16"), Engine(MODELS, tile=128, prefer_gpu=False)
 
 
-def test_cuda_is_the_provider_in_use_with_fp16_models(engines):
-    gpu, _ = engines
-    assert gpu.provider == "CUDAExecutionProvider" and gpu.fp16
+def test_cuda_is_the_provider_in_use_with_fp32_models_by_default(engines):
+    gpu, _, _ = engines
+    assert gpu.provider == "CUDAExecutionProvider" and not gpu.fp16
+
+
+def test_fp16_twins_are_used_when_asked_for(engines):
+    _, half, _ = engines
+    assert half.provider == "CUDAExecutionProvider" and half.fp16
 
 
 @pytest.mark.parametrize("scale", [2, 3, 4])
-def test_cuda_fp16_output_matches_cpu_fp32_within_a_level(engines, scale):
-    gpu, cpu = engines
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_cuda_output_matches_cpu_fp32_within_two_levels(engines, scale, precision):
+    gpu, half, cpu = engines
     img = smooth_image(150, 170).astype(np.float32) / 255
-    a, b = gpu.upscale(("fast", scale), img), cpu.upscale(("fast", scale), img)
-    assert np.abs(a - b).max() < 2 / 255
+    on_gpu = (gpu if precision == "fp32" else half).upscale(("fast", scale), img)
+    assert np.abs(on_gpu - cpu.upscale(("fast", scale), img)).max() < 2 / 255
