@@ -8,11 +8,16 @@ batches. Within a model, tiles are taken round-robin from the waiting jobs in
 arrival order: a huge image gets one tile per round like everyone else and
 cannot starve small ones. Tiles are cut (and converted to float) only when
 their batch is formed, and results are written straight into the job's
-integer output, so memory stays bounded by the batch, not by the images.
+integer output, so memory stays bounded by a few batches, not by the images.
 
-The engine runs in one worker thread, so the event loop keeps accepting,
-decoding and encoding while the network runs. Jobs whose deadline passed or
-whose request was abandoned are dropped from the queue.
+A batch goes through three steps: cut (tiles to a float batch), run (the
+network, in the one engine thread) and place (results to integer pixels in
+the job's output). Cutting and placing run in their own small thread pool,
+and up to ``depth`` batches are between cut and place at once, so the engine
+runs batch N while N+1 is cut and N-1 placed: on a GPU the network takes a
+few milliseconds per batch and would otherwise wait for the CPU steps. The
+event loop keeps accepting, decoding and encoding throughout. Jobs whose
+deadline passed or whose request was abandoned are dropped from the queue.
 """
 
 from __future__ import annotations
@@ -72,6 +77,8 @@ class Batcher:
         max_batch: int = 8,
         max_wait: float = 0.002,
         max_queue_tiles: int = 4096,
+        depth: int = 3,
+        tile_threads: int = 2,
         on_batch: Callable[[ModelKey, int, float], None] | None = None,
     ):
         self.engine = engine
@@ -80,8 +87,11 @@ class Batcher:
         self._jobs: dict[ModelKey, deque[Job]] = {}
         self._queued = 0  # tiles not yet batched, over all jobs
         self._wake = asyncio.Event()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._slots = asyncio.Semaphore(depth)  # batches between cut and place
+        self._engine_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._tile_pool = ThreadPoolExecutor(max_workers=tile_threads, thread_name_prefix="tiles")
         self._task: asyncio.Task | None = None
+        self._batches: set[asyncio.Task] = set()
 
     @property
     def queued_tiles(self) -> int:
@@ -91,10 +101,12 @@ class Batcher:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
 
     async def stop(self) -> None:
-        if self._task:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        self._pool.shutdown(wait=True)
+        for task in [self._task, *self._batches]:
+            if task:
+                task.cancel()
+        await asyncio.gather(*filter(None, [self._task, *self._batches]), return_exceptions=True)
+        self._engine_pool.shutdown(wait=True)
+        self._tile_pool.shutdown(wait=True)
 
     def submit(self, key: ModelKey, image: np.ndarray, timeout: float) -> Job:
         """Queue an (H, W, 3) image for ``key``; raises Overloaded if the queue cannot take it."""
@@ -168,53 +180,59 @@ class Batcher:
         return picks
 
     async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
-            self._expire()
-            key = self._next_key()
-            if key is None:
-                self._wake.clear()
-                continue
-            if sum(len(j.todo) for j in self._jobs[key]) < self.max_batch and self.max_wait > 0:
-                await asyncio.sleep(self.max_wait)  # let a partial batch fill up
-                self._expire()
-            picks = self._take(key)
+            await self._slots.acquire()
+            key, picks = await self._form_batch()
             if not picks:
+                self._slots.release()
                 await asyncio.sleep(0)
                 continue
-            now = time.monotonic()
-            for job, _ in picks:
-                job.started = job.started or now
-            try:
-                seconds = await loop.run_in_executor(self._pool, self._execute, key, picks)
-            except Exception as exc:  # an engine failure fails the jobs in the batch, not the server
-                log.exception("model execution failed")
-                for job, _ in picks:
-                    job.running -= 1
-                    if not job.dead:
-                        job.future.set_exception(exc)
-                continue
-            if self.on_batch:
-                self.on_batch(key, len(picks), seconds)
-            self._complete(picks)
+            task = asyncio.get_running_loop().create_task(self._process(key, picks))
+            self._batches.add(task)
+            task.add_done_callback(self._batches.discard)
 
-    def _execute(self, key: ModelKey, picks: list[tuple[Job, int]]) -> float:
-        """Cut, run and place one batch (in the engine thread). Returns the model's execution seconds."""
-        batch = np.stack(
-            [job.grid.cut(job.padded, i).transpose(2, 0, 1).astype(np.float32) * job.scale_in for job, i in picks]
-        )
+    async def _form_batch(self) -> tuple[ModelKey | None, list[tuple[Job, int]]]:
+        """The next batch's model and tiles, once it is full or has waited ``max_wait``; none if idle."""
+        self._expire()
+        key = self._next_key()
+        if key is None:
+            self._wake.clear()
+            return None, []
+        if sum(len(j.todo) for j in self._jobs[key]) < self.max_batch and self.max_wait > 0:
+            await asyncio.sleep(self.max_wait)  # let a partial batch fill up
+            self._expire()
+        picks = self._take(key)
+        now = time.monotonic()
+        for job, _ in picks:
+            job.started = job.started or now
+        return key, picks
+
+    async def _process(self, key: ModelKey, picks: list[tuple[Job, int]]) -> None:
+        """Cut, run and place one batch; an engine failure fails the jobs in the batch, not the server."""
+        loop = asyncio.get_running_loop()
+        try:
+            batch = await loop.run_in_executor(self._tile_pool, _cut, picks)
+            result, seconds = await loop.run_in_executor(self._engine_pool, self._infer, key, batch)
+            del batch
+            await loop.run_in_executor(self._tile_pool, _place, picks, result)
+        except Exception as exc:
+            log.exception("model execution failed")
+            for job, _ in picks:
+                job.running -= 1
+                if not job.dead:
+                    job.future.set_exception(exc)
+            return
+        finally:
+            self._slots.release()
+        if self.on_batch:
+            self.on_batch(key, len(picks), seconds)
+        self._complete(picks)
+
+    def _infer(self, key: ModelKey, batch: np.ndarray) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
         result = self.engine.run(key, batch)
-        seconds = time.perf_counter() - t0
-        for (job, i), tile in zip(picks, result, strict=True):
-            if job.dead:
-                continue
-            tile = tile.transpose(1, 2, 0)
-            if job.out.dtype != np.float32:
-                tile = to_pixels(tile, job.out.dtype)
-            job.grid.place(job.out, i, tile)
-        return seconds
+        return result, time.perf_counter() - t0
 
     def _complete(self, picks: list[tuple[Job, int]]) -> None:
         now = time.monotonic()
@@ -227,3 +245,21 @@ class Batcher:
                 job.future.set_result(job)
             if job.dead or (not job.todo and not job.running):
                 self._forget(job)
+
+
+def _cut(picks: list[tuple[Job, int]]) -> np.ndarray:
+    """The tiles of a batch as one (N, 3, T + 2c, T + 2c) float32 array in [0, 1]."""
+    return np.stack(
+        [job.grid.cut(job.padded, i).transpose(2, 0, 1).astype(np.float32) * job.scale_in for job, i in picks]
+    )
+
+
+def _place(picks: list[tuple[Job, int]], result: np.ndarray) -> None:
+    """Write each (3, sT, sT) result into its job's output, as integer pixels unless the output is float."""
+    for (job, i), tile in zip(picks, result, strict=True):
+        if job.dead:
+            continue
+        tile = tile.transpose(1, 2, 0)
+        if job.out.dtype != np.float32:
+            tile = to_pixels(tile, job.out.dtype)
+        job.grid.place(job.out, i, tile)

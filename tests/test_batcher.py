@@ -1,10 +1,13 @@
 """Cross-request batching: shared batches, fairness, deadlines and cancellation (in-process, real engine)."""
 
 import asyncio
+import threading
+import time
 
 import numpy as np
 import pytest
 
+from service import batcher as batcher_module
 from service.batcher import Batcher
 from service.engine import Engine
 from service.errors import DeadlineExceeded, Overloaded
@@ -89,8 +92,41 @@ def test_cancelled_request_drops_its_tiles(engine):
         await asyncio.sleep(0.2)
         return ran, len(batches)
 
-    ran, later = run(_with_batcher(engine, body, max_batch=2))
-    assert later <= ran + 1  # at most the batch in flight when it was cancelled
+    ran, later = run(_with_batcher(engine, body, max_batch=2, depth=3))
+    assert later <= ran + 3  # at most the batches in flight (depth) when it was cancelled
+
+
+def test_batches_overlap_up_to_the_depth_and_no_further(engine, monkeypatch):
+    """While the network runs one batch, the next is cut: batches between cut and place reach the depth."""
+    in_flight, most, lock = 0, 0, threading.Lock()
+    cut, place = batcher_module._cut, batcher_module._place
+
+    def counting_cut(picks):
+        nonlocal in_flight, most
+        with lock:
+            in_flight += 1
+            most = max(most, in_flight)
+        return cut(picks)
+
+    def counting_place(picks, result):
+        nonlocal in_flight
+        place(picks, result)
+        with lock:
+            in_flight -= 1
+
+    def slow_run(key, batch):
+        time.sleep(0.02)  # a network slower than cutting, so later batches are cut while it runs
+        return engine.__class__.run(engine, key, batch)
+
+    monkeypatch.setattr(batcher_module, "_cut", counting_cut)
+    monkeypatch.setattr(batcher_module, "_place", counting_place)
+    monkeypatch.setattr(engine, "run", slow_run)
+
+    async def body(batcher, batches):
+        return await batcher.upscale(KEY, smooth_image(64, 64), timeout=60)
+
+    run(_with_batcher(engine, body, max_batch=2, depth=2))
+    assert most == 2
 
 
 def test_float_input_gives_float_output_equal_to_engine(engine):
