@@ -45,9 +45,10 @@ def start_server(tmp_dir: Path, port: int | None = None, **settings: str) -> Ser
     env = {**os.environ, "UPSCALER_HOST": "127.0.0.1", "UPSCALER_PORT": str(port), "PYTHONPATH": str(ROOT)}
     env.update({f"UPSCALER_{k.upper()}": str(v) for k, v in settings.items()})
     log_path = tmp_dir / f"server-{port}.log"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=log_path.open("w"), stderr=subprocess.STDOUT
-    )
+    with log_path.open("w") as log:  # the child keeps its own copy of the descriptor
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:

@@ -64,7 +64,8 @@ def test_command_writes_json_csv_and_plot(server, tmp_path):
     )
     report = json.loads((tmp_path / "loadtest.json").read_text())
     assert [s["level"] for s in report["steps"]] == [1, 2] and all(s["ok"] == 3 for s in report["steps"])
-    assert len(list(csv.DictReader((tmp_path / "loadtest.csv").open()))) == 2
+    with (tmp_path / "loadtest.csv").open() as f:
+        assert len(list(csv.DictReader(f))) == 2
     assert (tmp_path / "loadtest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -77,6 +78,7 @@ def test_locust_file_runs_headless(server, tmp_path):
     cmd += ["--spawn-rate", "2", "--run-time", "3s", "--csv", str(tmp_path / "locust"), "--only-summary"]
     env = {"PYTHONPATH": str(ROOT), "UPSCALER_LOAD_SIZES": "32", "PATH": "/usr/bin:/bin"}
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=60, env=env)
-    rows = list(csv.DictReader((tmp_path / "locust_stats.csv").open()))
+    with (tmp_path / "locust_stats.csv").open() as f:
+        rows = list(csv.DictReader(f))
     total = next(r for r in rows if r["Name"] == "Aggregated")
     assert int(total["Request Count"]) > 0 and int(total["Failure Count"]) == 0, done.stderr[-2000:]
