@@ -54,15 +54,7 @@ def test_smooth_gradient_comes_back_smooth(engine, variant, scale, axis):
 
 
 @pytest.mark.skipif(not (DATASETS / "Set5").is_dir(), reason="Set5 not present (../shared/datasets/Set5)")
-@pytest.mark.parametrize(
-    "scale",
-    [
-        2,
-        # Known shortfall, kept visible: strict, so the day x3 reaches 33.16 this XPASS fails and the mark must go.
-        pytest.param(3, marks=pytest.mark.xfail(strict=True, reason="fast x3 reaches 33.154 dB on Set5, not 33.16")),
-        4,
-    ],
-)
+@pytest.mark.parametrize("scale", SCALES)
 def test_shipped_model_reaches_published_fsrcnn_on_set5(scale):
     from model.evaluate import evaluate
 
