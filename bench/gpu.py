@@ -16,7 +16,9 @@ and the shipped fp16 twin) and tile shape (LR tile core x batch) it measures:
   (cudnn.benchmark on, like the engine's exhaustive cuDNN search).
 
 Output MPix/s counts output pixels (scale x tile)^2 x batch. The peak is
-torch's matrix product on the same GPU, fp32 (no TF32) and fp16.
+torch's matrix product on the same GPU, fp32 (no TF32) and fp16. The fp32
+rows run convolutions with TF32 allowed (the default of ORT's CUDA provider
+and of cuDNN in torch), so against a TF32 peak their share would be smaller.
 """
 
 from __future__ import annotations
@@ -99,6 +101,8 @@ def measure_model(name: str, shapes: list[tuple[int, int]], seconds: float) -> d
     rows = []
     for precision in ("fp32", "fp16"):
         engine = Engine(path, prefer_gpu=True, precision=precision)  # sessions take any tile shape
+        if not engine.on_gpu or engine.fp16 != (precision == "fp16"):
+            raise SystemExit(f"{name} {precision}: ORT runs it on {engine.provider} (fp16 twin: {engine.fp16})")
         key = next(iter(engine.specs))
         for tile, batch in shapes:
             n = tile + 2 * context

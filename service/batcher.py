@@ -225,9 +225,9 @@ class Batcher:
             return
         finally:
             self._slots.release()
+        self._complete(picks)  # before the metrics hook, so a failing hook cannot strand the jobs
         if self.on_batch:
             self.on_batch(key, len(picks), seconds)
-        self._complete(picks)
 
     def _infer(self, key: ModelKey, batch: np.ndarray) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()

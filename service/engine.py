@@ -114,6 +114,35 @@ def _providers(prefer_gpu: bool) -> list:
     return chosen
 
 
+def _session_options(on_cpu: bool, threads: int) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    # On CPU, "all" adds ORT's blocked NCHWc layout, which measured 3-9% slower for these thin
+    # networks than "extended" (bench/results/engine.json, graph_optimization_ms).
+    level = "ORT_ENABLE_EXTENDED" if on_cpu else "ORT_ENABLE_ALL"
+    opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
+    # With CUDA, ORT's CPU threads run only the shape operators: one is enough.
+    opts.intra_op_num_threads = threads if threads or on_cpu else 1
+    opts.inter_op_num_threads = 1
+    # Idle ORT threads would spin on cores the codec threads need between batches (CPU and GPU alike).
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    _share_cpu_arena(opts)
+    return opts
+
+
+def _open_sessions(
+    specs: dict[ModelKey, ModelSpec], providers: list, threads: int, precision: str
+) -> dict[ModelKey, ort.InferenceSession]:
+    """One session per model; on CUDA the fp16 twin where fp16 is asked for and the twin exists."""
+    opts = _session_options(providers == ["CPUExecutionProvider"], threads)
+    sessions = {}
+    for key, spec in specs.items():
+        sessions[key] = ort.InferenceSession(str(spec.path), opts, providers=providers)
+        on_cuda = sessions[key].get_providers()[0] == "CUDAExecutionProvider"
+        if on_cuda and precision == "fp16" and spec.fp16_path is not None:
+            sessions[key] = ort.InferenceSession(str(spec.fp16_path), opts, providers=providers)
+    return sessions
+
+
 class Engine:
     """Runs batches of fixed-shape tiles through the ONNX Runtime session of a model."""
 
@@ -135,27 +164,13 @@ class Engine:
             raise FileNotFoundError(f"no <variant>_x<scale>.onnx models found in {models}")
         self.specs = specs
         providers = _providers(prefer_gpu)
-        opts = ort.SessionOptions()
-        # On CPU, "all" adds ORT's blocked NCHWc layout, which measured 3-9% slower for these thin
-        # networks than "extended" (bench/results/engine.json, graph_optimization_ms).
-        on_cpu = providers == ["CPUExecutionProvider"]
-        level = "ORT_ENABLE_EXTENDED" if on_cpu else "ORT_ENABLE_ALL"
-        opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-        # With CUDA, ORT's CPU threads run only the shape operators: one is enough.
-        opts.intra_op_num_threads = threads if threads or on_cpu else 1
-        opts.inter_op_num_threads = 1
-        # Idle ORT threads would spin on cores the codec threads need between batches (CPU and GPU alike).
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        _share_cpu_arena(opts)
-        self.sessions: dict[ModelKey, ort.InferenceSession] = {}
-        for key, spec in specs.items():
-            self.sessions[key] = ort.InferenceSession(str(spec.path), opts, providers=providers)
-            on_cuda = self.sessions[key].get_providers()[0] == "CUDAExecutionProvider"
-            if on_cuda and precision == "fp16" and spec.fp16_path is not None:
-                self.sessions[key] = ort.InferenceSession(str(spec.fp16_path), opts, providers=providers)
+        self.sessions = _open_sessions(specs, providers, threads, precision)
         first = next(iter(self.sessions.values()))
         # What ONNX Runtime actually uses, not what was asked for (onnxruntime-gpu falls back silently).
         self.provider: str = first.get_providers()[0]
+        if self.provider == "CPUExecutionProvider" and providers != ["CPUExecutionProvider"]:
+            # Reopen with the CPU's threads and graph optimisations, not the one thread meant for CUDA.
+            self.sessions = _open_sessions(specs, ["CPUExecutionProvider"], threads, precision)
         self.on_gpu = self.provider == "CUDAExecutionProvider"
         self.fp16 = self.on_gpu and precision == "fp16" and all(s.fp16_path for s in specs.values())
         log.info("engine ready: %d models %s on %s (tile %d)", len(specs), sorted(specs), self.provider, tile)

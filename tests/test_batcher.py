@@ -9,7 +9,7 @@ import pytest
 
 from service import batcher as batcher_module
 from service.batcher import Batcher
-from service.engine import Engine
+from service.engine import Engine, to_pixels
 from service.errors import DeadlineExceeded, Overloaded
 
 from .conftest import MODELS, smooth_image
@@ -122,11 +122,15 @@ def test_batches_overlap_up_to_the_depth_and_no_further(engine, monkeypatch):
     monkeypatch.setattr(batcher_module, "_place", counting_place)
     monkeypatch.setattr(engine, "run", slow_run)
 
-    async def body(batcher, batches):
-        return await batcher.upscale(KEY, smooth_image(64, 64), timeout=60)
+    img = smooth_image(64, 64)
 
-    run(_with_batcher(engine, body, max_batch=2, depth=2))
+    async def body(batcher, batches):
+        return (await batcher.upscale(KEY, img, timeout=60)).out
+
+    out = run(_with_batcher(engine, body, max_batch=2, depth=2))
     assert most == 2
+    expected = to_pixels(engine.upscale(KEY, img.astype(np.float32) / 255), np.uint8)
+    assert np.abs(out.astype(int) - expected).max() <= 1  # every tile placed where it belongs
 
 
 def test_float_input_gives_float_output_equal_to_engine(engine):

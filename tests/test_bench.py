@@ -4,6 +4,7 @@ import json
 
 import onnxruntime as ort
 import pytest
+import torch
 
 from bench import codecs, engine, int8, memory, service
 
@@ -23,8 +24,8 @@ def test_engine_benchmark_counts_flops_and_both_runtimes(capsys):
 
 
 @pytest.mark.skipif(
-    "CUDAExecutionProvider" not in ort.get_available_providers(),
-    reason="no CUDA provider in this ONNX Runtime",
+    "CUDAExecutionProvider" not in ort.get_available_providers() or not torch.cuda.is_available(),
+    reason="needs ONNX Runtime's CUDA provider and torch with a GPU",
 )
 def test_gpu_benchmark_runs_quick(capsys):
     from bench import gpu
