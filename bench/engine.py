@@ -18,11 +18,9 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from bench.machine import RESULTS, sgemm_gflops, timed, write_result
+from bench.machine import MODELS, sgemm_gflops, timed, write_result
 from model.network import SRNet
 from service.engine import Engine
-
-MODELS = RESULTS.parent.parent / "export" / "models"
 
 
 def conv_flops(net: SRNet, x: torch.Tensor) -> int:

@@ -35,11 +35,9 @@ import onnxruntime as ort
 import torch
 
 from bench.engine import conv_flops
-from bench.machine import RESULTS, write_result
+from bench.machine import MODELS, write_result
 from model.network import SRNet
 from service.engine import Engine
-
-MODELS = RESULTS.parent.parent / "export" / "models"
 
 
 def gpu_timed(fn: Callable[[], object], seconds: float = 0.5, warmup: int = 3) -> float:
@@ -98,6 +96,7 @@ def measure_model(name: str, shapes: list[tuple[int, int]], seconds: float) -> d
     net = SRNet(**card["config"])  # same architecture; speed does not depend on weight values
     scale, context = card["scale"], card["context"]
     biggest = max(shapes, key=lambda s: s[0] ** 2 * s[1])
+    tile_gflop = {t: conv_flops(net, torch.zeros(1, 3, t + 2 * context, t + 2 * context)) / 1e9 for t, _ in shapes}
     rows = []
     for precision in ("fp32", "fp16"):
         engine = Engine(path, prefer_gpu=True, precision=precision)  # sessions take any tile shape
@@ -109,7 +108,7 @@ def measure_model(name: str, shapes: list[tuple[int, int]], seconds: float) -> d
             x = np.random.default_rng(0).random((batch, 3, n, n), dtype=np.float32)
             out_shape = (batch, 3, scale * tile, scale * tile)
             mpix = batch * (scale * tile) ** 2 / 1e6
-            gflop = conv_flops(net, torch.from_numpy(x[:1])) * batch / 1e9
+            gflop = tile_gflop[tile] * batch
             row = {"precision": precision, "tile": tile, "batch": batch, "gflop_per_batch": gflop}
             row["host_ms"] = gpu_timed(lambda e=engine, k=key, x=x: e.run(k, x), seconds) * 1000
             row["device_ms"] = gpu_timed(_device_runner(engine.sessions[key], x, out_shape), seconds) * 1000

@@ -23,13 +23,12 @@ import numpy as np
 import onnx
 from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 
-from bench.machine import RESULTS, timed, write_result
+from bench.machine import MODELS, RESULTS, timed, write_result
 from model.data import list_images, load_rgb
 from model.imresize import imresize
 from service.engine import Engine
 
 ROOT = RESULTS.parent.parent
-MODELS = ROOT / "export" / "models"
 SHARED = ROOT.parent / "shared" / "datasets"
 
 

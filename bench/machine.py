@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-__all__ = ["describe", "timed", "sgemm_gflops", "write_result", "RESULTS"]
+__all__ = ["describe", "timed", "sgemm_gflops", "write_result", "RESULTS", "MODELS"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = RESULTS.parent.parent / "export" / "models"  # the shipped models
 
 
 def describe() -> dict:

@@ -16,9 +16,9 @@ import uvicorn
 from fastapi import FastAPI, Request, Response
 from PIL import Image
 
-from bench.machine import RESULTS
+from bench.machine import MODELS
 
-MODEL = RESULTS.parent.parent / "export" / "models" / "fast_x2.onnx"
+MODEL = MODELS / "fast_x2.onnx"
 
 
 def create_app(device: str = "cpu") -> FastAPI:

@@ -30,13 +30,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.machine import RESULTS, timed, write_result
+from bench.machine import MODELS, RESULTS, timed, write_result
 from bench.nearest_model import write_nearest_model
 from client.loadtest import LoadOptions, closed_loop, make_payloads, open_loop, write_results
 from service.engine import Engine
 
 ROOT = RESULTS.parent.parent
-MODELS = ROOT / "export" / "models"
 
 
 def free_port() -> int:

@@ -101,10 +101,10 @@ class Batcher:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="batcher")
 
     async def stop(self) -> None:
-        for task in [self._task, *self._batches]:
-            if task:
-                task.cancel()
-        await asyncio.gather(*filter(None, [self._task, *self._batches]), return_exceptions=True)
+        tasks = [task for task in (self._task, *self._batches) if task]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
         self._engine_pool.shutdown(wait=True)
         self._tile_pool.shutdown(wait=True)
 
