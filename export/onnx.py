@@ -2,11 +2,14 @@
 
     python -m export.onnx --checkpoint runs/fast_x2/best.pt --out export/models --val ../shared/datasets/Set5
     python -m export.onnx --variant fast --scale 2 --untrained --out /tmp/models   # for tests
+    python -m export.onnx --twins export/models/fast_x2.onnx   # rewrite an exported model's twins and card
 
 Writes ``<variant>_x<scale>.onnx`` (opset 18; input ``lr`` (N, 3, H + 2c, W + 2c),
 output ``sr`` (N, 3, sH, sW), dynamic N/H/W; metadata: variant, scale, context),
 ``<variant>_x<scale>_fp16.onnx`` (fp16 weights and compute, fp32 inputs and
-outputs) and the model card as ``.json`` and ``.md``.
+outputs; for GPUs), ``<variant>_x<scale>_cpu.onnx`` (the same function lowered
+for ONNX Runtime's CPU kernels; see ``export.cpu``) and the model card as
+``.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import onnxruntime as ort
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
+from export.cpu import CPU_TWIN_SUFFIX, lower_for_cpu
+from export.graph import drop_unused_initializers
 from model.network import SRNet, build, config_dict, load_weights, macs_per_input_pixel
 
 log = logging.getLogger("export.onnx")
@@ -72,10 +77,7 @@ def _fusable_activations(model: onnx.ModelProto) -> None:
         node.op_type = "LeakyRelu"
         del node.input[1]
         node.attribute.append(helper.make_attribute("alpha", alpha))
-    used = {name for node in model.graph.node for name in node.input}
-    kept = [init for init in model.graph.initializer if init.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
+    drop_unused_initializers(model.graph)
 
 
 def parity(net: SRNet, path: Path, sizes=((1, 40, 36), (2, 61, 77)), seed: int = 0) -> float:
@@ -140,6 +142,7 @@ def write_card(out: Path, stem: str, card: dict) -> None:
         "config",
         "opset",
         "fp16_max_abs_diff",
+        "cpu_max_abs_diff",
         "onnx_parity_max_abs_err",
     ):
         lines.append(f"| {k} | {card.get(k)} |")
@@ -177,10 +180,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--variant", default="fast", help="with --untrained")
     p.add_argument("--scale", type=int, choices=(2, 3, 4), default=2, help="with --untrained")
     p.add_argument("--untrained", action="store_true", help="export a freshly initialised network")
-    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--out", help="output folder (required unless --twins)")
     p.add_argument("--val", help="HR folder (Set5) to measure PSNR/SSIM for the model card")
     p.add_argument("--no-fp16", action="store_true")
+    p.add_argument("--twins", nargs="+", type=Path, metavar="MODEL", help="only rewrite these models' twins and cards")
     args = p.parse_args(argv)
+    if args.twins:
+        for path in args.twins:
+            rewrite_twins(path)
+        return
 
     training: dict = {}
     if args.checkpoint:
@@ -204,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
         net, variant = build(args.variant, args.scale), args.variant
     else:
         p.error("give --checkpoint or --untrained")
+    if not args.out:
+        p.error("give --out")
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -229,10 +239,7 @@ def main(argv: list[str] | None = None) -> None:
         "training": training,
         "published_fsrcnn_set5": list(PUBLISHED_FSRCNN_SET5[net.scale]),
     }
-    if not args.no_fp16:
-        fp16 = out / f"{stem}_fp16.onnx"
-        export_fp16(path, fp16)
-        card["fp16_max_abs_diff"] = float(f"{_fp16_diff(path, fp16, net.context):.3g}")
+    card.update(write_twins(path, net.context, fp16=not args.no_fp16))
     if args.val:
         from model.evaluate import evaluate
 
@@ -242,12 +249,37 @@ def main(argv: list[str] | None = None) -> None:
     write_card(out, stem, card)
 
 
-def _fp16_diff(fp32: Path, fp16: Path, context: int) -> float:
-    """Max abs difference of the fp16 model from fp32 on a random tile (run on the CPU provider)."""
+def write_twins(path: Path, context: int, fp16: bool = True) -> dict[str, float]:
+    """Write the fp16 (unless ``fp16`` is false) and CPU twins of ``path``; return their card entries."""
+    entries = {}
+    twins = {"fp16": (export_fp16, "_fp16"), "cpu": (lower_for_cpu, CPU_TWIN_SUFFIX)}
+    for name, (write, suffix) in twins.items():
+        if name == "fp16" and not fp16:
+            continue
+        twin = path.with_name(path.stem + suffix + ".onnx")
+        write(path, twin)
+        err = twin_max_abs_diff(path, twin, context)
+        if name == "cpu" and err > PARITY_TOLERANCE:
+            raise SystemExit(f"{twin} differs from {path} by {err:.2e} > {PARITY_TOLERANCE}")
+        entries[f"{name}_max_abs_diff"] = float(f"{err:.3g}")
+        log.info("wrote %s; max abs difference from %s %.2e", twin, path.name, err)
+    return entries
+
+
+def twin_max_abs_diff(model: Path, twin: Path, context: int) -> float:
+    """Max abs difference of a twin from its model on a random tile (run on the CPU provider)."""
     x = np.random.default_rng(0).random((1, 3, 64 + 2 * context, 64 + 2 * context), dtype=np.float32)
-    a = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
-    b = ort.InferenceSession(str(fp16), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
+    a = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
+    b = ort.InferenceSession(str(twin), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
     return float(np.abs(a - b).max())
+
+
+def rewrite_twins(path: Path) -> None:
+    """Rewrite the twins of an already exported model and refresh its card (the weights are not touched)."""
+    card_path = path.with_suffix(".json")
+    card = json.loads(card_path.read_text())
+    card.update(write_twins(path, card["context"]))
+    write_card(path.parent, path.stem, card)
 
 
 if __name__ == "__main__":

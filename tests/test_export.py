@@ -1,4 +1,4 @@
-"""ONNX export: checker, metadata, dynamic shapes, parity with PyTorch, fp16 twin, model card."""
+"""ONNX export: checker, metadata, dynamic shapes, parity with PyTorch, fp16 and CPU twins, model card."""
 
 import json
 
@@ -8,6 +8,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from export.cpu import lower_for_cpu
 from export.onnx import export_onnx, parity
 from export.onnx import main as export_main
 from model.network import build, config_dict
@@ -21,9 +22,9 @@ def exported(tmp_path_factory):
     return out
 
 
-def test_export_writes_model_fp16_twin_and_card(exported):
+def test_export_writes_model_twins_and_card(exported):
     names = {p.name for p in exported.iterdir()}
-    assert {"fast_x3.onnx", "fast_x3_fp16.onnx", "fast_x3.json", "fast_x3.md"} <= names
+    assert {"fast_x3.onnx", "fast_x3_fp16.onnx", "fast_x3_cpu.onnx", "fast_x3.json", "fast_x3.md"} <= names
 
 
 def test_exported_model_passes_the_checker_with_opset_at_least_17(exported):
@@ -53,6 +54,41 @@ def test_fp16_twin_is_close_to_fp32(exported):
     run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
     a, b = run(exported / "fast_x3.onnx"), run(exported / "fast_x3_fp16.onnx")
     assert b.dtype == np.float32 and np.abs(a - b).max() < 2e-3
+
+
+def test_cpu_twin_computes_what_the_model_computes(exported):
+    x = np.random.default_rng(0).random((2, 3, 41, 53), dtype=np.float32)
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
+    assert np.abs(run(exported / "fast_x3.onnx") - run(exported / "fast_x3_cpu.onnx")).max() < 1e-5
+
+
+def test_cpu_twin_has_no_prelu_or_pixel_shuffle_and_keeps_the_learned_transposed_convolution(exported):
+    model, twin = (onnx.load(exported / name) for name in ("fast_x3.onnx", "fast_x3_cpu.onnx"))
+    ops = [n.op_type for n in twin.graph.node]
+    assert "PRelu" not in ops and "DepthToSpace" not in ops
+    learned = [n.input[1] for n in model.graph.node if n.op_type == "ConvTranspose"]
+    assert learned == [n.input[1] for n in twin.graph.node if n.op_type == "ConvTranspose" and n.input[1] in learned]
+    assert {p.key: p.value for p in twin.metadata_props}["lowered_for"] == "CPUExecutionProvider"
+
+
+def test_cpu_twin_is_exact_for_slopes_of_every_sign(tmp_path):
+    """x + (a - 1) * min(x, 0) must equal PReLU for negative slopes and slopes above 1 (both occur in training)."""
+    net = build("fast", 2)
+    with torch.no_grad():
+        for act in (m for m in net.modules() if isinstance(m, torch.nn.PReLU)):
+            act.weight.copy_(torch.linspace(-1.5, 1.8, act.weight.numel()))
+    export_onnx(net, tmp_path / "m.onnx", "fast")
+    lower_for_cpu(tmp_path / "m.onnx", tmp_path / "m_cpu.onnx")
+    assert parity(net, tmp_path / "m_cpu.onnx") < 1e-5
+
+
+def test_rewriting_twins_refreshes_them_from_the_model_and_updates_the_card(exported, tmp_path):
+    for name in ("fast_x3.onnx", "fast_x3.json"):
+        (tmp_path / name).write_bytes((exported / name).read_bytes())
+    export_main(["--twins", str(tmp_path / "fast_x3.onnx")])
+    card = json.loads((tmp_path / "fast_x3.json").read_text())
+    assert card["cpu_max_abs_diff"] < 1e-5 and card["fp16_max_abs_diff"] < 2e-3
+    assert (tmp_path / "fast_x3_cpu.onnx").is_file() and "cpu_max_abs_diff" in (tmp_path / "fast_x3.md").read_text()
 
 
 def test_card_records_size_and_cost(exported):

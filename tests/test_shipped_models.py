@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from service.engine import Engine
@@ -26,6 +27,17 @@ def test_every_scale_is_shipped_with_a_card(variant):
         assert (MODELS / f"{variant}_x{s}.onnx").is_file()
         card = json.loads((MODELS / f"{variant}_x{s}.json").read_text())
         assert card["trained"] and card["set5"]["psnr"] > card["set5"]["bicubic_psnr"]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("scale", SCALES)
+@pytest.mark.parametrize(("twin", "tolerance"), [("_cpu", 1e-5), ("_fp16", 2e-3)])
+def test_twins_compute_what_their_shipped_model_computes(variant, scale, twin, tolerance):
+    """A twin written from older weights would serve another model on that target."""
+    x = np.random.default_rng(0).random((1, 3, 60, 60), dtype=np.float32)
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
+    stem = f"{variant}_x{scale}"
+    assert np.abs(run(MODELS / f"{stem}.onnx") - run(MODELS / f"{stem}{twin}.onnx")).max() < tolerance
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
