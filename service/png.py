@@ -7,6 +7,11 @@ compresses them almost as well, and numpy applies it to a block of rows at a
 time. Rows are filtered and deflated in blocks, so besides the output only
 one block of extra memory is needed.
 
+Deflate at levels 0-3 is Intel's ISA-L (``isal``): on a 1024 x 1024 upscaled
+photo its level 1 took 9 ms against zlib's 43 ms, and its output was 6%
+smaller (``bench/results/codecs.json``). Levels 4-9 use zlib, for those who
+want the smallest files whatever the time. Both write standard zlib streams.
+
 Supports 8- and 16-bit grey, grey + alpha, RGB and RGBA, with the ICC
 profile (iCCP) and EXIF (eXIf) chunks.
 """
@@ -17,6 +22,7 @@ import struct
 import zlib
 
 import numpy as np
+from isal import isal_zlib
 
 __all__ = ["encode_png"]
 
@@ -24,11 +30,12 @@ _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _COLOR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type
 _BLOCK_BYTES = 1 << 20  # raw bytes filtered and deflated per step
 _UP = 2  # PNG filter type 'Up'
+_ISAL_LEVELS = range(0, 4)
 
 
 def _chunk(kind: bytes, data: bytes | memoryview) -> bytes:
     head = struct.pack(">I", len(data)) + kind
-    return head + bytes(data) + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+    return head + bytes(data) + struct.pack(">I", isal_zlib.crc32(data, isal_zlib.crc32(kind)))
 
 
 def _rows_as_bytes(block: np.ndarray) -> np.ndarray:
@@ -64,7 +71,7 @@ def encode_png(
 
     row_bytes = w * channels * depth // 8
     step = max(1, _BLOCK_BYTES // row_bytes)
-    deflate = zlib.compressobj(level)
+    deflate = (isal_zlib if level in _ISAL_LEVELS else zlib).compressobj(level)
     previous = np.zeros((1, row_bytes), np.uint8)
     for y in range(0, h, step):
         block = color[y : y + step]

@@ -20,6 +20,13 @@ def rng():
     return np.random.default_rng(0)
 
 
+@pytest.mark.parametrize("level", range(10))
+def test_every_compression_level_round_trips_exactly(rng, level):
+    """Levels 0-3 deflate with ISA-L, 4-9 with zlib; both must be plain zlib streams any PNG reader takes."""
+    color = rng.integers(0, 256, (300, 700, 3), dtype=np.uint8)  # more than one 1 MiB block of rows
+    np.testing.assert_array_equal(np.asarray(read(encode_png(color, level=level))), color)
+
+
 @pytest.mark.parametrize(
     "channels,alpha,mode", [(3, False, "RGB"), (3, True, "RGBA"), (1, False, "L"), (1, True, "LA")]
 )
