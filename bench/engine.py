@@ -4,8 +4,12 @@
 
 Writes bench/results/engine.json. For each model, both runtimes run the shipped
 network's architecture on the same batch of serving tiles with the same number
-of threads; achieved GFLOP/s counts the multiply-adds of every convolution at
-the real tile shape.
+of threads; achieved GFLOP/s counts the multiply-adds of every convolution of
+the network as trained (not the extra ones of the CPU twin's one-hot shuffle)
+at the real tile shape. ONNX Runtime runs what the service runs on a CPU: the
+CPU twin (``export.cpu``); the shipped model's own graph is timed beside it.
+Besides one run on all threads (the comparison with PyTorch), the engine is
+timed in the service's layout: one single-threaded run per core at once.
 """
 
 from __future__ import annotations
@@ -13,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import onnxruntime as ort
@@ -47,8 +52,9 @@ def conv_flops(net: SRNet, x: torch.Tensor) -> int:
     return 2 * total
 
 
-def measure(model: str, tile: int, batch: int, threads: int, repeat: int) -> dict:
-    """ONNX Runtime (through the service's Engine) and PyTorch eager on one batch of serving tiles."""
+def measure(model: str, tile: int, batch: int, threads: int, repeat: int, sgemm_n: int) -> dict:
+    """ONNX Runtime (through the service's Engine) and PyTorch eager on one batch of serving tiles, and the SGEMM
+    peak measured just before ONNX Runtime (this machine's speed drifts between runs)."""
     path = MODELS / f"{model}.onnx"
     meta = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
     net = SRNet(**json.loads(meta["config"])).eval()  # same architecture; speed does not depend on weight values
@@ -57,25 +63,38 @@ def measure(model: str, tile: int, batch: int, threads: int, repeat: int) -> dic
     flops = conv_flops(net, torch.from_numpy(x))
     engine = Engine(path, tile=tile, threads=threads, prefer_gpu=False)
     key = next(iter(engine.specs))
+    peak = sgemm_gflops(sgemm_n, repeat=repeat)
     t_ort = timed(lambda: engine.run(key, x), repeat=repeat)
+    layout = Engine(path, tile=tile, prefer_gpu=False)  # the service's: one single-threaded run per core
+    with ThreadPoolExecutor(layout.workers) as pool:
+        t_layout = timed(lambda: list(pool.map(lambda _: layout.run(key, x), range(layout.workers))), repeat=repeat)
+    layout_gflops = layout.workers * flops / t_layout / 1e9
     torch.set_num_threads(threads)
     xt = torch.from_numpy(x)
     with torch.inference_mode():
         t_torch = timed(lambda: net(xt), repeat=repeat)
+    by_file = {"model": path, "cpu_twin": engine.specs[key].cpu_path}
+    ms = {name: _by_optimization_level(f, x, threads, repeat) for name, f in by_file.items() if f is not None}
     return {
-        "graph_optimization_ms": _by_optimization_level(path, x, threads, repeat),
+        "graph_optimization_ms": ms,
+        "cpu_twin_speedup": ms["model"]["extended"] / ms["cpu_twin"]["extended"] if "cpu_twin" in ms else None,
         "gflop_per_batch": flops / 1e9,
         "onnxruntime_ms": t_ort * 1000,
         "pytorch_eager_ms": t_torch * 1000,
         "onnxruntime_speedup_vs_pytorch": t_torch / t_ort,
         "onnxruntime_gflops": flops / t_ort / 1e9,
+        "sgemm_gflops": peak,
+        "onnxruntime_fraction_of_sgemm": flops / t_ort / 1e9 / peak,
+        "service_layout": f"{layout.workers} concurrent runs x {layout.threads} threads",
+        "service_layout_gflops": layout_gflops,
+        "service_layout_fraction_of_sgemm": layout_gflops / peak,
         "pytorch_gflops": flops / t_torch / 1e9,
         "engine_output_mpix_per_s": batch * (tile * net.scale) ** 2 / 1e6 / t_ort,
     }
 
 
 def _by_optimization_level(path, x: np.ndarray, threads: int, repeat: int) -> dict[str, float]:
-    """Milliseconds per batch with ORT's extended graph optimisations and with all (adds the NCHWc layout)."""
+    """Milliseconds per batch of one file with ORT's extended graph optimisations and with all (adds NCHWc)."""
     result = {}
     for name, level in (
         ("extended", ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED),
@@ -84,6 +103,7 @@ def _by_optimization_level(path, x: np.ndarray, threads: int, repeat: int) -> di
         opts = ort.SessionOptions()
         opts.graph_optimization_level = level
         opts.intra_op_num_threads = threads
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the engine does
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         result[name] = timed(lambda s=sess: s.run(None, {"lr": x}), repeat=repeat) * 1000
     return result
@@ -97,14 +117,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--quick", action="store_true", help="smoke run: tiny tile, one repeat, no result file")
     args = p.parse_args(argv)
-    repeat = 1 if args.quick else 7
+    repeat = 1 if args.quick else 15
     tile = 16 if args.quick else args.tile
 
-    models = {name: measure(name, tile, args.batch, args.threads, repeat) for name in args.models.split(",")}
-    peak = sgemm_gflops(512 if args.quick else 2048, repeat=repeat)
-    for m in models.values():
-        m["onnxruntime_fraction_of_sgemm"] = m["onnxruntime_gflops"] / peak
-    result = {"tile": tile, "batch": args.batch, "threads": args.threads, "sgemm_gflops": peak, "models": models}
+    sgemm_n = 512 if args.quick else 2048
+    models = {name: measure(name, tile, args.batch, args.threads, repeat, sgemm_n) for name in args.models.split(",")}
+    result = {"tile": tile, "batch": args.batch, "threads": args.threads, "models": models}
     print(json.dumps(result, indent=2))
     if not args.quick:
         print("wrote", write_result("engine", result))

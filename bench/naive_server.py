@@ -2,7 +2,9 @@
 
 The whole image goes through one ONNX Runtime call (no tiling, no batching
 across requests, inference on the event loop) and the result is encoded with
-Pillow's defaults. Run: ``python -m bench.naive_server --port 8001``.
+Pillow's defaults. It runs the model file the service runs on the same device
+(on a CPU the CPU twin, ``export.cpu``), so the ratio between the two measures
+the serving design alone. Run: ``python -m bench.naive_server --port 8001``.
 """
 
 from __future__ import annotations
@@ -18,12 +20,12 @@ from PIL import Image
 
 from bench.machine import MODELS
 
-MODEL = MODELS / "fast_x2.onnx"
+MODEL = {"cuda": MODELS / "fast_x2.onnx", "cpu": MODELS / "fast_x2_cpu.onnx"}
 
 
 def create_app(device: str = "cpu") -> FastAPI:
     providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if device == "cuda" else ["CPUExecutionProvider"]
-    session = ort.InferenceSession(str(MODEL), providers=providers)
+    session = ort.InferenceSession(str(MODEL[device]), providers=providers)
     context = int(session.get_modelmeta().custom_metadata_map["context"])
     app = FastAPI()
 

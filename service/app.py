@@ -93,6 +93,7 @@ def _build_engine(settings: Settings) -> Engine:
         settings.model_dir,
         tile=settings.tile,
         threads=settings.threads,
+        workers=settings.engine_workers,
         prefer_gpu=settings.device != "cpu",
         precision=settings.precision,
         variants=settings.variants or None,

@@ -11,11 +11,12 @@ their batch is formed, and results are written straight into the job's
 integer output, so memory stays bounded by a few batches, not by the images.
 
 A batch goes through three steps: cut (tiles to a float batch), run (the
-network, in the one engine thread) and place (results to integer pixels in
-the job's output). Cutting and placing run in their own small thread pool,
-and up to ``depth`` batches are between cut and place at once, so the engine
-runs batch N while N+1 is cut and N-1 placed: on a GPU the network takes a
-few milliseconds per batch and would otherwise wait for the CPU steps. The
+network, in ``engine.workers`` engine threads: one per core on a CPU, one on
+a GPU) and place (results to integer pixels in the job's output). Cutting and
+placing run in their own small thread pool, and up to ``depth`` batches are
+between cut and place at once, so the engine runs batch N while N+1 is cut
+and N-1 placed: on a GPU the network takes a few milliseconds per batch and
+would otherwise wait for the CPU steps. The
 event loop keeps accepting, decoding and encoding throughout. Jobs whose
 deadline passed or whose request was abandoned are dropped from the queue.
 """
@@ -77,7 +78,7 @@ class Batcher:
         max_batch: int = 8,
         max_wait: float = 0.002,
         max_queue_tiles: int = 4096,
-        depth: int = 3,
+        depth: int | None = None,
         tile_threads: int = 2,
         on_batch: Callable[[ModelKey, int, float], None] | None = None,
     ):
@@ -87,8 +88,9 @@ class Batcher:
         self._jobs: dict[ModelKey, deque[Job]] = {}
         self._queued = 0  # tiles not yet batched, over all jobs
         self._wake = asyncio.Event()
-        self._slots = asyncio.Semaphore(depth)  # batches between cut and place
-        self._engine_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        # Batches between cut and place: by default, one running per engine worker plus two being cut or placed.
+        self._slots = asyncio.Semaphore(depth or engine.workers + 2)
+        self._engine_pool = ThreadPoolExecutor(max_workers=engine.workers, thread_name_prefix="engine")
         self._tile_pool = ThreadPoolExecutor(max_workers=tile_threads, thread_name_prefix="tiles")
         self._task: asyncio.Task | None = None
         self._batches: set[asyncio.Task] = set()
@@ -213,7 +215,7 @@ class Batcher:
         loop = asyncio.get_running_loop()
         try:
             batch = await loop.run_in_executor(self._tile_pool, _cut, picks)
-            result, seconds = await loop.run_in_executor(self._engine_pool, self._infer, key, batch)
+            result, seconds = await loop.run_in_executor(self._engine_pool, self._infer, key, batch, _out_dtype(picks))
             del batch
             await loop.run_in_executor(self._tile_pool, _place, picks, result)
         except Exception as exc:
@@ -229,9 +231,9 @@ class Batcher:
         if self.on_batch:
             self.on_batch(key, len(picks), seconds)
 
-    def _infer(self, key: ModelKey, batch: np.ndarray) -> tuple[np.ndarray, float]:
+    def _infer(self, key: ModelKey, batch: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, float]:
         t0 = time.perf_counter()
-        result = self.engine.run(key, batch)
+        result = self.engine.run(key, batch, dtype)
         return result, time.perf_counter() - t0
 
     def _complete(self, picks: list[tuple[Job, int]]) -> None:
@@ -254,12 +256,18 @@ def _cut(picks: list[tuple[Job, int]]) -> np.ndarray:
     )
 
 
+def _out_dtype(picks: list[tuple[Job, int]]) -> np.dtype:
+    """What the engine should return for a batch: its jobs' pixel type if they share one, else float."""
+    dtypes = {job.out.dtype for job, _ in picks}
+    return dtypes.pop() if len(dtypes) == 1 else np.dtype(np.float32)
+
+
 def _place(picks: list[tuple[Job, int]], result: np.ndarray) -> None:
-    """Write each (3, sT, sT) result into its job's output, as integer pixels unless the output is float."""
+    """Write each (3, sT, sT) result into its job's output, converting float results to the job's pixel type."""
     for (job, i), tile in zip(picks, result, strict=True):
         if job.dead:
             continue
         tile = tile.transpose(1, 2, 0)
-        if job.out.dtype != np.float32:
+        if tile.dtype != job.out.dtype:
             tile = to_pixels(tile, job.out.dtype)
         job.grid.place(job.out, i, tile)

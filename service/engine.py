@@ -1,17 +1,21 @@
 """ONNX Runtime inference: one session per (variant, scale), fixed tile shapes.
 
 The engine knows models and arrays, nothing of HTTP. Models are discovered in
-a folder: every ``<variant>_x<scale>.onnx`` (with an optional
-``<variant>_x<scale>_fp16.onnx`` beside it for GPUs) carries its scale,
-context and variant in the ONNX metadata, and its model card in a JSON file
-of the same stem.
+a folder: every ``<variant>_x<scale>.onnx`` carries its scale, context and
+variant in the ONNX metadata, and its model card in a JSON file of the same
+stem. Twins beside it compute the same function for one target:
+``<variant>_x<scale>_fp16.onnx`` for GPUs asked for fp16, and
+``<variant>_x<scale>_cpu.onnx`` (lowered for ONNX Runtime's CPU kernels,
+see ``export.cpu``), which the CPU provider runs whenever it exists.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -20,12 +24,13 @@ import onnxruntime as ort
 
 from service.tiling import TileGrid
 
-__all__ = ["ModelKey", "ModelSpec", "Engine", "discover_models", "to_pixels"]
+__all__ = ["ModelKey", "ModelSpec", "Engine", "cpu_layout", "discover_models", "to_pixels"]
 
 log = logging.getLogger("service.engine")
 
 ModelKey = tuple[str, int]  # (variant, scale)
 _NAME = re.compile(r"^(?P<variant>[a-z0-9]+)_x(?P<scale>[234])\.onnx$")
+_TWIN_SUFFIXES = ("_fp16", "_cpu")
 
 
 @dataclass(frozen=True)
@@ -35,6 +40,7 @@ class ModelSpec:
     context: int  # LR pixels of context the network needs on each side of a tile
     path: Path
     fp16_path: Path | None = None
+    cpu_path: Path | None = None
     card: dict = field(default_factory=dict)  # model-card facts (PSNR, parameters, ...)
 
     @property
@@ -60,8 +66,8 @@ def discover_models(location: str | Path) -> dict[ModelKey, ModelSpec]:
     location = Path(location)
     if location.is_file():
         paths = [location]
-    else:  # fp16 twins are found through their fp32 model
-        paths = sorted(p for p in location.glob("*.onnx") if not p.stem.endswith("_fp16"))
+    else:  # twins are found through their model
+        paths = sorted(p for p in location.glob("*.onnx") if not p.stem.endswith(_TWIN_SUFFIXES))
     specs: dict[ModelKey, ModelSpec] = {}
     for path in paths:
         match = _NAME.match(path.name)
@@ -70,13 +76,14 @@ def discover_models(location: str | Path) -> dict[ModelKey, ModelSpec]:
             continue
         match = match or {"variant": "custom", "scale": meta.get("scale")}
         card_path = path.with_suffix(".json")
-        fp16 = path.with_name(path.stem + "_fp16.onnx")
+        fp16, cpu = (path.with_name(path.stem + suffix + ".onnx") for suffix in _TWIN_SUFFIXES)
         spec = ModelSpec(
             variant=meta.get("variant", match["variant"]),
             scale=int(meta.get("scale", match["scale"])),
             context=int(meta["context"]),
             path=path,
             fp16_path=fp16 if fp16.exists() else None,
+            cpu_path=cpu if cpu.exists() else None,
             card=json.loads(card_path.read_text()) if card_path.exists() else {},
         )
         specs[spec.key] = spec
@@ -114,6 +121,25 @@ def _providers(prefer_gpu: bool) -> list:
     return chosen
 
 
+def _cores() -> int:
+    """CPUs this process may run on (a container's cpuset, not the host's count)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def cpu_layout(threads: int = 0, workers: int = 0, cores: int | None = None) -> tuple[int, int]:
+    """(ORT threads per run, concurrent runs) on a CPU; 0 means "fill the cores with the other".
+
+    By default every core runs its own batch with one ORT thread: on 2 cores two
+    single-threaded runs gave 7.5% more than one run on two threads, and in the
+    service, where codec threads take turns on the same cores, 15% more
+    (``bench/results/engine.json``, ``service.json``): one thread never waits for
+    the other at the end of each operator.
+    """
+    cores = cores or _cores()
+    workers = workers or (max(1, cores // threads) if threads else cores)
+    return threads or max(1, cores // workers), workers
+
+
 def _session_options(on_cpu: bool, threads: int) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     # On CPU, "all" adds ORT's blocked NCHWc layout, which measured 3-9% slower for these thin
@@ -121,7 +147,7 @@ def _session_options(on_cpu: bool, threads: int) -> ort.SessionOptions:
     level = "ORT_ENABLE_EXTENDED" if on_cpu else "ORT_ENABLE_ALL"
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     # With CUDA, ORT's CPU threads run only the shape operators: one is enough.
-    opts.intra_op_num_threads = threads if threads or on_cpu else 1
+    opts.intra_op_num_threads = threads if on_cpu else 1
     opts.inter_op_num_threads = 1
     # Idle ORT threads would spin on cores the codec threads need between batches (CPU and GPU alike).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -132,11 +158,14 @@ def _session_options(on_cpu: bool, threads: int) -> ort.SessionOptions:
 def _open_sessions(
     specs: dict[ModelKey, ModelSpec], providers: list, threads: int, precision: str
 ) -> dict[ModelKey, ort.InferenceSession]:
-    """One session per model; on CUDA the fp16 twin where fp16 is asked for and the twin exists."""
-    opts = _session_options(providers == ["CPUExecutionProvider"], threads)
+    """One session per model: on the CPU provider its CPU twin where there is one; on CUDA the model, or its
+    fp16 twin where fp16 is asked for and the twin exists."""
+    on_cpu = providers == ["CPUExecutionProvider"]
+    opts = _session_options(on_cpu, threads)
     sessions = {}
     for key, spec in specs.items():
-        sessions[key] = ort.InferenceSession(str(spec.path), opts, providers=providers)
+        path = spec.cpu_path if on_cpu and spec.cpu_path else spec.path
+        sessions[key] = ort.InferenceSession(str(path), opts, providers=providers)
         on_cuda = sessions[key].get_providers()[0] == "CUDAExecutionProvider"
         if on_cuda and precision == "fp16" and spec.fp16_path is not None:
             sessions[key] = ort.InferenceSession(str(spec.fp16_path), opts, providers=providers)
@@ -152,6 +181,7 @@ class Engine:
         *,
         tile: int = 128,
         threads: int = 0,
+        workers: int = 0,
         prefer_gpu: bool = True,
         precision: str = "auto",
         variants: list[str] | None = None,
@@ -164,38 +194,57 @@ class Engine:
             raise FileNotFoundError(f"no <variant>_x<scale>.onnx models found in {models}")
         self.specs = specs
         providers = _providers(prefer_gpu)
-        self.sessions = _open_sessions(specs, providers, threads, precision)
+        cpu_threads, cpu_workers = cpu_layout(threads, workers)
+        self.sessions = _open_sessions(specs, providers, cpu_threads, precision)
         first = next(iter(self.sessions.values()))
         # What ONNX Runtime actually uses, not what was asked for (onnxruntime-gpu falls back silently).
         self.provider: str = first.get_providers()[0]
         if self.provider == "CPUExecutionProvider" and providers != ["CPUExecutionProvider"]:
             # Reopen with the CPU's threads and graph optimisations, not the one thread meant for CUDA.
-            self.sessions = _open_sessions(specs, ["CPUExecutionProvider"], threads, precision)
+            self.sessions = _open_sessions(specs, ["CPUExecutionProvider"], cpu_threads, precision)
         self.on_gpu = self.provider == "CUDAExecutionProvider"
         self.fp16 = self.on_gpu and precision == "fp16" and all(s.fp16_path for s in specs.values())
-        log.info("engine ready: %d models %s on %s (tile %d)", len(specs), sorted(specs), self.provider, tile)
+        self._outputs = {key: {o.name for o in sess.get_outputs()} for key, sess in self.sessions.items()}
+        # How many batches the caller should run at once (``run`` is thread-safe).
+        self.workers: int = (workers or 1) if self.on_gpu else cpu_workers
+        self.threads: int = 1 if self.on_gpu else cpu_threads
+        log.info(
+            "engine ready: %d models %s on %s (tile %d, %d concurrent runs x %d ORT threads)",
+            *(len(specs), sorted(specs), self.provider, tile, self.workers, self.threads),
+        )
 
     def grid(self, key: ModelKey, height: int, width: int) -> TileGrid:
         spec = self.specs[key]
         return TileGrid(height=height, width=width, tile=self.tile, context=spec.context, scale=spec.scale)
 
-    def run(self, key: ModelKey, batch: np.ndarray) -> np.ndarray:
-        """(N, 3, T + 2c, T + 2c) float32 in [0, 1] -> (N, 3, sT, sT) float32 (not clipped)."""
+    def run(self, key: ModelKey, batch: np.ndarray, dtype: np.dtype | type = np.float32) -> np.ndarray:
+        """(N, 3, T + 2c, T + 2c) float32 in [0, 1] -> (N, 3, sT, sT) float32 (not clipped), or integer pixels of
+        ``dtype`` as ``to_pixels`` makes them: by the model itself where it has that output (CPU twins do)."""
+        dtype = np.dtype(dtype)
         session = self.sessions[key]
+        pixels = f"sr_{dtype.name}"
         if not self.on_gpu:
-            return session.run(None, {"lr": batch})[0]
-        binding = session.io_binding()  # output stays on the device until copied once
-        binding.bind_cpu_input("lr", batch)
-        binding.bind_output("sr", "cuda")
-        session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+            if dtype != np.float32 and pixels in self._outputs[key]:
+                return session.run([pixels], {"lr": batch})[0]
+            result = session.run(["sr"], {"lr": batch})[0]
+        else:
+            binding = session.io_binding()  # output stays on the device until copied once
+            binding.bind_cpu_input("lr", batch)
+            binding.bind_output("sr", "cuda")
+            session.run_with_iobinding(binding)
+            result = binding.copy_outputs_to_cpu()[0]
+        return result if dtype == np.float32 else to_pixels(result, dtype)
 
     def warmup(self, max_batch: int) -> None:
-        """Run every model once at the serving tile shape (and full batch) so the first request is not slow."""
-        for key, spec in self.specs.items():
-            n = self.tile + 2 * spec.context
-            for size in {1, max_batch}:
-                self.run(key, np.zeros((size, 3, n, n), np.float32))
+        """Run every model at the serving tile shape (batch of 1 and full, 8-bit output like most requests),
+        ``workers`` runs at once, so the first requests are not slow and the shared memory arena already holds what
+        concurrent runs need."""
+        with ThreadPoolExecutor(self.workers) as pool:
+            for key, spec in self.specs.items():
+                n = self.tile + 2 * spec.context
+                for size in {1, max_batch}:
+                    x = np.zeros((size, 3, n, n), np.float32)
+                    list(pool.map(lambda _, k=key, x=x: self.run(k, x, np.uint8), range(self.workers)))
 
     def upscale(self, key: ModelKey, img: np.ndarray, max_batch: int = 8) -> np.ndarray:
         """Upscale a whole (H, W, 3) float image in [0, 1] synchronously, tile by tile; float output, unclipped.

@@ -27,7 +27,10 @@ class Settings(BaseSettings):
     precision: str = Field(
         "auto", pattern="^(auto|fp32|fp16)$", description="auto = fp32; fp16: the fp16 twins on a GPU, where present"
     )
-    threads: int = Field(0, ge=0, description="ONNX Runtime intra-op threads on CPU (0 = one per core)")
+    threads: int = Field(0, ge=0, description="ONNX Runtime threads per model run on CPU (0 = cores / engine_workers)")
+    engine_workers: int = Field(
+        0, ge=0, description="model runs at once (0 = on CPU one per core, or cores / threads; 1 on a GPU)"
+    )
     codec_threads: int = Field(2, ge=1, description="threads decoding and encoding images")
 
     tile: int = Field(128, ge=16, le=1024, description="LR tile core size in pixels (fixed network input shape)")
@@ -39,7 +42,9 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(50 * 2**20, ge=1024, description="largest accepted request body")
     max_input_pixels: int = Field(4096 * 4096, ge=1, description="largest input image (width x height)")
     max_output_pixels: int = Field(16384 * 16384, ge=1, description="largest output image (width x height)")
-    png_compress_level: int = Field(1, ge=0, le=9, description="zlib level of PNG output (1 = fast)")
+    png_compress_level: int = Field(
+        1, ge=0, le=9, description="deflate level of PNG output (0-3: ISA-L, fast; 4-9: zlib, smaller and slower)"
+    )
     default_quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality when a request names none")
 
     api_keys: list[str] = Field(default_factory=list, description="accepted X-API-Key values (empty = no auth)")

@@ -48,17 +48,26 @@ def test_images_of_different_sizes_share_batches(engine):
 
 
 def test_a_huge_image_does_not_starve_small_ones(engine):
+    """A small image's tile goes into the next batch formed, so it waits for a few batches, not for the huge image.
+
+    Before its batch finishes, the batches already in flight finish, and with several engine workers a few
+    batches formed after it may overtake it; first come, first served would make it wait for about 100."""
+    depth = 3
+
     async def body(batcher, batches):
         huge = asyncio.ensure_future(batcher.upscale(KEY, smooth_image(320, 320), timeout=60))  # 400 tiles
         await asyncio.sleep(0.05)  # the huge job is being served
-        small = [await batcher.upscale(KEY, smooth_image(12, 12, seed=i), timeout=60) for i in range(3)]
-        assert not huge.done()  # every small job finished while the huge one was still running
-        done_after = len(batches)
+        waits = []
+        for i in range(3):
+            before = len(batches)
+            await batcher.upscale(KEY, smooth_image(12, 12, seed=i), timeout=60)
+            waits.append(len(batches) - before)
+        assert not huge.done()
         await huge
-        return small, done_after, len(batches)
+        return waits, len(batches)
 
-    small, batches_when_small_done, total = run(_with_batcher(engine, body, max_batch=4, max_wait=0))
-    assert batches_when_small_done < total / 2
+    waits, total = run(_with_batcher(engine, body, max_batch=4, max_wait=0, depth=depth))
+    assert total >= 100 and max(waits) <= 5 * depth
 
 
 def test_full_queue_refuses_new_work(engine):
@@ -114,9 +123,9 @@ def test_batches_overlap_up_to_the_depth_and_no_further(engine, monkeypatch):
         with lock:
             in_flight -= 1
 
-    def slow_run(key, batch):
+    def slow_run(key, batch, dtype=np.float32):
         time.sleep(0.02)  # a network slower than cutting, so later batches are cut while it runs
-        return engine.__class__.run(engine, key, batch)
+        return engine.__class__.run(engine, key, batch, dtype)
 
     monkeypatch.setattr(batcher_module, "_cut", counting_cut)
     monkeypatch.setattr(batcher_module, "_place", counting_place)
@@ -141,3 +150,20 @@ def test_float_input_gives_float_output_equal_to_engine(engine):
 
     out = run(_with_batcher(engine, body))
     assert np.abs(out - engine.upscale(KEY, img)).max() <= 1e-5
+
+
+def test_a_batch_of_eight_and_sixteen_bit_and_float_images_gives_each_its_own_pixels(engine):
+    """One batch, three output types: the engine returns float and each tile is converted to its job's type."""
+    img8 = smooth_image(14, 15)
+    images = [img8, img8.astype(np.uint16) * 257, img8.astype(np.float32) / 255]
+
+    async def body(batcher, batches):
+        jobs = await asyncio.gather(*(batcher.upscale(KEY, im, timeout=30) for im in images))
+        return [j.out for j in jobs], batches
+
+    (out8, out16, outf), batches = run(_with_batcher(engine, body, max_batch=8, max_wait=0.05))
+    assert batches == [3]
+    sr = engine.upscale(KEY, img8.astype(np.float32) / 255)
+    assert out8.dtype == np.uint8 and np.array_equal(out8, to_pixels(sr, np.uint8))
+    assert out16.dtype == np.uint16 and np.abs(out16.astype(int) - to_pixels(sr, np.uint16)).max() <= 1
+    assert outf.dtype == np.float32 and np.abs(outf - sr).max() <= 1e-5

@@ -21,6 +21,7 @@ def test_engine_benchmark_counts_flops_and_both_runtimes(capsys):
     engine.main(["--quick", "--models", "fast_x2"])
     result = json.loads(capsys.readouterr().out)["models"]["fast_x2"]
     assert result["gflop_per_batch"] > 0 and result["onnxruntime_ms"] > 0 and result["pytorch_eager_ms"] > 0
+    assert set(result["graph_optimization_ms"]) == {"model", "cpu_twin"} and result["cpu_twin_speedup"] > 0
 
 
 @pytest.mark.skipif(

@@ -1,18 +1,46 @@
-"""Engine session set-up: the options follow the execution provider really in use."""
+"""Engine session set-up: the options and the model file follow the execution provider really in use."""
 
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
 import pytest
 
 from service import engine as engine_module
-from service.engine import Engine
+from service.engine import Engine, cpu_layout, to_pixels
 
 from .conftest import MODELS
 
 
-def test_cpu_sessions_use_every_core_and_do_not_spin():
+def test_cpu_sessions_fill_every_core_and_do_not_spin():
     engine = Engine(MODELS / "fast_x2.onnx", prefer_gpu=False)
     opts = engine.sessions[("fast", 2)].get_session_options()
-    assert opts.intra_op_num_threads == 0  # ORT's default: one thread per core
+    assert opts.intra_op_num_threads == engine.threads
+    assert engine.threads * engine.workers == engine_module._cores()
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+@pytest.mark.parametrize(
+    ("threads", "workers", "cores", "expected"),
+    [
+        (0, 0, 8, (1, 8)),
+        (2, 0, 8, (2, 4)),
+        (0, 2, 8, (4, 2)),
+        (3, 5, 8, (3, 5)),
+        (16, 0, 8, (16, 1)),
+        (0, 0, 1, (1, 1)),
+    ],
+)
+def test_cpu_layout_fills_the_cores_with_whatever_is_not_given(threads, workers, cores, expected):
+    assert cpu_layout(threads, workers, cores) == expected
+
+
+def test_engine_runs_are_thread_safe_and_give_the_same_result():
+    engine = Engine(MODELS / "fast_x2.onnx", prefer_gpu=False, tile=24, workers=2, threads=1)
+    x = np.random.default_rng(0).random((4, 3, 38, 38), dtype=np.float32)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: engine.run(("fast", 2), x), range(6)))
+    assert all(np.array_equal(r, results[0]) for r in results)
 
 
 def test_sessions_meant_for_cuda_keep_one_cpu_thread():
@@ -20,10 +48,48 @@ def test_sessions_meant_for_cuda_keep_one_cpu_thread():
 
 
 @pytest.mark.filterwarnings("ignore:Specified provider")
-def test_silent_fallback_from_cuda_reopens_sessions_with_cpu_threads(monkeypatch):
-    """onnxruntime-gpu without a usable GPU falls back to the CPU; the engine must not keep CUDA's one thread."""
+def test_silent_fallback_from_cuda_reopens_sessions_with_the_cpu_layout(monkeypatch):
+    """onnxruntime-gpu without a usable GPU falls back to the CPU; the engine must not keep CUDA's set-up."""
     cuda_first = [("CUDAExecutionProvider", {}), "CPUExecutionProvider"]
     monkeypatch.setattr(engine_module, "_providers", lambda prefer_gpu: cuda_first)
-    engine = Engine(MODELS / "fast_x2.onnx", prefer_gpu=True)
+    engine = Engine(MODELS / "fast_x2.onnx", prefer_gpu=True, threads=2)
     assert engine.provider == "CPUExecutionProvider" and not engine.on_gpu
-    assert engine.sessions[("fast", 2)].get_session_options().intra_op_num_threads == 0
+    opts = engine.sessions[("fast", 2)].get_session_options()
+    assert opts.intra_op_num_threads == 2 and engine.workers == cpu_layout(2, 0)[1]
+    assert opts.graph_optimization_level == engine_module.ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    assert _lowered_for(engine) == "CPUExecutionProvider"
+
+
+def _lowered_for(engine: Engine) -> str | None:
+    return engine.sessions[("fast", 2)].get_modelmeta().custom_metadata_map.get("lowered_for")
+
+
+def test_cpu_provider_runs_the_cpu_twin():
+    assert _lowered_for(Engine(MODELS / "fast_x2.onnx", prefer_gpu=False)) == "CPUExecutionProvider"
+
+
+def test_without_a_cpu_twin_the_model_itself_runs_and_gives_the_same_pixels(tmp_path):
+    for name in ("fast_x2.onnx", "fast_x2.json"):
+        shutil.copy(MODELS / name, tmp_path / name)
+    plain, twin = (
+        Engine(tmp_path, prefer_gpu=False, tile=32),
+        Engine(MODELS / "fast_x2.onnx", prefer_gpu=False, tile=32),
+    )
+    assert _lowered_for(plain) is None
+    img = np.random.default_rng(0).random((45, 38, 3), dtype=np.float32)
+    assert np.abs(plain.upscale(("fast", 2), img) - twin.upscale(("fast", 2), img)).max() < 1e-5
+
+
+def test_twins_are_not_served_as_models_of_their_own():
+    assert set(Engine(MODELS, prefer_gpu=False).specs) == {(v, s) for v in ("fast", "turbo") for s in (2, 3, 4)}
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_integer_pixels_are_to_pixels_of_the_float_result_with_and_without_the_twin(tmp_path, dtype):
+    for name in ("fast_x2.onnx", "fast_x2.json"):
+        shutil.copy(MODELS / name, tmp_path / name)
+    x = np.random.default_rng(0).random((3, 3, 40, 40), dtype=np.float32)
+    for engine in (Engine(MODELS / "fast_x2.onnx", prefer_gpu=False), Engine(tmp_path, prefer_gpu=False)):
+        pixels = engine.run(("fast", 2), x, dtype)
+        assert pixels.dtype == dtype
+        assert np.array_equal(pixels, to_pixels(engine.run(("fast", 2), x), dtype))
