@@ -9,7 +9,8 @@ the network as trained (not the extra ones of the CPU twin's one-hot shuffle)
 at the real tile shape. ONNX Runtime runs what the service runs on a CPU: the
 CPU twin (``export.cpu``); the shipped model's own graph is timed beside it.
 Besides one run on all threads (the comparison with PyTorch), the engine is
-timed in the service's layout: one single-threaded run per core at once.
+timed in the service's layout: one single-threaded run per core at once, each
+of the service's CPU batch size.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import torch
 from bench.machine import MODELS, sgemm_gflops, timed, write_result
 from model.network import SRNet
 from service.engine import Engine
+from service.settings import default_max_batch
 
 
 def conv_flops(net: SRNet, x: torch.Tensor) -> int:
@@ -66,9 +68,10 @@ def measure(model: str, tile: int, batch: int, threads: int, repeat: int, sgemm_
     peak = sgemm_gflops(sgemm_n, repeat=repeat)
     t_ort = timed(lambda: engine.run(key, x), repeat=repeat)
     layout = Engine(path, tile=tile, prefer_gpu=False)  # the service's: one single-threaded run per core
+    small = x[: default_max_batch(on_gpu=False)]  # and the service's CPU batch size
     with ThreadPoolExecutor(layout.workers) as pool:
-        t_layout = timed(lambda: list(pool.map(lambda _: layout.run(key, x), range(layout.workers))), repeat=repeat)
-    layout_gflops = layout.workers * flops / t_layout / 1e9
+        t_layout = timed(lambda: list(pool.map(lambda _: layout.run(key, small), range(layout.workers))), repeat=repeat)
+    layout_gflops = layout.workers * flops * len(small) / batch / t_layout / 1e9
     torch.set_num_threads(threads)
     xt = torch.from_numpy(x)
     with torch.inference_mode():
@@ -85,7 +88,7 @@ def measure(model: str, tile: int, batch: int, threads: int, repeat: int, sgemm_
         "onnxruntime_gflops": flops / t_ort / 1e9,
         "sgemm_gflops": peak,
         "onnxruntime_fraction_of_sgemm": flops / t_ort / 1e9 / peak,
-        "service_layout": f"{layout.workers} concurrent runs x {layout.threads} threads",
+        "service_layout": f"{layout.workers} concurrent runs x {layout.threads} threads, {len(small)} tiles each",
         "service_layout_gflops": layout_gflops,
         "service_layout_fraction_of_sgemm": layout_gflops / peak,
         "pytorch_gflops": flops / t_torch / 1e9,

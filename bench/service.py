@@ -37,6 +37,7 @@ from bench.machine import MODELS, RESULTS, timed, write_result
 from bench.nearest_model import write_nearest_model
 from client.loadtest import LoadOptions, closed_loop, make_payloads, open_loop, write_results
 from service.engine import Engine
+from service.settings import default_max_batch
 
 ROOT = RESULTS.parent.parent
 
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--concurrency", default="1,2,4,8")
     p.add_argument("--duration", type=float, default=15)
     p.add_argument("--tile", type=int, default=128)
-    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--batch", type=int, help="tiles per model execution (default: the service's for the device)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu", help="where service, engine and naive run")
     p.add_argument(
         "--model",
@@ -122,6 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--quick", action="store_true", help="smoke run: tiny image, short steps, no result file")
     args = p.parse_args(argv)
+    args.batch = args.batch or default_max_batch(on_gpu=args.device == "cuda")
     name = "-".join(["service"] + [v for v in (args.device, args.model) if v not in ("cpu", "fast")])
     size = 48 if args.quick else args.size
     duration, max_requests = (1, 4) if args.quick else (args.duration, 10_000)

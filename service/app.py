@@ -31,7 +31,7 @@ from service.errors import BadParameter, NotReady, Unauthorized, UpscalerError
 from service.metrics import Metrics
 from service.pipeline import Pipeline, UpscaleResult
 from service.schemas import ErrorResponse, HealthResponse, ModelInfo, ModelsResponse
-from service.settings import Settings
+from service.settings import Settings, default_max_batch
 from service.uploads import read_upload
 
 __all__ = ["create_app"]
@@ -71,6 +71,7 @@ class ServiceState:
     batcher: Batcher | None = None
     codec_pool: ThreadPoolExecutor | None = None
     pipeline: Pipeline | None = None
+    max_batch: int = 0  # UPSCALER_MAX_BATCH, or the default for the device in use
     ready: bool = False
     draining: bool = False
     started: float = field(default_factory=time.monotonic)
@@ -110,11 +111,12 @@ def _lifespan(state: ServiceState):
         if not any(k[0] == s.default_model for k in state.engine.specs):
             raise RuntimeError(f"UPSCALER_DEFAULT_MODEL={s.default_model!r} has no model in {s.model_dir}")
         log.info("execution provider in use: %s", state.engine.provider)
-        await asyncio.to_thread(state.engine.warmup, s.max_batch)
+        state.max_batch = s.max_batch or default_max_batch(state.engine.on_gpu)
+        await asyncio.to_thread(state.engine.warmup, state.max_batch)
         state.codec_pool = ThreadPoolExecutor(max_workers=s.codec_threads, thread_name_prefix="codec")
         state.batcher = Batcher(
             state.engine,
-            max_batch=s.max_batch,
+            max_batch=state.max_batch,
             max_wait=s.max_wait_ms / 1000,
             max_queue_tiles=s.max_queue_tiles,
             on_batch=state.metrics.observe_batch,
@@ -263,7 +265,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             default_model=state.settings.default_model,
             provider=eng.provider,
             tile=eng.tile,
-            max_batch=state.settings.max_batch,
+            max_batch=state.max_batch,
             models=infos,
         )
 

@@ -232,8 +232,12 @@ class Batcher:
             self.on_batch(key, len(picks), seconds)
 
     def _infer(self, key: ModelKey, batch: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, float]:
+        """Float (N, 3, sT, sT) results, or (N, sT, sT, 3) pixels of ``dtype`` when that is not float."""
         t0 = time.perf_counter()
-        result = self.engine.run(key, batch, dtype)
+        if dtype == np.float32:
+            result = self.engine.run(key, batch)
+        else:
+            result = self.engine.run_pixels(key, batch, dtype)
         return result, time.perf_counter() - t0
 
     def _complete(self, picks: list[tuple[Job, int]]) -> None:
@@ -263,11 +267,13 @@ def _out_dtype(picks: list[tuple[Job, int]]) -> np.dtype:
 
 
 def _place(picks: list[tuple[Job, int]], result: np.ndarray) -> None:
-    """Write each (3, sT, sT) result into its job's output, converting float results to the job's pixel type."""
+    """Write each result tile into its job's output: (sT, sT, 3) pixels as they are, (3, sT, sT) floats converted
+    to the job's pixel type."""
     for (job, i), tile in zip(picks, result, strict=True):
         if job.dead:
             continue
-        tile = tile.transpose(1, 2, 0)
-        if tile.dtype != job.out.dtype:
-            tile = to_pixels(tile, job.out.dtype)
+        if result.dtype == np.float32:
+            tile = tile.transpose(1, 2, 0)
+            if job.out.dtype != np.float32:
+                tile = to_pixels(tile, job.out.dtype)
         job.grid.place(job.out, i, tile)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import re
 from concurrent.futures import ThreadPoolExecutor
@@ -122,8 +123,26 @@ def _providers(prefer_gpu: bool) -> list:
 
 
 def _cores() -> int:
-    """CPUs this process may run on (a container's cpuset, not the host's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    """CPUs this process may use: its affinity set (a container's cpuset), capped by a cgroup CPU quota
+    (``docker --cpus``, a Kubernetes CPU limit), not the host's count."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    return max(1, min(cores, math.ceil(quota))) if quota else cores
+
+
+def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """CPUs allowed by the cgroup quota (v2 ``cpu.max`` or v1 ``cpu.cfs_quota_us``), or None without one."""
+    try:
+        if (root / "cpu.max").exists():
+            quota, period = (root / "cpu.max").read_text().split()[:2]
+            return None if quota == "max" else int(quota) / int(period)
+        v1 = root / "cpu"
+        if (v1 / "cpu.cfs_quota_us").exists():
+            quota = int((v1 / "cpu.cfs_quota_us").read_text())
+            return None if quota <= 0 else quota / int((v1 / "cpu.cfs_period_us").read_text())
+    except (OSError, ValueError):
+        pass
+    return None
 
 
 def cpu_layout(threads: int = 0, workers: int = 0, cores: int | None = None) -> tuple[int, int]:
@@ -217,23 +236,24 @@ class Engine:
         spec = self.specs[key]
         return TileGrid(height=height, width=width, tile=self.tile, context=spec.context, scale=spec.scale)
 
-    def run(self, key: ModelKey, batch: np.ndarray, dtype: np.dtype | type = np.float32) -> np.ndarray:
-        """(N, 3, T + 2c, T + 2c) float32 in [0, 1] -> (N, 3, sT, sT) float32 (not clipped), or integer pixels of
-        ``dtype`` as ``to_pixels`` makes them: by the model itself where it has that output (CPU twins do)."""
-        dtype = np.dtype(dtype)
+    def run(self, key: ModelKey, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, T + 2c, T + 2c) float32 in [0, 1] -> (N, 3, sT, sT) float32 (not clipped)."""
         session = self.sessions[key]
-        pixels = f"sr_{dtype.name}"
         if not self.on_gpu:
-            if dtype != np.float32 and pixels in self._outputs[key]:
-                return session.run([pixels], {"lr": batch})[0]
-            result = session.run(["sr"], {"lr": batch})[0]
-        else:
-            binding = session.io_binding()  # output stays on the device until copied once
-            binding.bind_cpu_input("lr", batch)
-            binding.bind_output("sr", "cuda")
-            session.run_with_iobinding(binding)
-            result = binding.copy_outputs_to_cpu()[0]
-        return result if dtype == np.float32 else to_pixels(result, dtype)
+            return session.run(["sr"], {"lr": batch})[0]
+        binding = session.io_binding()  # output stays on the device until copied once
+        binding.bind_cpu_input("lr", batch)
+        binding.bind_output("sr", "cuda")
+        session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def run_pixels(self, key: ModelKey, batch: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
+        """(N, 3, T + 2c, T + 2c) float32 in [0, 1] -> (N, sT, sT, 3) integer pixels of ``dtype`` as ``to_pixels``
+        makes them: by the model itself where it has that output (CPU twins do), else from ``run`` in numpy."""
+        pixels = f"pixels_{np.dtype(dtype).name}"
+        if not self.on_gpu and pixels in self._outputs[key]:
+            return self.sessions[key].run([pixels], {"lr": batch})[0]
+        return to_pixels(self.run(key, batch).transpose(0, 2, 3, 1), dtype)
 
     def warmup(self, max_batch: int) -> None:
         """Run every model at the serving tile shape (batch of 1 and full, 8-bit output like most requests),
@@ -244,7 +264,7 @@ class Engine:
                 n = self.tile + 2 * spec.context
                 for size in {1, max_batch}:
                     x = np.zeros((size, 3, n, n), np.float32)
-                    list(pool.map(lambda _, k=key, x=x: self.run(k, x, np.uint8), range(self.workers)))
+                    list(pool.map(lambda _, k=key, x=x: self.run_pixels(k, x, np.uint8), range(self.workers)))
 
     def upscale(self, key: ModelKey, img: np.ndarray, max_batch: int = 8) -> np.ndarray:
         """Upscale a whole (H, W, 3) float image in [0, 1] synchronously, tile by tile; float output, unclipped.

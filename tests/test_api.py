@@ -10,7 +10,7 @@ from PIL import Image, ImageCms
 
 from service.engine import Engine
 
-from .conftest import MODELS, assert_same_pixels, decode_image, encode_image, smooth_image
+from .conftest import MODELS, assert_same_pixels, decode_image, encode_image, serving, smooth_image
 
 
 def post_image(client, data: bytes, content_type: str = "image/png", **params):
@@ -138,6 +138,17 @@ def test_models_lists_every_scale_with_card_facts_and_provider(client):
     assert body["provider"] == "CPUExecutionProvider"
     assert {(m["variant"], m["scale"]) for m in body["models"]} >= {("fast", 2), ("fast", 3), ("fast", 4)}
     assert all(m["parameters"] and m["macs_per_input_pixel"] for m in body["models"])
+
+
+def test_models_reports_the_batch_size_in_use(client):
+    assert client.get("/v1/models").json()["max_batch"] == 8  # as the test server is configured
+
+
+def test_without_a_batch_size_the_cpu_gets_small_batches(tmp_path):
+    with serving(tmp_path, tile=32, variants='["fast"]') as (_, c):
+        assert c.get("/v1/models").json()["max_batch"] == 2
+        r = c.post("/v1/upscale", params={"scale": 2}, content=encode_image(Image.fromarray(smooth_image(70, 50))))
+        assert r.status_code == 200 and decode_image(r.content).size == (100, 140)
 
 
 def test_health_and_readiness(client):

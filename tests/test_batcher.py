@@ -123,13 +123,13 @@ def test_batches_overlap_up_to_the_depth_and_no_further(engine, monkeypatch):
         with lock:
             in_flight -= 1
 
-    def slow_run(key, batch, dtype=np.float32):
+    def slow_run(key, batch, dtype):
         time.sleep(0.02)  # a network slower than cutting, so later batches are cut while it runs
-        return engine.__class__.run(engine, key, batch, dtype)
+        return engine.__class__.run_pixels(engine, key, batch, dtype)
 
     monkeypatch.setattr(batcher_module, "_cut", counting_cut)
     monkeypatch.setattr(batcher_module, "_place", counting_place)
-    monkeypatch.setattr(engine, "run", slow_run)
+    monkeypatch.setattr(engine, "run_pixels", slow_run)
 
     img = smooth_image(64, 64)
 

@@ -85,11 +85,33 @@ def test_twins_are_not_served_as_models_of_their_own():
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
-def test_integer_pixels_are_to_pixels_of_the_float_result_with_and_without_the_twin(tmp_path, dtype):
+def test_pixels_are_to_pixels_of_the_float_result_as_image_tiles_with_and_without_the_twin(tmp_path, dtype):
     for name in ("fast_x2.onnx", "fast_x2.json"):
         shutil.copy(MODELS / name, tmp_path / name)
     x = np.random.default_rng(0).random((3, 3, 40, 40), dtype=np.float32)
     for engine in (Engine(MODELS / "fast_x2.onnx", prefer_gpu=False), Engine(tmp_path, prefer_gpu=False)):
-        pixels = engine.run(("fast", 2), x, dtype)
-        assert pixels.dtype == dtype
-        assert np.array_equal(pixels, to_pixels(engine.run(("fast", 2), x), dtype))
+        pixels = engine.run_pixels(("fast", 2), x, dtype)
+        assert pixels.dtype == dtype and pixels.shape == (3, 52, 52, 3)
+        assert np.array_equal(pixels, to_pixels(engine.run(("fast", 2), x).transpose(0, 2, 3, 1), dtype))
+
+
+@pytest.mark.parametrize(
+    ("files", "expected"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_a_containers_cpu_quota_is_read_from_cgroup_v2_or_v1(tmp_path, files, expected):
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert engine_module._cgroup_cpu_quota(tmp_path) == expected
+
+
+def test_cores_are_capped_by_the_cpu_quota(monkeypatch):
+    monkeypatch.setattr(engine_module, "_cgroup_cpu_quota", lambda: 1.5)
+    assert engine_module._cores() == min(2, len(engine_module.os.sched_getaffinity(0)))

@@ -13,6 +13,7 @@ from export.onnx import export_onnx, parity
 from export.onnx import main as export_main
 from model.network import build, config_dict
 from model.onnx_weights import weights_from_onnx
+from service.engine import to_pixels
 
 
 @pytest.fixture(scope="module")
@@ -60,6 +61,15 @@ def test_cpu_twin_computes_what_the_model_computes(exported):
     x = np.random.default_rng(0).random((2, 3, 41, 53), dtype=np.float32)
     run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
     assert np.abs(run(exported / "fast_x3.onnx") - run(exported / "fast_x3_cpu.onnx")).max() < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_cpu_twin_also_gives_integer_pixels_as_image_tiles(exported, dtype):
+    x = np.random.default_rng(1).random((2, 3, 30, 30), dtype=np.float32)
+    sess = ort.InferenceSession(str(exported / "fast_x3_cpu.onnx"), providers=["CPUExecutionProvider"])
+    sr, pixels = sess.run(["sr", f"pixels_{np.dtype(dtype).name}"], {"lr": x})
+    assert pixels.dtype == dtype and pixels.shape == (2, 48, 48, 3)
+    assert np.array_equal(pixels, to_pixels(sr.transpose(0, 2, 3, 1), dtype))
 
 
 def test_cpu_twin_has_no_prelu_or_pixel_shuffle_and_keeps_the_learned_transposed_convolution(exported):
