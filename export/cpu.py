@@ -13,14 +13,18 @@ batch of 8 fast x2 serving tiles (``bench/results/engine.json``):
   3.1 ms for 8 x 12 x 128 x 128; the same shuffle as a transposed convolution
   with stride s and a one-hot s x s kernel per phase is an exact scatter, 0.7 ms.
 
-Both rewrites compute the same function; the learned ``ConvTranspose`` is
-untouched. The twin also has outputs ``pixels_uint8`` and ``pixels_uint16``:
-the result as (N, sH, sW, 3) integer pixels, computed as
-``service.engine.to_pixels`` does (``clip(sr * max + 0.5, 0, max)``,
+Both rewrites compute the same function, up to float rounding (about 1e-7);
+the learned ``ConvTranspose`` is untouched. The twin also has an output
+``pixels_uint8``: the result as (N, sH, sW, 3) 8-bit pixels, computed as
+``service.engine.to_pixels`` does (``clip(sr * 255 + 0.5, 0, 255)``,
 truncated) but inside the session run, 3x faster than numpy, and laid out as
 the output image is, so placing a tile copies whole rows (a batch of 2 tiles:
-0.27 ms for conversion and placing, against 0.69 ms for the NCHW pixels and
-numpy's transposing copy). ONNX Runtime computes only the outputs asked for. The twin is checked against the shipped
+0.27 ms for conversion and placing, against 0.69 ms for NCHW pixels and
+numpy's transposing copy). Only 8-bit: ONNX Runtime 1.31 runs every node of
+a graph whatever outputs are asked for, so a 16-bit output would cost every
+batch; 16-bit results are converted from ``sr`` in numpy. The twin records
+the SHA-256 of the model it was written from (metadata ``source_sha256``), so
+the engine can refuse a twin left behind by a replaced model. The twin is checked against the shipped
 model by ``export.onnx.twin_max_abs_diff`` and only ever read by the service's
 engine on the CPU provider.
 """
@@ -34,7 +38,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from export.graph import drop_unused_initializers
+from export.graph import drop_unused_initializers, file_sha256
 
 __all__ = ["CPU_TWIN_SUFFIX", "LOWERED_FOR", "lower_for_cpu"]
 
@@ -50,6 +54,7 @@ def lower_for_cpu(src: Path, dst: Path) -> None:
     _pixel_shuffle_as_transposed_conv(model.graph, channels)
     _pixel_outputs(model.graph)
     model.metadata_props.append(onnx.StringStringEntryProto(key="lowered_for", value=LOWERED_FOR))
+    model.metadata_props.append(onnx.StringStringEntryProto(key="source_sha256", value=file_sha256(src)))
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(dst))
 
@@ -81,25 +86,24 @@ def _prelu_as_clip_mul_add(graph: onnx.GraphProto) -> None:
 
 
 def _pixel_outputs(graph: onnx.GraphProto) -> None:
-    """Add ``pixels_uint8`` and ``pixels_uint16``: Cast(Clip(sr * max + 0.5, 0, max)), as (N, sH, sW, 3) tiles."""
+    """Add ``pixels_uint8``: Cast(Clip(sr * 255 + 0.5, 0, 255)) to uint8, as (N, sH, sW, 3) tiles."""
     (sr,) = graph.output
     n, c, h, w = (d.dim_param or d.dim_value for d in sr.type.tensor_type.shape.dim)
-    for dtype, proto_type in ((np.uint8, onnx.TensorProto.UINT8), (np.uint16, onnx.TensorProto.UINT16)):
-        name, top = f"pixels_{np.dtype(dtype).name}", float(np.iinfo(dtype).max)
-        for k, v in {"scale": top, "half": 0.5, "zero": 0.0, "top": top}.items():
-            graph.initializer.append(numpy_helper.from_array(np.array(v, np.float32), f"{name}.{k}"))
-        step = [sr.name] + [f"{name}_{k}" for k in ("scaled", "rounded", "clipped", "nchw")]
-        graph.node.extend(
-            [
-                helper.make_node("Mul", [step[0], f"{name}.scale"], [step[1]], name=f"{name}_mul"),
-                helper.make_node("Add", [step[1], f"{name}.half"], [step[2]], name=f"{name}_add"),
-                helper.make_node("Clip", [step[2], f"{name}.zero", f"{name}.top"], [step[3]], name=f"{name}_clip"),
-                helper.make_node("Cast", [step[3]], [step[4]], name=f"{name}_cast", to=proto_type),
-                # Tiles as the output image lays them out, so placing one is a copy of whole rows.
-                helper.make_node("Transpose", [step[4]], [name], name=f"{name}_hwc", perm=[0, 2, 3, 1]),
-            ]
-        )
-        graph.output.append(helper.make_tensor_value_info(name, proto_type, [n, h, w, c]))
+    name = "pixels_uint8"
+    for k, v in {"scale": 255.0, "half": 0.5, "zero": 0.0, "top": 255.0}.items():
+        graph.initializer.append(numpy_helper.from_array(np.array(v, np.float32), f"{name}.{k}"))
+    step = [sr.name] + [f"{name}_{k}" for k in ("scaled", "rounded", "clipped", "nchw")]
+    graph.node.extend(
+        [
+            helper.make_node("Mul", [step[0], f"{name}.scale"], [step[1]], name=f"{name}_mul"),
+            helper.make_node("Add", [step[1], f"{name}.half"], [step[2]], name=f"{name}_add"),
+            helper.make_node("Clip", [step[2], f"{name}.zero", f"{name}.top"], [step[3]], name=f"{name}_clip"),
+            helper.make_node("Cast", [step[3]], [step[4]], name=f"{name}_cast", to=onnx.TensorProto.UINT8),
+            # Tiles as the output image lays them out, so placing one is a copy of whole rows.
+            helper.make_node("Transpose", [step[4]], [name], name=f"{name}_hwc", perm=[0, 2, 3, 1]),
+        ]
+    )
+    graph.output.append(helper.make_tensor_value_info(name, onnx.TensorProto.UINT8, [n, h, w, c]))
 
 
 def _pixel_shuffle_as_transposed_conv(graph: onnx.GraphProto, channels: int) -> None:
@@ -108,8 +112,9 @@ def _pixel_shuffle_as_transposed_conv(graph: onnx.GraphProto, channels: int) -> 
         if node.op_type != "DepthToSpace":
             continue
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
-        if attrs.get("mode", b"DCR") != b"CRD":
-            raise ValueError(f"{node.name}: only the CRD pixel shuffle (PyTorch's) is lowered, not {attrs['mode']}")
+        mode = attrs.get("mode", b"DCR").decode()
+        if mode != "CRD":
+            raise ValueError(f"{node.name}: only the CRD pixel shuffle (PyTorch's) is lowered, not {mode}")
         s = attrs["blocksize"]
         # CRD: input channel c*s*s + r1*s + r2 is output pixel (s*h + r1, s*w + r2) of channel c.
         kernel = np.zeros((channels * s * s, 1, s, s), np.float32)

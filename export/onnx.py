@@ -26,7 +26,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from export.cpu import CPU_TWIN_SUFFIX, lower_for_cpu
-from export.graph import drop_unused_initializers
+from export.graph import drop_unused_initializers, file_sha256
 from model.network import SRNet, build, config_dict, load_weights, macs_per_input_pixel
 
 log = logging.getLogger("export.onnx")
@@ -100,7 +100,8 @@ def export_fp16(src: Path, dst: Path) -> None:
     """fp16 weights and activations for GPUs, keeping fp32 graph inputs and outputs.
 
     The graph is convolutions, activations, a slice, a pixel shuffle and an add, so every float initialiser
-    becomes fp16 and two Casts wrap the graph (a Cast after ``lr``, one before ``sr``).
+    becomes fp16 and two Casts wrap the graph (a Cast after ``lr``, one before ``sr``). The twin records the
+    SHA-256 of ``src`` (metadata ``source_sha256``), so the engine can refuse it once ``src`` is replaced.
     """
     model = onnx.load(str(src))
     graph = model.graph
@@ -119,6 +120,7 @@ def export_fp16(src: Path, dst: Path) -> None:
     del graph.node[:]
     graph.node.extend(nodes)
     del graph.value_info[:]
+    model.metadata_props.append(onnx.StringStringEntryProto(key="source_sha256", value=file_sha256(src)))
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(dst))
 

@@ -232,12 +232,13 @@ class Batcher:
             self.on_batch(key, len(picks), seconds)
 
     def _infer(self, key: ModelKey, batch: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, float]:
-        """Float (N, 3, sT, sT) results, or (N, sT, sT, 3) pixels of ``dtype`` when that is not float."""
+        """(N, sT, sT, 3) pixels of ``dtype`` where the model makes them itself, else float (N, 3, sT, sT) results,
+        which ``_place`` converts in the tile threads, not in the engine's."""
         t0 = time.perf_counter()
-        if dtype == np.float32:
-            result = self.engine.run(key, batch)
-        else:
+        if self.engine.has_pixels(key, dtype):
             result = self.engine.run_pixels(key, batch, dtype)
+        else:
+            result = self.engine.run(key, batch)
         return result, time.perf_counter() - t0
 
     def _complete(self, picks: list[tuple[Job, int]]) -> None:

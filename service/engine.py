@@ -6,11 +6,14 @@ variant in the ONNX metadata, and its model card in a JSON file of the same
 stem. Twins beside it compute the same function for one target:
 ``<variant>_x<scale>_fp16.onnx`` for GPUs asked for fp16, and
 ``<variant>_x<scale>_cpu.onnx`` (lowered for ONNX Runtime's CPU kernels,
-see ``export.cpu``), which the CPU provider runs whenever it exists.
+see ``export.cpu``), which the CPU provider runs whenever it exists. A twin
+is used only if the SHA-256 it records of its model matches the model file
+beside it; a twin left behind by a replaced model is ignored with a warning.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -77,18 +80,32 @@ def discover_models(location: str | Path) -> dict[ModelKey, ModelSpec]:
             continue
         match = match or {"variant": "custom", "scale": meta.get("scale")}
         card_path = path.with_suffix(".json")
-        fp16, cpu = (path.with_name(path.stem + suffix + ".onnx") for suffix in _TWIN_SUFFIXES)
+        fp16, cpu = (_twin(path, suffix) for suffix in _TWIN_SUFFIXES)
         spec = ModelSpec(
             variant=meta.get("variant", match["variant"]),
             scale=int(meta.get("scale", match["scale"])),
             context=int(meta["context"]),
             path=path,
-            fp16_path=fp16 if fp16.exists() else None,
-            cpu_path=cpu if cpu.exists() else None,
+            fp16_path=fp16,
+            cpu_path=cpu,
             card=json.loads(card_path.read_text()) if card_path.exists() else {},
         )
         specs[spec.key] = spec
     return specs
+
+
+def _twin(model: Path, suffix: str) -> Path | None:
+    """``model``'s twin with ``suffix``, if it exists and was written from this very model file."""
+    twin = model.with_name(model.stem + suffix + ".onnx")
+    if not twin.exists():
+        return None
+    if _metadata(twin).get("source_sha256") != hashlib.sha256(model.read_bytes()).hexdigest():
+        log.warning(
+            "ignoring %s: it was not written from this %s; rewrite it with python -m export.onnx --twins %s",
+            *(twin.name, model.name, model),
+        )
+        return None
+    return twin
 
 
 _shared_cpu_arena = False
@@ -99,8 +116,8 @@ def _share_cpu_arena(opts: ort.SessionOptions) -> None:
 
     Each session otherwise keeps its own arena sized for its largest batch; with
     six models warmed up, the service's idle RSS was 716 MB, and 287 MB shared
-    (bench/results/memory.json). One batch runs at a time, so a shared arena is
-    as large as the largest batch needs.
+    (bench/results/memory.json). Up to ``Engine.workers`` batches run at once,
+    so a shared arena is as large as that many of the largest batches need.
     """
     global _shared_cpu_arena
     if not _shared_cpu_arena:
@@ -165,8 +182,8 @@ def _session_options(on_cpu: bool, threads: int) -> ort.SessionOptions:
     # networks than "extended" (bench/results/engine.json, graph_optimization_ms).
     level = "ORT_ENABLE_EXTENDED" if on_cpu else "ORT_ENABLE_ALL"
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-    # With CUDA, ORT's CPU threads run only the shape operators: one is enough.
-    opts.intra_op_num_threads = threads if on_cpu else 1
+    # With CUDA, ORT's CPU threads run only the shape operators: one is enough unless asked for more.
+    opts.intra_op_num_threads = threads if on_cpu else threads or 1
     opts.inter_op_num_threads = 1
     # Idle ORT threads would spin on cores the codec threads need between batches (CPU and GPU alike).
     opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
@@ -214,7 +231,8 @@ class Engine:
         self.specs = specs
         providers = _providers(prefer_gpu)
         cpu_threads, cpu_workers = cpu_layout(threads, workers)
-        self.sessions = _open_sessions(specs, providers, cpu_threads, precision)
+        on_cpu = providers == ["CPUExecutionProvider"]
+        self.sessions = _open_sessions(specs, providers, cpu_threads if on_cpu else threads, precision)
         first = next(iter(self.sessions.values()))
         # What ONNX Runtime actually uses, not what was asked for (onnxruntime-gpu falls back silently).
         self.provider: str = first.get_providers()[0]
@@ -226,7 +244,7 @@ class Engine:
         self._outputs = {key: {o.name for o in sess.get_outputs()} for key, sess in self.sessions.items()}
         # How many batches the caller should run at once (``run`` is thread-safe).
         self.workers: int = (workers or 1) if self.on_gpu else cpu_workers
-        self.threads: int = 1 if self.on_gpu else cpu_threads
+        self.threads: int = (threads or 1) if self.on_gpu else cpu_threads
         log.info(
             "engine ready: %d models %s on %s (tile %d, %d concurrent runs x %d ORT threads)",
             *(len(specs), sorted(specs), self.provider, tile, self.workers, self.threads),
@@ -247,12 +265,15 @@ class Engine:
         session.run_with_iobinding(binding)
         return binding.copy_outputs_to_cpu()[0]
 
+    def has_pixels(self, key: ModelKey, dtype: np.dtype | type) -> bool:
+        """Whether the session of ``key`` returns pixels of ``dtype`` itself (CPU twins do, for 8-bit)."""
+        return f"pixels_{np.dtype(dtype).name}" in self._outputs[key]
+
     def run_pixels(self, key: ModelKey, batch: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
         """(N, 3, T + 2c, T + 2c) float32 in [0, 1] -> (N, sT, sT, 3) integer pixels of ``dtype`` as ``to_pixels``
-        makes them: by the model itself where it has that output (CPU twins do), else from ``run`` in numpy."""
-        pixels = f"pixels_{np.dtype(dtype).name}"
-        if not self.on_gpu and pixels in self._outputs[key]:
-            return self.sessions[key].run([pixels], {"lr": batch})[0]
+        makes them: by the model itself where ``has_pixels``, else from ``run`` in numpy."""
+        if self.has_pixels(key, dtype):
+            return self.sessions[key].run([f"pixels_{np.dtype(dtype).name}"], {"lr": batch})[0]
         return to_pixels(self.run(key, batch).transpose(0, 2, 3, 1), dtype)
 
     def warmup(self, max_batch: int) -> None:

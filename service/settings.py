@@ -43,7 +43,10 @@ class Settings(BaseSettings):
     max_input_pixels: int = Field(4096 * 4096, ge=1, description="largest input image (width x height)")
     max_output_pixels: int = Field(16384 * 16384, ge=1, description="largest output image (width x height)")
     png_compress_level: int = Field(
-        1, ge=0, le=9, description="deflate level of PNG output (0-3: ISA-L, fast; 4-9: zlib, smaller and slower)"
+        1,
+        ge=0,
+        le=9,
+        description="deflate level of PNG output (1-3: ISA-L, fast; 4-9: zlib, smaller and slower; 0: stored)",
     )
     default_quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality when a request names none")
 

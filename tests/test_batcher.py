@@ -1,6 +1,7 @@
 """Cross-request batching: shared batches, fairness, deadlines and cancellation (in-process, real engine)."""
 
 import asyncio
+import shutil
 import threading
 import time
 
@@ -167,3 +168,27 @@ def test_a_batch_of_eight_and_sixteen_bit_and_float_images_gives_each_its_own_pi
     assert out8.dtype == np.uint8 and np.array_equal(out8, to_pixels(sr, np.uint8))
     assert out16.dtype == np.uint16 and np.abs(out16.astype(int) - to_pixels(sr, np.uint16)).max() <= 1
     assert outf.dtype == np.float32 and np.abs(outf - sr).max() <= 1e-5
+
+
+def test_without_pixel_outputs_the_engine_thread_only_runs_the_network(tmp_path, monkeypatch):
+    """A model without pixel outputs (any model on a GPU) returns floats; tile threads convert them, not the
+    engine's thread, which on a GPU would otherwise stall the device."""
+    shutil.copy(MODELS / "fast_x2.onnx", tmp_path / "fast_x2.onnx")
+    plain = Engine(tmp_path, tile=16)
+    engine_threads = set()
+    real_to_pixels = batcher_module.to_pixels
+
+    def recording_to_pixels(x, dtype):
+        engine_threads.add(threading.current_thread().name.startswith("engine"))
+        return real_to_pixels(x, dtype)
+
+    monkeypatch.setattr(batcher_module, "to_pixels", recording_to_pixels)
+    monkeypatch.setattr(plain, "run_pixels", lambda *a: pytest.fail("run_pixels called without pixel outputs"))
+    img = smooth_image(40, 30)
+
+    async def body(batcher, batches):
+        return (await batcher.upscale(KEY, img, timeout=30)).out
+
+    out = run(_with_batcher(plain, body))
+    assert engine_threads == {False}
+    assert np.array_equal(out, to_pixels(plain.upscale(KEY, img.astype(np.float32) / 255), np.uint8))

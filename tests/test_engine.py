@@ -115,3 +115,12 @@ def test_a_containers_cpu_quota_is_read_from_cgroup_v2_or_v1(tmp_path, files, ex
 def test_cores_are_capped_by_the_cpu_quota(monkeypatch):
     monkeypatch.setattr(engine_module, "_cgroup_cpu_quota", lambda: 1.5)
     assert engine_module._cores() == min(2, len(engine_module.os.sched_getaffinity(0)))
+
+
+def test_a_twin_left_behind_by_a_replaced_model_is_not_used(tmp_path, caplog):
+    shutil.copy(MODELS / "fast_x2_cpu.onnx", tmp_path / "fast_x2_cpu.onnx")  # written from the shipped fast_x2
+    shutil.copy(MODELS / "fast_x3.onnx", tmp_path / "fast_x2.onnx")  # ... which is now another model
+    engine = Engine(tmp_path, prefer_gpu=False)
+    (key,) = engine.specs
+    assert engine.specs[key].cpu_path is None and not engine.has_pixels(key, np.uint8)
+    assert "ignoring fast_x2_cpu.onnx" in caplog.text

@@ -27,6 +27,11 @@ def test_every_compression_level_round_trips_exactly(rng, level):
     np.testing.assert_array_equal(np.asarray(read(encode_png(color, level=level))), color)
 
 
+def test_level_zero_stores_rather_than_compresses(rng):
+    noise = rng.integers(0, 256, (200, 300, 3), dtype=np.uint8)
+    assert len(encode_png(noise, level=0)) < noise.nbytes * 1.01 + 1000  # stored blocks: raw size plus framing
+
+
 @pytest.mark.parametrize(
     "channels,alpha,mode", [(3, False, "RGB"), (3, True, "RGBA"), (1, False, "L"), (1, True, "LA")]
 )

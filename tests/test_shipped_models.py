@@ -6,7 +6,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from service.engine import Engine
+from service.engine import Engine, to_pixels
 
 from .conftest import DATASETS, MODELS
 
@@ -38,6 +38,20 @@ def test_twins_compute_what_their_shipped_model_computes(variant, scale, twin, t
     run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
     stem = f"{variant}_x{scale}"
     assert np.abs(run(MODELS / f"{stem}.onnx") - run(MODELS / f"{stem}{twin}.onnx")).max() < tolerance
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("scale", SCALES)
+def test_cpu_twins_give_the_pixels_of_their_shipped_model(variant, scale):
+    x = np.random.default_rng(0).random((2, 3, 60, 60), dtype=np.float32)
+    sr = ort.InferenceSession(str(MODELS / f"{variant}_x{scale}.onnx"), providers=["CPUExecutionProvider"]).run(
+        ["sr"], {"lr": x}
+    )[0]
+    twin = ort.InferenceSession(str(MODELS / f"{variant}_x{scale}_cpu.onnx"), providers=["CPUExecutionProvider"])
+    pixels = twin.run(["pixels_uint8"], {"lr": x})[0]
+    expected = to_pixels(sr.transpose(0, 2, 3, 1), np.uint8)
+    assert np.abs(pixels.astype(int) - expected).max() <= 1  # the twin's float rounding may move a pixel by 1
+    assert np.mean(pixels != expected) < 1e-3
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
