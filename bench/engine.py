@@ -108,7 +108,7 @@ def _by_optimization_level(path, x: np.ndarray, threads: int, repeat: int) -> di
         opts.intra_op_num_threads = threads
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the engine does
         sess = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-        result[name] = timed(lambda s=sess: s.run(None, {"lr": x}), repeat=repeat) * 1000
+        result[name] = timed(lambda s=sess: s.run(["sr"], {"lr": x}), repeat=repeat) * 1000
     return result
 
 
