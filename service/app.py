@@ -31,7 +31,7 @@ from service.errors import BadParameter, NotReady, Unauthorized, UpscalerError
 from service.metrics import Metrics
 from service.pipeline import Pipeline, UpscaleResult
 from service.schemas import ErrorResponse, HealthResponse, ModelInfo, ModelsResponse
-from service.settings import Settings, default_max_batch
+from service.settings import Settings, default_codec_threads, default_max_batch
 from service.uploads import read_upload
 
 __all__ = ["create_app"]
@@ -113,7 +113,8 @@ def _lifespan(state: ServiceState):
         log.info("execution provider in use: %s", state.engine.provider)
         state.max_batch = s.max_batch or default_max_batch(state.engine.on_gpu)
         await asyncio.to_thread(state.engine.warmup, state.max_batch)
-        state.codec_pool = ThreadPoolExecutor(max_workers=s.codec_threads, thread_name_prefix="codec")
+        codec_threads = s.codec_threads or default_codec_threads(state.engine.on_gpu, state.engine.cores)
+        state.codec_pool = ThreadPoolExecutor(max_workers=codec_threads, thread_name_prefix="codec")
         state.batcher = Batcher(
             state.engine,
             max_batch=state.max_batch,
@@ -124,7 +125,7 @@ def _lifespan(state: ServiceState):
         state.batcher.start()
         state.pipeline = Pipeline(state.batcher, state.codec_pool, s)
         state.ready = True
-        log.info("ready")
+        log.info("ready: batches of up to %d tiles, %d codec threads", state.max_batch, codec_threads)
         try:
             yield
         finally:

@@ -242,6 +242,7 @@ class Engine:
         self.on_gpu = self.provider == "CUDAExecutionProvider"
         self.fp16 = self.on_gpu and precision == "fp16" and all(s.fp16_path for s in specs.values())
         self._outputs = {key: {o.name for o in sess.get_outputs()} for key, sess in self.sessions.items()}
+        self.cores: int = _cores()  # CPUs this process may use (affinity and cgroup quota)
         # How many batches the caller should run at once (``run`` is thread-safe).
         self.workers: int = (workers or 1) if self.on_gpu else cpu_workers
         self.threads: int = (threads or 1) if self.on_gpu else cpu_threads

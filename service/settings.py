@@ -7,7 +7,7 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "DEFAULT_MODEL_DIR", "default_max_batch"]
+__all__ = ["Settings", "DEFAULT_MODEL_DIR", "default_codec_threads", "default_max_batch"]
 
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "export" / "models"
 
@@ -31,7 +31,9 @@ class Settings(BaseSettings):
     engine_workers: int = Field(
         0, ge=0, description="model runs at once (0 = on CPU one per core, or cores / threads; 1 on a GPU)"
     )
-    codec_threads: int = Field(2, ge=1, description="threads decoding and encoding images")
+    codec_threads: int = Field(
+        0, ge=0, description="threads decoding and encoding images (0 = one per core on a GPU, cores / 4 on CPU, >= 2)"
+    )
 
     tile: int = Field(128, ge=16, le=1024, description="LR tile core size in pixels (fixed network input shape)")
     max_batch: int = Field(0, ge=0, le=256, description="most tiles in one model execution (0 = 8 on a GPU, 2 on CPU)")
@@ -79,6 +81,13 @@ class Settings(BaseSettings):
                 f"UPSCALER_DEFAULT_MODEL={self.default_model!r} is not in UPSCALER_VARIANTS={self.variants}"
             )
         return self
+
+
+def default_codec_threads(on_gpu: bool, cores: int) -> int:
+    """The codec threads when ``UPSCALER_CODEC_THREADS`` is 0. On a CPU, decoding and encoding cost about an eighth
+    of the network's CPU time per image (bench/results/service.json), so a quarter of the cores keeps up with the
+    engine; on a GPU they are most of the CPU's work, so one per core. At least 2 either way."""
+    return max(2, cores if on_gpu else cores // 4)
 
 
 def default_max_batch(on_gpu: bool) -> int:

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image, ImageCms
 
+from service import engine as engine_module
 from service.engine import Engine
+from service.settings import default_codec_threads
 
 from .conftest import MODELS, assert_same_pixels, decode_image, encode_image, serving, smooth_image
 
@@ -145,10 +147,17 @@ def test_models_reports_the_batch_size_in_use(client):
 
 
 def test_without_a_batch_size_the_cpu_gets_small_batches(tmp_path):
-    with serving(tmp_path, tile=32, variants='["fast"]') as (_, c):
+    with serving(tmp_path, tile=32, variants='["fast"]') as (srv, c):
         assert c.get("/v1/models").json()["max_batch"] == 2
+        codec_threads = default_codec_threads(on_gpu=False, cores=engine_module._cores())
+        assert f"ready: batches of up to 2 tiles, {codec_threads} codec threads" in srv.log_path.read_text()
         r = c.post("/v1/upscale", params={"scale": 2}, content=encode_image(Image.fromarray(smooth_image(70, 50))))
         assert r.status_code == 200 and decode_image(r.content).size == (100, 140)
+
+
+@pytest.mark.parametrize(("on_gpu", "cores", "expected"), [(True, 16, 16), (False, 16, 4), (False, 2, 2), (True, 1, 2)])
+def test_codec_threads_default_to_what_keeps_up_with_the_engine(on_gpu, cores, expected):
+    assert default_codec_threads(on_gpu, cores) == expected
 
 
 def test_health_and_readiness(client):
