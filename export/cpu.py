@@ -25,8 +25,9 @@ a graph whatever outputs are asked for, so a 16-bit output would cost every
 batch; 16-bit results are converted from ``sr`` in numpy. The twin records
 the SHA-256 of the model it was written from (metadata ``source_sha256``), so
 the engine can refuse a twin left behind by a replaced model. The twin is checked against the shipped
-model by ``export.onnx.twin_max_abs_diff`` and only ever read by the service's
-engine on the CPU provider.
+model by ``export.onnx.twin_max_abs_diff``; the service's engine reads it on
+the CPU provider only (and ``bench/naive_server.py`` on a CPU, to compare like
+with like).
 """
 
 from __future__ import annotations

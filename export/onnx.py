@@ -277,11 +277,13 @@ def twin_max_abs_diff(model: Path, twin: Path, context: int) -> float:
 
 
 def rewrite_twins(path: Path) -> None:
-    """Rewrite the twins of an already exported model and refresh its card (the weights are not touched)."""
+    """Rewrite the twins of an already exported model and refresh its card, if it has one (the weights are not
+    touched)."""
+    context = int({p.key: p.value for p in onnx.load(str(path)).metadata_props}["context"])
+    entries = write_twins(path, context)
     card_path = path.with_suffix(".json")
-    card = json.loads(card_path.read_text())
-    card.update(write_twins(path, card["context"]))
-    write_card(path.parent, path.stem, card)
+    if card_path.exists():
+        write_card(path.parent, path.stem, json.loads(card_path.read_text()) | entries)
 
 
 if __name__ == "__main__":

@@ -101,7 +101,8 @@ def _twin(model: Path, suffix: str) -> Path | None:
         return None
     if _metadata(twin).get("source_sha256") != hashlib.sha256(model.read_bytes()).hexdigest():
         log.warning(
-            "ignoring %s: it was not written from this %s; rewrite it with python -m export.onnx --twins %s",
+            "ignoring %s: it was not written from this %s; delete it, or rewrite it with "
+            "python -m export.onnx --twins %s (needs the train extra)",
             *(twin.name, model.name, model),
         )
         return None

@@ -124,13 +124,17 @@ def test_batches_overlap_up_to_the_depth_and_no_further(engine, monkeypatch):
         with lock:
             in_flight -= 1
 
-    def slow_run(key, batch, dtype):
-        time.sleep(0.02)  # a network slower than cutting, so later batches are cut while it runs
-        return engine.__class__.run_pixels(engine, key, batch, dtype)
+    def slowly(method):  # a network slower than cutting, so later batches are cut while it runs
+        def slow(*args):
+            time.sleep(0.02)
+            return method(*args)
+
+        return slow
 
     monkeypatch.setattr(batcher_module, "_cut", counting_cut)
     monkeypatch.setattr(batcher_module, "_place", counting_place)
-    monkeypatch.setattr(engine, "run_pixels", slow_run)
+    monkeypatch.setattr(engine, "run", slowly(engine.run))  # whichever the batcher calls for this model
+    monkeypatch.setattr(engine, "run_pixels", slowly(engine.run_pixels))
 
     img = smooth_image(64, 64)
 
@@ -183,7 +187,11 @@ def test_without_pixel_outputs_the_engine_thread_only_runs_the_network(tmp_path,
         return real_to_pixels(x, dtype)
 
     monkeypatch.setattr(batcher_module, "to_pixels", recording_to_pixels)
-    monkeypatch.setattr(plain, "run_pixels", lambda *a: pytest.fail("run_pixels called without pixel outputs"))
+
+    def no_pixels(*args):  # an Exception, so the batcher fails the job and the test ends rather than hangs
+        raise AssertionError("run_pixels called for a model without pixel outputs")
+
+    monkeypatch.setattr(plain, "run_pixels", no_pixels)
     img = smooth_image(40, 30)
 
     async def body(batcher, batches):

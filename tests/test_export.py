@@ -145,3 +145,9 @@ def test_weights_read_back_from_onnx_rebuild_the_exported_network(tmp_path, vari
     expected = {k: v for k, v in net.state_dict().items() if not k.startswith("skip.")}
     assert state.keys() == expected.keys()
     assert all(torch.equal(state[k], expected[k]) for k in expected)
+
+
+def test_twins_of_a_model_without_a_card_can_be_rewritten(exported, tmp_path):
+    (tmp_path / "custom_x3.onnx").write_bytes((exported / "fast_x3.onnx").read_bytes())
+    export_main(["--twins", str(tmp_path / "custom_x3.onnx")])
+    assert {p.name for p in tmp_path.iterdir()} == {"custom_x3.onnx", "custom_x3_fp16.onnx", "custom_x3_cpu.onnx"}
