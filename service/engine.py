@@ -231,7 +231,8 @@ class Engine:
             raise FileNotFoundError(f"no <variant>_x<scale>.onnx models found in {models}")
         self.specs = specs
         providers = _providers(prefer_gpu)
-        cpu_threads, cpu_workers = cpu_layout(threads, workers)
+        self.cores: int = _cores()  # CPUs this process may use (affinity and cgroup quota)
+        cpu_threads, cpu_workers = cpu_layout(threads, workers, self.cores)
         on_cpu = providers == ["CPUExecutionProvider"]
         self.sessions = _open_sessions(specs, providers, cpu_threads if on_cpu else threads, precision)
         first = next(iter(self.sessions.values()))
@@ -243,7 +244,6 @@ class Engine:
         self.on_gpu = self.provider == "CUDAExecutionProvider"
         self.fp16 = self.on_gpu and precision == "fp16" and all(s.fp16_path for s in specs.values())
         self._outputs = {key: {o.name for o in sess.get_outputs()} for key, sess in self.sessions.items()}
-        self.cores: int = _cores()  # CPUs this process may use (affinity and cgroup quota)
         # How many batches the caller should run at once (``run`` is thread-safe).
         self.workers: int = (workers or 1) if self.on_gpu else cpu_workers
         self.threads: int = (threads or 1) if self.on_gpu else cpu_threads
