@@ -80,7 +80,8 @@ def discover_models(location: str | Path) -> dict[ModelKey, ModelSpec]:
             continue
         match = match or {"variant": "custom", "scale": meta.get("scale")}
         card_path = path.with_suffix(".json")
-        fp16, cpu = (_twin(path, suffix) for suffix in _TWIN_SUFFIXES)
+        digest = hashlib.sha256(path.read_bytes()).hexdigest()
+        fp16, cpu = (_twin(path, digest, suffix) for suffix in _TWIN_SUFFIXES)
         spec = ModelSpec(
             variant=meta.get("variant", match["variant"]),
             scale=int(meta.get("scale", match["scale"])),
@@ -94,12 +95,12 @@ def discover_models(location: str | Path) -> dict[ModelKey, ModelSpec]:
     return specs
 
 
-def _twin(model: Path, suffix: str) -> Path | None:
+def _twin(model: Path, model_sha256: str, suffix: str) -> Path | None:
     """``model``'s twin with ``suffix``, if it exists and was written from this very model file."""
     twin = model.with_name(model.stem + suffix + ".onnx")
     if not twin.exists():
         return None
-    if _metadata(twin).get("source_sha256") != hashlib.sha256(model.read_bytes()).hexdigest():
+    if _metadata(twin).get("source_sha256") != model_sha256:
         log.warning(
             "ignoring %s: it was not written from this %s; delete it, or rewrite it with "
             "python -m export.onnx --twins %s (needs the train extra)",
