@@ -16,9 +16,9 @@ a GPU) and place (results to integer pixels in the job's output). Cutting and
 placing run in their own small thread pool, and up to ``depth`` batches are
 between cut and place at once, so the engine runs batch N while N+1 is cut
 and N-1 placed: on a GPU the network takes a few milliseconds per batch and
-would otherwise wait for the CPU steps. The
-event loop keeps accepting, decoding and encoding throughout. Jobs whose
-deadline passed or whose request was abandoned are dropped from the queue.
+would otherwise wait for the CPU steps. The event loop keeps accepting,
+decoding and encoding throughout. Jobs whose deadline passed or whose request
+was abandoned are dropped from the queue.
 """
 
 from __future__ import annotations

@@ -27,7 +27,9 @@ class Settings(BaseSettings):
     precision: str = Field(
         "auto", pattern="^(auto|fp32|fp16)$", description="auto = fp32; fp16: the fp16 twins on a GPU, where present"
     )
-    threads: int = Field(0, ge=0, description="ONNX Runtime threads per model run on CPU (0 = cores / engine_workers)")
+    threads: int = Field(
+        0, ge=0, description="ONNX Runtime threads per model run (0 = cores / engine_workers on CPU, 1 on GPU)"
+    )
     engine_workers: int = Field(
         0, ge=0, description="model runs at once (0 = on CPU one per core, or cores / threads; 1 on a GPU)"
     )
