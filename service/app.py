@@ -21,12 +21,12 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.batcher import Batcher
 from service.codecs import MEDIA_TYPES
-from service.engine import Engine
+from service.engine import Engine, available_cores
 from service.errors import BadParameter, NotReady, Unauthorized, UpscalerError
 from service.metrics import Metrics
 from service.pipeline import Pipeline, UpscaleResult
@@ -76,6 +76,15 @@ class ServiceState:
     draining: bool = False
     started: float = field(default_factory=time.monotonic)
 
+    def set_ready(self) -> None:
+        self.ready = True
+        self.metrics.processes_ready.set(1)
+
+    def set_draining(self) -> None:
+        """Not ready any more (``/readyz`` answers 503), though requests that still come are served."""
+        self.ready, self.draining = False, True
+        self.metrics.processes_ready.set(0)
+
 
 def get_state(request: Request) -> ServiceState:
     return request.app.state.service
@@ -98,6 +107,7 @@ def _build_engine(settings: Settings) -> Engine:
         prefer_gpu=settings.device != "cpu",
         precision=settings.precision,
         variants=settings.variants or None,
+        cores=max(1, available_cores() // max(1, settings.processes)),  # this process's share
     )
 
 
@@ -120,21 +130,27 @@ def _lifespan(state: ServiceState):
             max_batch=state.max_batch,
             max_wait=s.max_wait_ms / 1000,
             max_queue_tiles=s.max_queue_tiles,
-            on_batch=state.metrics.observe_batch,
+            on_batch=lambda *batch: _on_batch(state, *batch),
         )
         state.batcher.start()
         state.pipeline = Pipeline(state.batcher, state.codec_pool, s)
-        state.ready = True
+        state.set_ready()
         log.info("ready: batches of up to %d tiles, %d codec threads", state.max_batch, codec_threads)
         try:
             yield
         finally:
-            state.ready, state.draining = False, True
+            state.set_draining()
             await state.batcher.stop()
             state.codec_pool.shutdown(wait=True)
             log.info("stopped")
 
     return lifespan
+
+
+def _on_batch(state: ServiceState, key: tuple[str, int], size: int, seconds: float) -> None:
+    state.metrics.observe_batch(key, size, seconds)
+    # Kept current here too, not only when /metrics is asked: with several processes another one may answer it.
+    state.metrics.queue_tiles.set(state.batcher.queued_tiles)
 
 
 def _observe(state: ServiceState, request: Request, key: tuple[str, int], result: UpscaleResult) -> None:
@@ -191,7 +207,7 @@ class _DisconnectWatch:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the service. The engine is loaded in the lifespan, when the server starts."""
     settings = settings or Settings()
-    state = ServiceState(settings=settings, metrics=Metrics())
+    state = ServiceState(settings=settings, metrics=Metrics(processes=settings.processes or 1))
     app = FastAPI(
         title="Upscaler",
         version="0.1.0",
@@ -294,7 +310,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Prometheus metrics."""
         if state.batcher:
             state.metrics.queue_tiles.set(state.batcher.queued_tiles)
-        return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+        return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 

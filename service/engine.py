@@ -13,6 +13,7 @@ beside it; a twin left behind by a replaced model is ignored with a warning.
 
 from __future__ import annotations
 
+import ctypes
 import hashlib
 import json
 import logging
@@ -28,7 +29,16 @@ import onnxruntime as ort
 
 from service.tiling import TileGrid
 
-__all__ = ["ModelKey", "ModelSpec", "Engine", "cpu_layout", "discover_models", "to_pixels"]
+__all__ = [
+    "ModelKey",
+    "ModelSpec",
+    "Engine",
+    "available_cores",
+    "cpu_layout",
+    "cuda_usable",
+    "discover_models",
+    "to_pixels",
+]
 
 log = logging.getLogger("service.engine")
 
@@ -141,7 +151,22 @@ def _providers(prefer_gpu: bool) -> list:
     return chosen
 
 
-def _cores() -> int:
+def cuda_usable() -> bool:
+    """Whether ONNX Runtime has its CUDA provider and the CUDA driver sees a GPU, without opening a session.
+
+    onnxruntime-gpu lists the provider even on a machine with no GPU, and a session then quietly runs on the CPU.
+    """
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        return False
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return False
+    count = ctypes.c_int(0)
+    return cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+
+
+def available_cores() -> int:
     """CPUs this process may use: its affinity set (a container's cpuset), capped by a cgroup CPU quota
     (``docker --cpus``, a Kubernetes CPU limit), not the host's count."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
@@ -173,7 +198,7 @@ def cpu_layout(threads: int = 0, workers: int = 0, cores: int | None = None) -> 
     (``bench/results/engine.json``, ``service.json``): one thread never waits for
     the other at the end of each operator.
     """
-    cores = cores or _cores()
+    cores = cores or available_cores()
     workers = workers or (max(1, cores // threads) if threads else cores)
     return threads or max(1, cores // workers), workers
 
@@ -223,7 +248,10 @@ class Engine:
         prefer_gpu: bool = True,
         precision: str = "auto",
         variants: list[str] | None = None,
+        cores: int = 0,
     ):
+        """``cores``: the CPUs this engine and its caller plan for (0 = all this process may use; a share of them
+        where several server processes divide the machine)."""
         self.tile = tile
         specs = discover_models(models)
         if variants:
@@ -232,7 +260,7 @@ class Engine:
             raise FileNotFoundError(f"no <variant>_x<scale>.onnx models found in {models}")
         self.specs = specs
         providers = _providers(prefer_gpu)
-        self.cores: int = _cores()  # CPUs this process may use (affinity and cgroup quota)
+        self.cores: int = cores or available_cores()  # CPUs planned for (affinity, cgroup quota, share)
         cpu_threads, cpu_workers = cpu_layout(threads, workers, self.cores)
         on_cpu = providers == ["CPUExecutionProvider"]
         self.sessions = _open_sessions(specs, providers, cpu_threads if on_cpu else threads, precision)

@@ -2,11 +2,18 @@
 
 Modelled on Triton's set: requests by status, latency split by stage,
 batch sizes, queue depth, in-flight requests and model executions.
+
+Under the supervisor (several server processes, ``service.supervisor``)
+prometheus-client's multiprocess mode is on (``PROMETHEUS_MULTIPROC_DIR``):
+every process writes its values to files there, and ``render`` in any of them
+adds up all of them, gauges summed over the live processes.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+import os
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 
 __all__ = ["Metrics"]
 
@@ -14,7 +21,8 @@ _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 
 
 
 class Metrics:
-    def __init__(self) -> None:
+    def __init__(self, processes: int = 1) -> None:
+        """``processes``: the server processes configured (``UPSCALER_PROCESSES`` as resolved at start)."""
         self.registry = CollectorRegistry()
         r = self.registry
         self.requests = Counter("upscaler_requests", "HTTP requests answered", ["path", "status"], registry=r)
@@ -41,8 +49,23 @@ class Metrics:
         )
         self.tiles = Counter("upscaler_tiles", "Tiles run through the model", ["model"], registry=r)
         self.output_pixels = Counter("upscaler_output_pixels", "Pixels of upscaled images returned", registry=r)
-        self.queue_tiles = Gauge("upscaler_queue_tiles", "Tiles waiting for a batch", registry=r)
-        self.inflight = Gauge("upscaler_inflight_requests", "Requests being handled", registry=r)
+        live = {"multiprocess_mode": "livesum"}  # only read in multiprocess mode
+        self.queue_tiles = Gauge("upscaler_queue_tiles", "Tiles waiting for a batch", registry=r, **live)
+        self.inflight = Gauge("upscaler_inflight_requests", "Requests being handled", registry=r, **live)
+        self.processes_ready = Gauge(
+            "upscaler_processes_ready", "Server processes warmed up and not draining", registry=r, **live
+        )
+        configured = Gauge("upscaler_processes", "Server processes configured", registry=r, multiprocess_mode="max")
+        configured.set(processes)
+
+    def render(self) -> bytes:
+        """The text exposition format: this app's registry, or with several processes all of theirs."""
+        shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        if not shared:
+            return generate_latest(self.registry)
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=shared)
+        return generate_latest(registry)
 
     def observe_batch(self, key: tuple[str, int], size: int, seconds: float) -> None:
         model = f"{key[0]}_x{key[1]}"

@@ -149,7 +149,7 @@ def test_models_reports_the_batch_size_in_use(client):
 def test_without_a_batch_size_the_cpu_gets_small_batches(tmp_path):
     with serving(tmp_path, tile=32, variants='["fast"]') as (srv, c):
         assert c.get("/v1/models").json()["max_batch"] == 2
-        codec_threads = default_codec_threads(on_gpu=False, cores=engine_module._cores())
+        codec_threads = default_codec_threads(on_gpu=False, cores=engine_module.available_cores())
         assert f"ready: batches of up to 2 tiles, {codec_threads} codec threads" in srv.log_path.read_text()
         r = c.post("/v1/upscale", params={"scale": 2}, content=encode_image(Image.fromarray(smooth_image(70, 50))))
         assert r.status_code == 200 and decode_image(r.content).size == (100, 140)

@@ -16,7 +16,7 @@ def test_cpu_sessions_fill_every_core_and_do_not_spin():
     engine = Engine(MODELS / "fast_x2.onnx", prefer_gpu=False)
     opts = engine.sessions[("fast", 2)].get_session_options()
     assert opts.intra_op_num_threads == engine.threads
-    assert engine.threads * engine.workers == engine_module._cores()
+    assert engine.threads * engine.workers == engine_module.available_cores()
     assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"
 
 
@@ -112,7 +112,7 @@ def test_a_containers_cpu_quota_is_read_from_cgroup_v2_or_v1(tmp_path, files, ex
 
 def test_cores_are_capped_by_the_cpu_quota(monkeypatch):
     monkeypatch.setattr(engine_module, "_cgroup_cpu_quota", lambda: 1.5)
-    assert engine_module._cores() == min(2, len(engine_module.os.sched_getaffinity(0)))
+    assert engine_module.available_cores() == min(2, len(engine_module.os.sched_getaffinity(0)))
 
 
 def test_a_twin_left_behind_by_a_replaced_model_is_not_used(tmp_path, caplog):

@@ -1,0 +1,88 @@
+"""One server process: the app on uvicorn, with a drain before it stops.
+
+On SIGTERM or SIGINT the server first drains: ``/readyz`` turns 503 while it
+keeps serving for ``UPSCALER_DRAIN_SECONDS`` (so load balancers stop sending
+work), then uvicorn stops accepting connections, finishes the requests in
+flight and returns. A second signal stops at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import logging
+import socket
+import threading
+
+import uvicorn
+
+from service.app import ServiceState, create_app
+from service.settings import Settings
+
+__all__ = ["STARTUP_FAILURE", "DrainingServer", "configure_logging", "release_large_buffers_to_the_os", "serve"]
+
+log = logging.getLogger("service")
+
+STARTUP_FAILURE = 3  # uvicorn's exit status when the app fails to start (models missing, no GPU, ...)
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, state: ServiceState):
+        super().__init__(config)
+        self.state = state
+
+    def handle_exit(self, sig, frame) -> None:
+        if self.state.draining:  # second signal: stop now
+            return super().handle_exit(sig, frame)
+        self.state.set_draining()
+        delay = self.state.settings.drain_seconds
+        log.info("draining: /readyz answers 503; stopping in %.1f s", delay)
+        threading.Timer(delay, super().handle_exit, args=(sig, frame)).start()
+
+    @contextlib.contextmanager
+    def capture_signals(self):
+        with super().capture_signals():
+            yield
+            # uvicorn re-raises a captured signal once it has stopped, so the process would die of SIGTERM
+            # (exit status -15) even after a clean drain; only a forced stop (a second signal) keeps that.
+            if len(self._captured_signals) == 1:
+                self._captured_signals.clear()
+
+
+def configure_logging(settings: Settings) -> None:
+    """Log lines to stderr at ``UPSCALER_LOG_LEVEL``; with several processes each line names its process id."""
+    pid = " [%(process)d]" if settings.processes > 1 else ""
+    logging.basicConfig(level=settings.log_level.upper(), format=f"%(asctime)s %(levelname)s{pid} %(name)s %(message)s")
+
+
+def release_large_buffers_to_the_os() -> None:
+    """Make glibc serve every buffer of 1 MiB or more with mmap, so freeing it returns the memory at once.
+
+    By default glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), after which
+    image-sized buffers come from the heap and stay there: measured on a 4096x4096 x2 request, peak RSS growth
+    fell from 1.59x to 1.38x the raw input + output with the threshold fixed.
+    """
+    name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(name) if name else None
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD; setting it also turns off the dynamic adjustment
+
+
+def serve(settings: Settings, sock: socket.socket | None = None) -> int:
+    """Serve until stopped, on ``sock`` if given (a socket bound by a supervisor) or on host:port.
+
+    Returns 0 after a clean stop; exits with STARTUP_FAILURE if the app cannot start.
+    """
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        access_log=False,
+        timeout_graceful_shutdown=60,
+    )
+    server = DrainingServer(config, app.state.service)
+    server.run(sockets=[sock] if sock else None)  # raises SystemExit(STARTUP_FAILURE) if startup fails
+    return 0
