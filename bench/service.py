@@ -1,7 +1,8 @@
 """Service benchmark: end-to-end throughput vs the engine alone and vs the naive baseline.
 
     python -m bench.service [--size 512] [--concurrency 1,2,4,8] [--duration 15] [--device cuda]
-                            [--model nearest] [--quick]
+                            [--model nearest] [--processes N] [--no-naive]
+                            [--client-processes N] [--quick]
 
 Starts the real service and bench/naive_server.py on 127.0.0.1, drives both
 with client.loadtest's closed loop (x2, PNG in, PNG out — the default
@@ -14,6 +15,10 @@ and the load test's JSON/CSV/plot under bench/results/service-loadtest/
 ``--model nearest`` serves a near-free model instead of ``fast`` (no naive run):
 its throughput is the ceiling that HTTP, codecs, tiling and batching put on
 the service whatever the engine's speed (``service-nearest``).
+``--processes N`` runs the service with N server processes instead of its
+default for the device (``UPSCALER_PROCESSES``; the result name gains ``-pN``);
+``--no-naive`` skips the naive baseline when only settings are compared;
+``--client-processes N`` drives the closed loops from N client processes.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -35,7 +41,7 @@ import numpy as np
 
 from bench.machine import MODELS, RESULTS, timed, write_result
 from bench.nearest_model import write_nearest_model
-from client.loadtest import LoadOptions, closed_loop, make_payloads, open_loop, write_results
+from client.loadtest import LoadOptions, ProcessLoad, make_payloads, open_loop, write_results
 from service.engine import Engine
 from service.settings import default_max_batch
 
@@ -74,10 +80,21 @@ def running(cmd: list[str], env: dict, url: str):
 
 
 def _ready(url: str) -> bool:
+    """/readyz is 200 and, where the server reports it, every one of its processes is warmed up: the first
+    process to be ready answers /readyz while the others still tune cuDNN on the same GPU."""
     try:
-        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+        if httpx.get(f"{url}/readyz", timeout=1).status_code != 200:
+            return False
+        metrics = httpx.get(f"{url}/metrics", timeout=1)
     except httpx.TransportError:
         return False
+    counts = _process_metrics(metrics.text)
+    return metrics.status_code != 200 or counts.get("upscaler_processes_ready") == counts.get("upscaler_processes")
+
+
+def _process_metrics(text: str) -> dict[str, int]:
+    """``upscaler_processes`` (configured) and ``upscaler_processes_ready`` from a /metrics page."""
+    return {k: int(float(v)) for k, v in re.findall(r"^(upscaler_processes(?:_ready)?) (\S+)$", text, re.M)}
 
 
 def engine_alone(model: Path, size: int, tile: int, batch: int, repeat: int, device: str) -> dict[str, float]:
@@ -121,10 +138,16 @@ def main(argv: list[str] | None = None) -> None:
         default="fast",
         help="nearest: a near-free model (bench/nearest_model.py) to measure the service's own ceiling; no naive run",
     )
+    p.add_argument("--processes", type=int, default=0, help="server processes (default: the service's default)")
+    p.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
+    p.add_argument(
+        "--client-processes", type=int, default=1, help="load generator processes (one tops out near 130 MPix/s)"
+    )
     p.add_argument("--quick", action="store_true", help="smoke run: tiny image, short steps, no result file")
     args = p.parse_args(argv)
     args.batch = args.batch or default_max_batch(on_gpu=args.device == "cuda")
-    name = "-".join(["service"] + [v for v in (args.device, args.model) if v not in ("cpu", "fast")])
+    parts = [v for v in (args.device, args.model) if v not in ("cpu", "fast")]
+    name = "-".join(["service", *parts, *([f"p{args.processes}"] if args.processes else [])])
     size = 48 if args.quick else args.size
     duration, max_requests = (1, 4) if args.quick else (args.duration, 10_000)
     levels = [int(c) for c in args.concurrency.split(",")]
@@ -145,14 +168,19 @@ def main(argv: list[str] | None = None) -> None:
             "UPSCALER_DEVICE": args.device,
             "UPSCALER_MODEL_DIR": str(model.parent),
             "UPSCALER_DEFAULT_MODEL": args.model,
+            "UPSCALER_PROCESSES": str(args.processes),
         }
         with running([sys.executable, "-m", "service"], env, url):
-            ours = [asyncio.run(closed_loop(url, payloads, c, load)) for c in levels]
+            processes = _process_metrics(httpx.get(f"{url}/metrics").text)["upscaler_processes"]
+            with ProcessLoad(args.client_processes) as clients:
+                ours = [clients.closed_loop(url, payloads, c, load) for c in levels]
             if not any(r.ok for r in ours):
                 raise SystemExit(f"no request to the service succeeded: {[r.errors for r in ours]}")
             half_rate = max(r.requests_per_s for r in ours) / 2  # open loop at half the peak: the latency promise
             half = asyncio.run(open_loop(url, payloads, half_rate, load))
-        naive = naive_run(payloads, levels, load, args.device) if args.model == "fast" else []
+        naive = []
+        if args.model == "fast" and not args.no_naive:
+            naive = naive_run(payloads, levels, load, args.device, args.client_processes)
         # Again after the servers ran: this machine's speed drifts, and the baseline is the best engine figure.
         after = engine_alone(model, size, args.tile, args.batch, repeat, args.device)
     engine_layouts = {
@@ -166,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
         "model": args.model,
         "tile": args.tile,
         "batch": args.batch,
+        "processes": processes,  # as the service reports it
+        "client_processes": args.client_processes,
         "engine_alone_output_mpix_per_s": engine_mpix,
         "engine_alone_by_layout": engine_layouts,
         "service_best_output_mpix_per_s": best.output_mpix_per_s,
@@ -185,12 +215,13 @@ def main(argv: list[str] | None = None) -> None:
         print("wrote", write_result(name, result))
 
 
-def naive_run(payloads: list, levels: list[int], load: LoadOptions, device: str) -> list:
+def naive_run(payloads: list, levels: list[int], load: LoadOptions, device: str, client_processes: int) -> list:
     """The naive baseline server (bench/naive_server.py) under the same closed-loop levels."""
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with running([sys.executable, "-m", "bench.naive_server", "--port", str(port), "--device", device], {}, url):
-        return [asyncio.run(closed_loop(url, payloads, c, load)) for c in levels]
+        with ProcessLoad(client_processes) as clients:
+            return [clients.closed_loop(url, payloads, c, load) for c in levels]
 
 
 if __name__ == "__main__":

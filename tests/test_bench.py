@@ -11,7 +11,8 @@ from bench import codecs, engine, int8, memory, service
 
 @pytest.mark.parametrize("bench", [engine, codecs, service, memory, int8], ids=lambda m: m.__name__)
 def test_benchmark_runs_quick(bench, capsys):
-    extra = ["--concurrency", "1,2"] if bench is service else []
+    # The service benchmark also runs two server and two client processes, the GPU layout.
+    extra = ["--concurrency", "1,2", "--processes", "2", "--client-processes", "2"] if bench is service else []
     bench.main(["--quick", *extra])
     out = capsys.readouterr().out
     assert out.strip() and "wrote" not in out

@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from client.loadtest import LoadOptions, closed_loop, main, make_payloads, open_loop
+from client.loadtest import LoadOptions, ProcessLoad, closed_loop, main, make_payloads, open_loop
 
 from .conftest import ROOT
 
@@ -24,6 +24,16 @@ def test_closed_loop_counts_requests_pixels_and_latency(server, payloads):
     )
     assert step.requests == step.ok == 6 and step.errors == {}
     assert step.output_mpix_per_s > 0 and 0 < step.p50_ms <= step.p99_ms
+
+
+def test_closed_loop_in_several_client_processes_merges_their_counts(server, payloads):
+    options = LoadOptions(duration=30, max_requests=8, params={"scale": 2})
+    with ProcessLoad(2) as clients:
+        step = clients.closed_loop(server.url, payloads, 4, options)
+    assert step.requests == step.ok == 8 and step.errors == {}  # 4 per process, each process's share
+    pixels = sum(p.width * p.height * 4 for p in payloads) * 4  # each payload sent 4 times at x2
+    assert step.output_mpix_per_s * step.seconds * 1e6 == pytest.approx(pixels, rel=0.02)  # seconds are rounded
+    assert 0 < step.p50_ms <= step.p99_ms
 
 
 def test_open_loop_sends_at_the_offered_rate(server, payloads):
