@@ -171,7 +171,7 @@ def main(argv: list[str] | None = None) -> None:
             "UPSCALER_PROCESSES": str(args.processes),
         }
         with running([sys.executable, "-m", "service"], env, url):
-            processes = _process_metrics(httpx.get(f"{url}/metrics").text)["upscaler_processes"]
+            processes = _process_metrics(httpx.get(f"{url}/metrics").text).get("upscaler_processes")
             with ProcessLoad(args.client_processes) as clients:
                 ours = [clients.closed_loop(url, payloads, c, load) for c in levels]
             if not any(r.ok for r in ours):

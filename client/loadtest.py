@@ -22,7 +22,6 @@ import csv
 import io
 import json
 import logging
-import math
 import multiprocessing
 import time
 from collections import Counter
@@ -208,8 +207,10 @@ class ProcessLoad:
 
     def __init__(self, processes: int):
         self.processes = processes
-        spawn = multiprocessing.get_context("spawn")
-        self._pool = ProcessPoolExecutor(processes, mp_context=spawn) if processes > 1 else None
+        self._pool = None
+        if processes > 1:
+            self._pool = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+            list(self._pool.map(time.sleep, [0.2] * processes))  # start them all now, not during a step
 
     def __enter__(self) -> ProcessLoad:
         return self
@@ -222,26 +223,38 @@ class ProcessLoad:
         """``closed_loop``, in this process when there is one client process."""
         if self._pool is None:
             return asyncio.run(closed_loop(server, payloads, concurrency, options))
-        n = self.processes
-        share = replace(options, max_requests=math.ceil(options.max_requests / n))
-        start = time.time() + 1.0  # every process starts its clock together, once the pool is up
-        parts = [range(k, concurrency, n) for k in range(n) if k < concurrency]
+        parts = [range(k, concurrency, self.processes) for k in range(min(self.processes, concurrency))]
+        quota, extra = divmod(options.max_requests, len(parts))
+        start = time.time() + 0.2  # every process starts its clock together
         futures = [
-            self._pool.submit(_closed_part, server, payloads, workers, concurrency, share, start) for workers in parts
+            self._pool.submit(
+                _closed_part,
+                server,
+                payloads,
+                workers,
+                concurrency,
+                replace(options, max_requests=quota + (k < extra)),
+                start,
+            )
+            for k, workers in enumerate(parts)
         ]
-        merged, seconds = _Recorder(options.scale), 0.0
+        merged, began, ended = _Recorder(options.scale), [], []
         for future in futures:
-            rec, took = future.result()
+            rec, t0, t1 = future.result()
             merged.merge(rec)
-            seconds = max(seconds, took)
-        return merged.result("closed", concurrency, seconds)
+            began.append(t0)
+            ended.append(t1)
+        return merged.result("closed", concurrency, max(ended) - min(began))
 
 
 def _closed_part(
     server: str, payloads: list[Payload], workers: range, concurrency: int, options: LoadOptions, start: float
-) -> tuple[_Recorder, float]:
+) -> tuple[_Recorder, float, float]:
+    """One client process's part of a closed loop: what it recorded, and when (wall clock) it began and ended."""
     time.sleep(max(0.0, start - time.time()))
-    return asyncio.run(_closed_workers(server, payloads, workers, concurrency, options))
+    t0 = time.time()
+    rec, _ = asyncio.run(_closed_workers(server, payloads, workers, concurrency, options))
+    return rec, t0, time.time()
 
 
 async def open_loop(server: str, payloads: list[Payload], rate: float, options: LoadOptions) -> StepResult:

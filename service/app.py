@@ -11,6 +11,7 @@ import json
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -75,10 +76,13 @@ class ServiceState:
     ready: bool = False
     draining: bool = False
     started: float = field(default_factory=time.monotonic)
+    on_ready: Callable[[], None] | None = None  # told once the models are warmed up (the supervisor listens)
 
     def set_ready(self) -> None:
         self.ready = True
         self.metrics.processes_ready.set(1)
+        if self.on_ready:
+            self.on_ready()
 
     def set_draining(self) -> None:
         """Not ready any more (``/readyz`` answers 503), though requests that still come are served."""
@@ -121,6 +125,12 @@ def _lifespan(state: ServiceState):
         if not any(k[0] == s.default_model for k in state.engine.specs):
             raise RuntimeError(f"UPSCALER_DEFAULT_MODEL={s.default_model!r} has no model in {s.model_dir}")
         log.info("execution provider in use: %s", state.engine.provider)
+        if s.processes > 1 and not state.engine.on_gpu:
+            log.warning(
+                "%d server processes share this machine but run on the CPU, where one is best; "
+                "set UPSCALER_PROCESSES=1 (or fix the GPU setup)",
+                s.processes,
+            )
         state.max_batch = s.max_batch or default_max_batch(state.engine.on_gpu)
         await asyncio.to_thread(state.engine.warmup, state.max_batch)
         codec_threads = s.codec_threads or default_codec_threads(state.engine.on_gpu, state.engine.cores)
@@ -204,10 +214,12 @@ class _DisconnectWatch:
             self.task.exception()  # mark it retrieved, so asyncio does not log it
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the service. The engine is loaded in the lifespan, when the server starts."""
+def create_app(settings: Settings | None = None, on_ready: Callable[[], None] | None = None) -> FastAPI:
+    """Build the service. The engine is loaded in the lifespan, when the server starts; ``on_ready`` is called
+    once it is warmed up."""
     settings = settings or Settings()
-    state = ServiceState(settings=settings, metrics=Metrics(processes=settings.processes or 1))
+    metrics = Metrics(processes=settings.processes or 1)
+    state = ServiceState(settings=settings, metrics=metrics, on_ready=on_ready)
     app = FastAPI(
         title="Upscaler",
         version="0.1.0",

@@ -14,6 +14,7 @@ import ctypes.util
 import logging
 import socket
 import threading
+from collections.abc import Callable
 
 import uvicorn
 
@@ -28,24 +29,32 @@ STARTUP_FAILURE = 3  # uvicorn's exit status when the app fails to start (models
 
 
 class DrainingServer(uvicorn.Server):
+    """uvicorn's server with a drain before the stop. A second signal ends the drain at once; after that uvicorn's
+    own rule applies (another SIGINT stops without waiting for the requests in flight)."""
+
     def __init__(self, config: uvicorn.Config, state: ServiceState):
         super().__init__(config)
         self.state = state
+        self._drain: threading.Timer | None = None
 
     def handle_exit(self, sig, frame) -> None:
-        if self.state.draining:  # second signal: stop now
+        if self.state.draining:
+            if self._drain:
+                self._drain.cancel()
             return super().handle_exit(sig, frame)
         self.state.set_draining()
         delay = self.state.settings.drain_seconds
         log.info("draining: /readyz answers 503; stopping in %.1f s", delay)
-        threading.Timer(delay, super().handle_exit, args=(sig, frame)).start()
+        self._drain = threading.Timer(delay, super().handle_exit, args=(sig, frame))
+        self._drain.daemon = True  # a stop that comes sooner must not wait for it
+        self._drain.start()
 
     @contextlib.contextmanager
     def capture_signals(self):
         with super().capture_signals():
             yield
-            # uvicorn re-raises a captured signal once it has stopped, so the process would die of SIGTERM
-            # (exit status -15) even after a clean drain; only a forced stop (a second signal) keeps that.
+            # uvicorn re-raises the captured signal once it has stopped, so the process would die of SIGTERM
+            # (exit status -15) even after a clean stop; it exits 0 instead. Only a forced stop keeps the signal.
             if len(self._captured_signals) == 1:
                 self._captured_signals.clear()
 
@@ -69,12 +78,13 @@ def release_large_buffers_to_the_os() -> None:
         libc.mallopt(-3, 1 << 20)  # M_MMAP_THRESHOLD; setting it also turns off the dynamic adjustment
 
 
-def serve(settings: Settings, sock: socket.socket | None = None) -> int:
-    """Serve until stopped, on ``sock`` if given (a socket bound by a supervisor) or on host:port.
+def serve(settings: Settings, sock: socket.socket | None = None, on_ready: Callable[[], None] | None = None) -> int:
+    """Serve until stopped, on ``sock`` if given (a socket bound by a supervisor) or on host:port; ``on_ready`` is
+    called once the models are loaded and warmed up.
 
     Returns 0 after a clean stop; exits with STARTUP_FAILURE if the app cannot start.
     """
-    app = create_app(settings)
+    app = create_app(settings, on_ready=on_ready)
     config = uvicorn.Config(
         app,
         host=settings.host,

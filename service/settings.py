@@ -106,6 +106,6 @@ def default_processes(on_gpu: bool, cores: int) -> int:
     """The server processes when ``UPSCALER_PROCESSES`` is 0. One process decodes, encodes, cuts tiles and speaks
     HTTP under one interpreter lock, and uses at most about 2.3 cores doing so. On a CPU the network is the limit
     and one process keeps every core busy. With a GPU, on 16-core H200 machines, one process served 35 output
-    MPix/s and 4 processes 137 in one run; 4 gave 114 and 8 gave 144 in another (bench/results/service-cuda-*.json).
+    MPix/s and 4 processes 140 in one run; 4 gave 114 and 8 gave 144 in another (bench/results/service-cuda-*.json).
     So there one process per 2 cores, each with its own engine."""
     return max(1, cores // 2) if on_gpu else 1

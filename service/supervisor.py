@@ -3,7 +3,7 @@
 One process decodes, encodes, cuts tiles and speaks HTTP under a single
 interpreter lock, and uses at most about 2.3 cores doing so. With a GPU doing
 the network in milliseconds, that lock is the limit: on a 16-core H200
-machine one process served 35 output MPix/s and four 137 in the same run
+machine one process served 35 output MPix/s and four 140 in the same run
 (bench/results/service-cuda-p1.json, service-cuda-shared-socket.json).
 
 The supervisor spawns the children (fresh interpreters: none inherits the
@@ -18,11 +18,14 @@ waiting one at once.) The supervisor
 - forwards SIGTERM and SIGINT to the children, each of which drains as a
   single server does (``service.server``), and exits 0 once all stopped
   cleanly;
-- replaces a child that dies while serving (a crash, the OOM killer);
-- stops the others and exits 3 if a child fails to start (models missing,
-  no GPU with ``UPSCALER_DEVICE=cuda``): a replacement would fail the same way;
-- keeps prometheus-client's multiprocess files, so ``/metrics`` from any child
-  counts the requests of all of them.
+- replaces a child that dies after it became ready (a crash, the OOM
+  killer), at once the first time, then after a backoff of 1 s doubling to
+  30 s while deaths keep coming within a minute;
+- stops the others and exits 3 if a child exits before it became ready
+  (models missing, no GPU with ``UPSCALER_DEVICE=cuda``, killed for memory
+  while loading): a replacement would most likely fail the same way;
+- keeps prometheus-client's multiprocess files in a temporary folder, so
+  ``/metrics`` from any child counts the requests of all of them.
 
 Children have their own process group, so a terminal's Ctrl-C reaches them
 once, through the supervisor, and they are sent SIGTERM if it dies.
@@ -30,39 +33,62 @@ once, through the supervisor, and they are sent SIGTERM if it dies.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import ctypes.util
+import fcntl
 import logging
 import multiprocessing
+import multiprocessing.synchronize
 import os
+import shutil
 import signal
 import socket
 import sys
 import tempfile
 import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 from prometheus_client import multiprocess
 
 from service.server import STARTUP_FAILURE, configure_logging, release_large_buffers_to_the_os, serve
 from service.settings import Settings
 
-__all__ = ["Supervisor", "bound_socket"]
+__all__ = ["Child", "Supervisor", "bound_socket"]
 
 log = logging.getLogger("service.supervisor")
 
 _spawn = multiprocessing.get_context("spawn")
 _PR_SET_PDEATHSIG = 1
 _POLL_S = 0.2
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+_MAX_BACKOFF_S = 30.0
+
+
+@dataclass
+class Child:
+    process: multiprocessing.process.BaseProcess
+    ready: multiprocessing.synchronize.Event  # set by the child once its models are warmed up
+    reaped: bool = False
+    replaced: bool = False  # died while serving; another takes (or will take) its place
+
+
+ChildTarget = Callable[[Settings, int, "multiprocessing.synchronize.Event"], None]
 
 
 class Supervisor:
-    def __init__(self, settings: Settings):
+    def __init__(self, settings: Settings, *, target: ChildTarget | None = None):
+        """``target(settings, supervisor_pid, ready)`` runs in each child: by default, a server."""
         self.settings = settings
-        self.children: list[multiprocessing.process.BaseProcess] = []
+        self.target = target or _child
+        self.children: list[Child] = []
         self._signals: list[int] = []
-        self._reaped: set[int] = set()
         self._stopping = False
         self._failed = False
+        self._restarts: list[float] = []  # when children that had been serving died, for the backoff
+        self._due: list[tuple[float, int]] = []  # (time, slot) of replacements waiting for their backoff
 
     def run(self) -> int:
         """Serve with ``settings.processes`` children until signalled; the exit status for the command."""
@@ -73,27 +99,38 @@ class Supervisor:
                 port = probe.getsockname()[1]  # also picks one for port 0
             holder = bound_socket(s.host, port, reuse_port=True)  # holds the port; the children listen
         except OSError as exc:
-            log.error("cannot bind %s:%d: %s", s.host, s.port, exc)
+            log.error("cannot bind %s port %d: %s", s.host, s.port, exc)
             return STARTUP_FAILURE
         self.settings = s = s.model_copy(update={"port": port})
-        log.info("serving on http://%s:%d with %d processes", s.host, s.port, s.processes)
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        host = f"[{s.host}]" if ":" in s.host else s.host
+        log.info("serving on http://%s:%d with %d processes", host, s.port, s.processes)
+        for sig in _STOP_SIGNALS:
             signal.signal(sig, lambda sig, frame: self._signals.append(sig))
-        with holder, tempfile.TemporaryDirectory(prefix="upscaler-metrics-") as metrics_dir:
+        with holder, _metrics_dir() as metrics_dir:
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # the children inherit it
             self.children = [self._start() for _ in range(s.processes)]
-            while any(child.is_alive() for child in self.children):
+            while not self._stopping or any(c.process.is_alive() for c in self.children):
                 time.sleep(_POLL_S)
                 self._forward_signals()
                 self._reap(metrics_dir)
-        codes = [child.exitcode for child in self.children]
+                self._start_due()
+        codes = [c.process.exitcode for c in self.children if not c.replaced]
         log.info("all server processes stopped (exit statuses %s)", codes)
-        return STARTUP_FAILURE if self._failed else int(any(codes))
+        # A child stopped by the signal it was sent (it was still starting) stopped as asked.
+        clean = all(code in (0, *(-sig for sig in _STOP_SIGNALS)) for code in codes)
+        return STARTUP_FAILURE if self._failed else int(not clean)
 
-    def _start(self) -> multiprocessing.process.BaseProcess:
-        child = _spawn.Process(target=_child, args=(self.settings, os.getpid()), name="upscaler-server")
-        child.start()
-        return child
+    def _start(self) -> Child:
+        ready = _spawn.Event()
+        process = _spawn.Process(target=self.target, args=(self.settings, os.getpid(), ready), name="upscaler-server")
+        # Blocked while it starts, so no signal kills the child before it has left the terminal's process group;
+        # it unblocks them itself (the mask is inherited across exec).
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        return Child(process, ready)
 
     def _forward_signals(self) -> None:
         while self._signals:
@@ -105,46 +142,91 @@ class Supervisor:
 
     def _signal_children(self, sig: int) -> None:
         for child in self.children:
-            if child.is_alive():
-                os.kill(child.pid, sig)
+            if child.process.is_alive():
+                os.kill(child.process.pid, sig)
 
     def _reap(self, metrics_dir: str) -> None:
-        """Account for children that exited: replace one that died while serving, give up on one that failed
-        to start."""
-        for i, child in enumerate(self.children):
-            if child.exitcode is None or child.pid in self._reaped:
+        """Account for children that exited: one that never became ready failed to start, and a replacement
+        would fail the same way; one that died while serving is replaced, after a backoff if that keeps
+        happening."""
+        for slot, child in enumerate(self.children):
+            if child.reaped or child.process.exitcode is None:
                 continue
-            self._reaped.add(child.pid)
-            multiprocess.mark_process_dead(child.pid, metrics_dir)  # its gauges no longer count
+            child.reaped = True
+            multiprocess.mark_process_dead(child.process.pid, metrics_dir)  # its gauges no longer count
             if self._stopping:
                 continue
-            if child.exitcode == STARTUP_FAILURE:  # its log says why
-                log.error("a server process failed to start; stopping the others")
+            code = child.process.exitcode
+            if not child.ready.is_set():
+                log.error("a server process failed to start (exit status %s); stopping the others", code)
                 self._failed = self._stopping = True
                 for _ in range(2):  # a second signal skips the drain
                     self._signal_children(signal.SIGTERM)
                 continue
-            log.error("server process %d died (exit status %s); starting another", child.pid, child.exitcode)
-            self.children[i] = self._start()
+            child.replaced = True
+            delay = self._backoff()
+            log.error(
+                "server process %d died (exit status %s); starting another in %.0f s", child.process.pid, code, delay
+            )
+            self._due.append((time.monotonic() + delay, slot))
+
+    def _backoff(self) -> float:
+        """0 s for a death after a quiet minute; doubling from 1 s up to 30 s while deaths keep coming."""
+        now = time.monotonic()
+        self._restarts = [t for t in self._restarts if now - t < 60] + [now]
+        recent = len(self._restarts) - 1
+        return 0.0 if recent == 0 else min(_MAX_BACKOFF_S, 2.0 ** (recent - 1))
+
+    def _start_due(self) -> None:
+        now = time.monotonic()
+        for due in [d for d in self._due if d[0] <= now]:
+            self._due.remove(due)
+            if not self._stopping:
+                self.children[due[1]] = self._start()
+
+
+@contextlib.contextmanager
+def _metrics_dir() -> Iterator[str]:
+    """A fresh folder for prometheus-client's multiprocess files, locked while in use; folders left behind by
+    supervisors that were killed (their lock is free) are removed first."""
+    root = Path(tempfile.gettempdir())
+    for old in root.glob("upscaler-metrics-*"):
+        with contextlib.suppress(OSError), open(old / ".lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while its supervisor runs
+            shutil.rmtree(old, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="upscaler-metrics-") as path, open(Path(path) / ".lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield path
 
 
 def bound_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
-    """A TCP socket bound to host:port, not yet listening; with ``reuse_port``, one of a group that share it."""
-    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    """A TCP socket bound to host:port, not yet listening; with ``reuse_port``, one of a group that share it.
+
+    The address is the first ``getaddrinfo`` gives for a listening socket; IPv6 sockets are IPv6-only, as asyncio
+    makes them for a single server.
+    """
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
+        0
+    ]
+    sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: connections in TIME_WAIT do not block
     if reuse_port:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
-    sock.bind((host, port))
+    if family == socket.AF_INET6:
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    sock.bind(address)
     return sock
 
 
-def _child(settings: Settings, parent: int) -> None:
+def _child(settings: Settings, parent: int, ready: multiprocessing.synchronize.Event) -> None:
     """One server process of the supervisor's."""
     os.setpgid(0, 0)  # out of the terminal's process group: signals come through the supervisor
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     _die_with_parent(parent)
     configure_logging(settings)
     release_large_buffers_to_the_os()
-    sys.exit(serve(settings, bound_socket(settings.host, settings.port, reuse_port=True)))  # uvicorn listens
+    sock = bound_socket(settings.host, settings.port, reuse_port=True)  # uvicorn makes it listen
+    sys.exit(serve(settings, sock, on_ready=ready.set))
 
 
 def _die_with_parent(parent: int) -> None:

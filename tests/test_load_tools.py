@@ -36,6 +36,12 @@ def test_closed_loop_in_several_client_processes_merges_their_counts(server, pay
     assert 0 < step.p50_ms <= step.p99_ms
 
 
+def test_closed_loop_with_fewer_workers_than_client_processes_still_sends_every_request(server, payloads):
+    with ProcessLoad(2) as clients:
+        step = clients.closed_loop(server.url, payloads, 1, LoadOptions(duration=30, max_requests=3))
+    assert step.requests == step.ok == 3
+
+
 def test_open_loop_sends_at_the_offered_rate(server, payloads):
     step = asyncio.run(
         open_loop(server.url, payloads, 8, LoadOptions(duration=0.5, max_requests=100, params={"scale": 3}))

@@ -130,7 +130,7 @@ def test_a_process_that_cannot_start_stops_the_service_with_status_3(tmp_path):
     )
     assert proc.returncode == 3
     assert "no <variant>_x<scale>.onnx models found" in proc.stderr
-    assert "a server process failed to start; stopping the others" in proc.stderr
+    assert "a server process failed to start (exit status 3); stopping the others" in proc.stderr
 
 
 def test_a_port_in_use_is_reported_and_nothing_starts(tmp_path, two_processes):
@@ -139,4 +139,26 @@ def test_a_port_in_use_is_reported_and_nothing_starts(tmp_path, two_processes):
     proc = subprocess.run(
         [sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
-    assert proc.returncode == 3 and f"cannot bind 127.0.0.1:{port}" in proc.stderr
+    assert proc.returncode == 3 and f"cannot bind 127.0.0.1 port {port}" in proc.stderr
+
+
+def supervise(target: str, seconds: float) -> subprocess.CompletedProcess:
+    """tests/supervisor_targets.py: a supervisor of two ``target`` children, SIGTERMed after ``seconds``."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "tests.supervisor_targets", target, str(seconds)]
+    return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_a_process_that_exits_before_it_is_ready_is_not_restarted(tmp_path):
+    proc = supervise("exit_before_ready", seconds=30)
+    assert proc.returncode == 3
+    assert proc.stderr.count("failed to start (exit status 1)") == 1 and "starting another" not in proc.stderr
+
+
+def test_a_process_that_keeps_dying_is_restarted_ever_more_slowly():
+    proc = supervise("ready_then_exit", seconds=5)
+    delays = [int(d) for d in re.findall(r"starting another in (\d+) s", proc.stderr)]
+    # Two children dying every 0.3 s of life: the first death is replaced at once, then 1, 2, 4 s...
+    assert delays[:4] == [0, 1, 2, 4], proc.stderr
+    assert len(delays) < 12  # without the backoff: about 30 in 5 s
+    assert proc.returncode == 0  # the SIGTERM stopped what was running, as asked
