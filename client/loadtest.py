@@ -224,19 +224,16 @@ class ProcessLoad:
         if self._pool is None:
             return asyncio.run(closed_loop(server, payloads, concurrency, options))
         parts = [range(k, concurrency, self.processes) for k in range(min(self.processes, concurrency))]
-        quota, extra = divmod(options.max_requests, len(parts))
+        # Requests in proportion to each part's workers, so every worker gets about the same number.
+        quotas = [options.max_requests * len(workers) // concurrency for workers in parts]
+        for k in range(options.max_requests - sum(quotas)):
+            quotas[k] += 1
         start = time.time() + 0.2  # every process starts its clock together
         futures = [
             self._pool.submit(
-                _closed_part,
-                server,
-                payloads,
-                workers,
-                concurrency,
-                replace(options, max_requests=quota + (k < extra)),
-                start,
+                _closed_part, server, payloads, workers, concurrency, replace(options, max_requests=quota), start
             )
-            for k, workers in enumerate(parts)
+            for workers, quota in zip(parts, quotas, strict=True)
         ]
         merged, began, ended = _Recorder(options.scale), [], []
         for future in futures:

@@ -79,10 +79,13 @@ class ServiceState:
     on_ready: Callable[[], None] | None = None  # told once the models are warmed up (the supervisor listens)
 
     def set_ready(self) -> None:
-        self.ready = True
-        self.metrics.processes_ready.set(1)
+        """Warmed up: ``/readyz`` answers 200, unless a stop signal came while the models were loading."""
+        if self.draining:
+            return
         if self.on_ready:
             self.on_ready()
+        self.ready = True
+        self.metrics.processes_ready.set(1)
 
     def set_draining(self) -> None:
         """Not ready any more (``/readyz`` answers 503), though requests that still come are served."""

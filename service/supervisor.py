@@ -38,8 +38,8 @@ import ctypes
 import ctypes.util
 import fcntl
 import logging
+import math
 import multiprocessing
-import multiprocessing.synchronize
 import os
 import shutil
 import signal
@@ -49,6 +49,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from multiprocessing import resource_tracker
 from pathlib import Path
 
 from prometheus_client import multiprocess
@@ -65,29 +66,34 @@ _PR_SET_PDEATHSIG = 1
 _POLL_S = 0.2
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _MAX_BACKOFF_S = 30.0
+_METRICS_PREFIX = "upscaler-metrics-"
 
 
 @dataclass
 class Child:
     process: multiprocessing.process.BaseProcess
-    ready: multiprocessing.synchronize.Event  # set by the child once its models are warmed up
+    # 1 once the child's models are warmed up. A lock-free shared byte: a child killed while setting it cannot
+    # leave the supervisor waiting on a lock.
+    ready: ctypes.c_byte
     reaped: bool = False
     replaced: bool = False  # died while serving; another takes (or will take) its place
 
 
-ChildTarget = Callable[[Settings, int, "multiprocessing.synchronize.Event"], None]
+ChildTarget = Callable[[Settings, ctypes.c_byte], None]
 
 
 class Supervisor:
     def __init__(self, settings: Settings, *, target: ChildTarget | None = None):
-        """``target(settings, supervisor_pid, ready)`` runs in each child: by default, a server."""
+        """``target(settings, ready)`` runs in each child, which sets ``ready.value = 1`` once it serves: by default,
+        a server."""
         self.settings = settings
-        self.target = target or _child
+        self.target = target or _serve
         self.children: list[Child] = []
         self._signals: list[int] = []
         self._stopping = False
         self._failed = False
-        self._restarts: list[float] = []  # when children that had been serving died, for the backoff
+        self._delay = 0.0  # before the next replacement; doubles while deaths keep coming
+        self._last_death = -math.inf
         self._due: list[tuple[float, int]] = []  # (time, slot) of replacements waiting for their backoff
 
     def run(self) -> int:
@@ -102,17 +108,17 @@ class Supervisor:
             log.error("cannot bind %s port %d: %s", s.host, s.port, exc)
             return STARTUP_FAILURE
         self.settings = s = s.model_copy(update={"port": port})
-        host = f"[{s.host}]" if ":" in s.host else s.host
-        log.info("serving on http://%s:%d with %d processes", host, s.port, s.processes)
         for sig in _STOP_SIGNALS:
             signal.signal(sig, lambda sig, frame: self._signals.append(sig))
+        host = f"[{s.host}]" if ":" in s.host else s.host
+        log.info("serving on http://%s:%d with %d processes", host, s.port, s.processes)  # signals are handled now
         with holder, _metrics_dir() as metrics_dir:
             os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # the children inherit it
             self.children = [self._start() for _ in range(s.processes)]
             while not self._stopping or any(c.process.is_alive() for c in self.children):
                 time.sleep(_POLL_S)
+                self._reap(metrics_dir)  # first: a child that died on its own is not one stopped by a signal
                 self._forward_signals()
-                self._reap(metrics_dir)
                 self._start_due()
         codes = [c.process.exitcode for c in self.children if not c.replaced]
         log.info("all server processes stopped (exit statuses %s)", codes)
@@ -121,10 +127,13 @@ class Supervisor:
         return STARTUP_FAILURE if self._failed else int(not clean)
 
     def _start(self) -> Child:
-        ready = _spawn.Event()
-        process = _spawn.Process(target=self.target, args=(self.settings, os.getpid(), ready), name="upscaler-server")
+        ready = _spawn.RawValue(ctypes.c_byte, 0)
+        args = (self.target, self.settings, os.getpid(), ready)
+        process = _spawn.Process(target=_bootstrap, args=args, name="upscaler-server")
         # Blocked while it starts, so no signal kills the child before it has left the terminal's process group;
-        # it unblocks them itself (the mask is inherited across exec).
+        # it unblocks them itself (the mask is inherited across exec). multiprocessing's resource tracker is
+        # started first: starting it unblocks these signals again.
+        resource_tracker.ensure_running()
         old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
         try:
             process.start()
@@ -157,7 +166,7 @@ class Supervisor:
             if self._stopping:
                 continue
             code = child.process.exitcode
-            if not child.ready.is_set():
+            if not child.ready.value:
                 log.error("a server process failed to start (exit status %s); stopping the others", code)
                 self._failed = self._stopping = True
                 for _ in range(2):  # a second signal skips the drain
@@ -171,11 +180,12 @@ class Supervisor:
             self._due.append((time.monotonic() + delay, slot))
 
     def _backoff(self) -> float:
-        """0 s for a death after a quiet minute; doubling from 1 s up to 30 s while deaths keep coming."""
+        """0 s for a death after a quiet minute; then 1 s, doubling up to 30 s, while deaths keep coming."""
         now = time.monotonic()
-        self._restarts = [t for t in self._restarts if now - t < 60] + [now]
-        recent = len(self._restarts) - 1
-        return 0.0 if recent == 0 else min(_MAX_BACKOFF_S, 2.0 ** (recent - 1))
+        quiet = now - self._last_death > 60
+        self._last_death = now
+        self._delay = 0.0 if quiet else min(_MAX_BACKOFF_S, max(1.0, 2 * self._delay))
+        return self._delay
 
     def _start_due(self) -> None:
         now = time.monotonic()
@@ -187,16 +197,27 @@ class Supervisor:
 
 @contextlib.contextmanager
 def _metrics_dir() -> Iterator[str]:
-    """A fresh folder for prometheus-client's multiprocess files, locked while in use; folders left behind by
-    supervisors that were killed (their lock is free) are removed first."""
+    """A fresh folder for prometheus-client's multiprocess files. The supervisor and each child hold a shared lock
+    on its ``.lock``, and the folder only gets its findable name once locked; folders whose lock nobody holds were
+    left by a supervisor that was killed, and are removed first."""
     root = Path(tempfile.gettempdir())
-    for old in root.glob("upscaler-metrics-*"):
-        with contextlib.suppress(OSError), open(old / ".lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while its supervisor runs
-            shutil.rmtree(old, ignore_errors=True)
-    with tempfile.TemporaryDirectory(prefix="upscaler-metrics-") as path, open(Path(path) / ".lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield path
+    for old in root.glob(f"{_METRICS_PREFIX}*"):
+        with contextlib.suppress(OSError):
+            fd = os.open(old / ".lock", os.O_RDWR)  # no lock file: not one of ours to judge
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # raises while a supervisor or child holds it
+                shutil.rmtree(old, ignore_errors=True)
+            finally:
+                os.close(fd)
+    staging = Path(tempfile.mkdtemp(prefix=f".{_METRICS_PREFIX}"))
+    path = staging.with_name(staging.name[1:])
+    try:
+        with open(staging / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_SH)  # shared, like the children's: only the clean-up takes it exclusively
+            staging.rename(path)
+            yield str(path)
+    finally:
+        shutil.rmtree(path if path.exists() else staging, ignore_errors=True)
 
 
 def bound_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
@@ -205,9 +226,8 @@ def bound_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     The address is the first ``getaddrinfo`` gives for a listening socket; IPv6 sockets are IPv6-only, as asyncio
     makes them for a single server.
     """
-    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[
-        0
-    ]
+    addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    family, kind, proto, _, address = addresses[0]
     sock = socket.socket(family, kind, proto)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn: connections in TIME_WAIT do not block
     if reuse_port:
@@ -218,15 +238,28 @@ def bound_socket(host: str, port: int, *, reuse_port: bool) -> socket.socket:
     return sock
 
 
-def _child(settings: Settings, parent: int, ready: multiprocessing.synchronize.Event) -> None:
-    """One server process of the supervisor's."""
-    os.setpgid(0, 0)  # out of the terminal's process group: signals come through the supervisor
+def _bootstrap(target: ChildTarget, settings: Settings, parent: int, ready: ctypes.c_byte) -> None:
+    """The start of every child: out of the terminal's process group (signals come through the supervisor), the
+    signals blocked by the supervisor delivered again, with the default action until the server installs its own
+    (a pending Ctrl-C ends it quietly rather than with a KeyboardInterrupt), the metrics lock shared, then
+    ``target``."""
+    os.setpgid(0, 0)
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
     _die_with_parent(parent)
+    shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if shared:
+        lock = os.open(Path(shared) / ".lock", os.O_RDONLY)  # held until this process ends
+        fcntl.flock(lock, fcntl.LOCK_SH)
+    target(settings, ready)
+
+
+def _serve(settings: Settings, ready: ctypes.c_byte) -> None:
+    """A server process."""
     configure_logging(settings)
     release_large_buffers_to_the_os()
     sock = bound_socket(settings.host, settings.port, reuse_port=True)  # uvicorn makes it listen
-    sys.exit(serve(settings, sock, on_ready=ready.set))
+    sys.exit(serve(settings, sock, on_ready=lambda: setattr(ready, "value", 1)))
 
 
 def _die_with_parent(parent: int) -> None:

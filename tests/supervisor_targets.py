@@ -6,28 +6,37 @@ import sys
 import time
 
 
-def exit_before_ready(settings, parent: int, ready) -> None:
+def exit_before_ready(settings, ready) -> None:
     """A child that fails before it is ready, with a status other than uvicorn's 3 (an import error, say)."""
     sys.exit(1)
 
 
-def ready_then_exit(settings, parent: int, ready) -> None:
+def ready_then_exit(settings, ready) -> None:
     """A child that serves for a moment, then crashes."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGTERM, signal.SIGINT))
-    ready.set()
+    ready.value = 1
     time.sleep(0.3)
     os._exit(1)
 
 
+def ready_and_wait(settings, ready) -> None:
+    """A child that serves until it is stopped, with no signal handler of its own."""
+    ready.value = 1
+    time.sleep(60)
+
+
 def supervise(target: str, seconds: float) -> None:
     """Run a supervisor of two ``target`` children for ``seconds`` (or until it ends), then SIGTERM it."""
+    import logging
     import threading
 
     import tests.supervisor_targets as targets
     from service.settings import Settings
     from service.supervisor import Supervisor
 
-    threading.Timer(seconds, os.kill, args=(os.getpid(), signal.SIGTERM)).start()
+    logging.basicConfig(level="INFO", format="%(name)s %(message)s")  # the tests read the supervisor's log
+    stop = threading.Timer(seconds, os.kill, args=(os.getpid(), signal.SIGTERM))
+    stop.daemon = True  # the supervisor may end first
+    stop.start()
     sys.exit(Supervisor(Settings(port=0, processes=2), target=getattr(targets, target)).run())
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import signal
@@ -142,9 +143,9 @@ def test_a_port_in_use_is_reported_and_nothing_starts(tmp_path, two_processes):
     assert proc.returncode == 3 and f"cannot bind 127.0.0.1 port {port}" in proc.stderr
 
 
-def supervise(target: str, seconds: float) -> subprocess.CompletedProcess:
+def supervise(target: str, seconds: float, **env: str) -> subprocess.CompletedProcess:
     """tests/supervisor_targets.py: a supervisor of two ``target`` children, SIGTERMed after ``seconds``."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
     cmd = [sys.executable, "-m", "tests.supervisor_targets", target, str(seconds)]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
@@ -156,9 +157,36 @@ def test_a_process_that_exits_before_it_is_ready_is_not_restarted(tmp_path):
 
 
 def test_a_process_that_keeps_dying_is_restarted_ever_more_slowly():
-    proc = supervise("ready_then_exit", seconds=5)
+    proc = supervise("ready_then_exit", seconds=8)
     delays = [int(d) for d in re.findall(r"starting another in (\d+) s", proc.stderr)]
-    # Two children dying every 0.3 s of life: the first death is replaced at once, then 1, 2, 4 s...
-    assert delays[:4] == [0, 1, 2, 4], proc.stderr
-    assert len(delays) < 12  # without the backoff: about 30 in 5 s
+    # Children dying 0.3 s after they start: the first death is replaced at once, then after 1, 2, 4, 8 s.
+    assert len(delays) >= 4 and delays == [0, 1, 2, 4, 8, 16][: len(delays)], proc.stderr
     assert proc.returncode == 0  # the SIGTERM stopped what was running, as asked
+
+
+def test_ctrl_c_while_the_processes_start_stops_them_quietly():
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    cmd = [sys.executable, "-m", "tests.supervisor_targets", "ready_and_wait", "60"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    log = []
+    for line in proc.stderr:  # the supervisor has its signal handlers once it says where it serves
+        log.append(line)
+        if "serving on" in line:
+            break
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does: the whole foreground group
+    log.append(proc.communicate(timeout=60)[1])
+    assert proc.returncode == 0, "".join(log)
+    assert "KeyboardInterrupt" not in "".join(log)
+
+
+def test_metrics_folders_left_by_a_killed_supervisor_are_removed_and_live_ones_kept(tmp_path):
+    stale, live = tmp_path / "upscaler-metrics-stale", tmp_path / "upscaler-metrics-live"
+    for folder in (stale, live):
+        folder.mkdir()
+        (folder / ".lock").touch()
+    with open(live / ".lock") as held:
+        fcntl.flock(held, fcntl.LOCK_SH)  # as a running supervisor or its child holds it
+        proc = supervise("exit_before_ready", seconds=30, TMPDIR=str(tmp_path))
+    assert proc.returncode == 3
+    ours = sorted(p.name for p in tmp_path.iterdir() if "upscaler-metrics" in p.name)
+    assert ours == ["upscaler-metrics-live"]  # the stale one and the supervisor's own are gone
