@@ -157,5 +157,8 @@ log "docker stop (SIGTERM)"
 docker stop --time 30 "$CONTAINER" >/dev/null
 code="$(docker inspect --format '{{.State.ExitCode}}' "$CONTAINER")"
 [ "$code" = 0 ] || fail "exit code $code after SIGTERM"
-docker logs "$CONTAINER" 2>&1 | grep -q draining || fail "no 'draining' in the log: SIGTERM did not reach the service"
+# Read the whole log first: with pipefail, `docker logs | grep -q` fails whenever grep stops reading before
+# docker logs has written everything (SIGPIPE), even though the line is there.
+container_log="$(docker logs "$CONTAINER" 2>&1)"
+grep -q draining <<<"$container_log" || fail "no 'draining' in the log: SIGTERM did not reach the service"
 log "PASS: built, healthy, upscaled, drained and exited 0"
