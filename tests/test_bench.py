@@ -25,6 +25,13 @@ def test_engine_benchmark_counts_flops_and_both_runtimes(capsys):
     assert set(result["graph_optimization_ms"]) == {"model", "cpu_twin"} and result["cpu_twin_speedup"] > 0
 
 
+def test_service_benchmark_divides_each_service_figure_by_the_engine_figures_around_it():
+    engine_figures, service_figures = iter([10.0, 12.0, 8.0]), iter([9.9, 9.0])
+    rounds = service.paired_rounds(lambda: next(engine_figures), lambda: next(service_figures), 2)
+    assert [r["service_vs_engine"] for r in rounds] == pytest.approx([9.9 / 11, 9.0 / 10])
+    assert [(r["engine_before"], r["engine_after"]) for r in rounds] == [(10.0, 12.0), (12.0, 8.0)]
+
+
 @pytest.mark.skipif(
     "CUDAExecutionProvider" not in ort.get_available_providers() or not torch.cuda.is_available(),
     reason="needs ONNX Runtime's CUDA provider and torch with a GPU",

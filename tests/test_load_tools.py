@@ -1,6 +1,5 @@
 """Smoke tests of the load tools against the real service (bounded to a few requests; no timing assertions)."""
 
-import asyncio
 import csv
 import json
 import shutil
@@ -10,7 +9,7 @@ import pytest
 
 from client.loadtest import LoadOptions, ProcessLoad, closed_loop, main, make_payloads, open_loop
 
-from .conftest import ROOT
+from .conftest import ROOT, free_port
 
 
 @pytest.fixture(scope="module")
@@ -19,9 +18,7 @@ def payloads():
 
 
 def test_closed_loop_counts_requests_pixels_and_latency(server, payloads):
-    step = asyncio.run(
-        closed_loop(server.url, payloads, 2, LoadOptions(duration=30, max_requests=6, params={"scale": 2}))
-    )
+    step = closed_loop(server.url, payloads, 2, LoadOptions(duration=30, max_requests=6, params={"scale": 2}))
     assert step.requests == step.ok == 6 and step.errors == {}
     assert step.output_mpix_per_s > 0 and 0 < step.p50_ms <= step.p99_ms
 
@@ -43,22 +40,28 @@ def test_closed_loop_with_fewer_workers_than_client_processes_still_sends_every_
 
 
 def test_open_loop_sends_at_the_offered_rate(server, payloads):
-    step = asyncio.run(
-        open_loop(server.url, payloads, 8, LoadOptions(duration=0.5, max_requests=100, params={"scale": 3}))
-    )
+    step = open_loop(server.url, payloads, 8, LoadOptions(duration=0.5, max_requests=100, params={"scale": 3}))
     assert step.requests == 4 and step.ok == 4
 
 
 def test_open_loop_refuses_a_rate_of_zero(payloads):
     with pytest.raises(ValueError, match="rate above 0"):
-        asyncio.run(open_loop("http://127.0.0.1:9", payloads, 0, LoadOptions(duration=1, max_requests=1)))
+        open_loop("http://127.0.0.1:9", payloads, 0, LoadOptions(duration=1, max_requests=1))
 
 
 def test_errors_are_counted_by_status(server, payloads):
-    step = asyncio.run(
-        closed_loop(server.url, payloads, 1, LoadOptions(duration=30, max_requests=2, params={"model": "nope"}))
-    )
+    step = closed_loop(server.url, payloads, 1, LoadOptions(duration=30, max_requests=2, params={"model": "nope"}))
     assert step.ok == 0 and step.errors == {"400": 2}
+
+
+def test_connection_failures_are_counted_by_exception_name(payloads):
+    step = closed_loop(f"http://127.0.0.1:{free_port()}", payloads, 2, LoadOptions(duration=30, max_requests=3))
+    assert step.ok == 0 and step.errors == {"ConnectionRefusedError": 3}
+
+
+def test_a_server_that_is_not_an_http_url_is_refused(payloads):
+    with pytest.raises(ValueError, match="http:// or https:// URL"):
+        closed_loop("127.0.0.1:8000", payloads, 1, LoadOptions(duration=1, max_requests=1))
 
 
 def test_command_writes_json_csv_and_plot(server, tmp_path):
