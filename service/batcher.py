@@ -16,7 +16,10 @@ a GPU) and place (results to integer pixels in the job's output). Cutting and
 placing run in their own small thread pool, and up to ``depth`` batches are
 between cut and place at once, so the engine runs batch N while N+1 is cut
 and N-1 placed: on a GPU the network takes a few milliseconds per batch and
-would otherwise wait for the CPU steps. The event loop keeps accepting,
+would otherwise wait for the CPU steps. Each step hands the next to its pool
+itself, so the event loop wakes once per batch, not once per step (a wake-up
+from a pool thread cost about 0.17 ms of CPU on the 2-core EPYC: 4 ms for the
+24 steps of a 512 x 512 image). The event loop keeps accepting,
 decoding and encoding throughout. Jobs whose deadline passed or whose request
 was abandoned are dropped from the queue.
 """
@@ -24,12 +27,14 @@ was abandoned are dropped from the queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import numpy as np
 
@@ -40,6 +45,8 @@ from service.tiling import TileGrid
 __all__ = ["Job", "Batcher"]
 
 log = logging.getLogger("service.batcher")
+
+T = TypeVar("T")
 
 
 @dataclass(eq=False)
@@ -212,12 +219,8 @@ class Batcher:
 
     async def _process(self, key: ModelKey, picks: list[tuple[Job, int]]) -> None:
         """Cut, run and place one batch; an engine failure fails the jobs in the batch, not the server."""
-        loop = asyncio.get_running_loop()
         try:
-            batch = await loop.run_in_executor(self._tile_pool, _cut, picks)
-            result, seconds = await loop.run_in_executor(self._engine_pool, self._infer, key, batch, _out_dtype(picks))
-            del batch
-            await loop.run_in_executor(self._tile_pool, _place, picks, result)
+            seconds = await asyncio.wrap_future(self._cut_run_place(key, picks))
         except Exception as exc:
             log.exception("model execution failed")
             for job, _ in picks:
@@ -230,6 +233,22 @@ class Batcher:
         self._complete(picks)  # before the metrics hook, so a failing hook cannot strand the jobs
         if self.on_batch:
             self.on_batch(key, len(picks), seconds)
+
+    def _cut_run_place(self, key: ModelKey, picks: list[tuple[Job, int]]) -> Future:
+        """Cut in a tile thread, run in an engine thread, place in a tile thread; the future ends with the
+        network's seconds, or with the first step's exception."""
+        done: Future = Future()
+        dtype = _out_dtype(picks)
+
+        def place(ran: tuple[np.ndarray, float]) -> None:
+            result, seconds = ran
+            _then(done, self._tile_pool, lambda: _place(picks, result), lambda _: _settle(done, result=seconds))
+
+        def run(batch: np.ndarray) -> None:
+            _then(done, self._engine_pool, lambda: self._infer(key, batch, dtype), place)
+
+        _then(done, self._tile_pool, lambda: _cut(picks), run)
+        return done
 
     def _infer(self, key: ModelKey, batch: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, float]:
         """(N, sT, sT, 3) pixels of ``dtype`` where the model makes them itself, else float (N, 3, sT, sT) results,
@@ -252,6 +271,31 @@ class Batcher:
                 job.future.set_result(job)
             if job.dead or (not job.todo and not job.running):
                 self._forget(job)
+
+
+def _then(done: Future, pool: Executor, step: Callable[[], T], next_step: Callable[[T], None]) -> None:
+    """Run ``step`` in ``pool``, then ``next_step`` on its result in the same thread; a failure of either ends
+    ``done`` with the exception."""
+
+    def finished(f: Future) -> None:
+        try:
+            next_step(f.result())
+        except BaseException as exc:  # whatever it is, the awaiting task must hear of it
+            _settle(done, exc=exc)
+
+    try:
+        pool.submit(step).add_done_callback(finished)
+    except RuntimeError as exc:  # the pool was shut down: the batcher is stopping
+        _settle(done, exc=exc)
+
+
+def _settle(done: Future, *, result: object = None, exc: BaseException | None = None) -> None:
+    """End ``done``, unless the awaiting task was cancelled (which cancelled it) first."""
+    with contextlib.suppress(InvalidStateError):
+        if exc is None:
+            done.set_result(result)
+        else:
+            done.set_exception(exc)
 
 
 def _cut(picks: list[tuple[Job, int]]) -> np.ndarray:
