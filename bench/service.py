@@ -106,20 +106,19 @@ def _process_metrics(text: str) -> dict[str, int]:
     return {k: int(float(v)) for k, v in re.findall(r"^(upscaler_processes(?:_ready)?) (\S+)$", text, re.M)}
 
 
-def engine_alone(model: Path, size: int, tile: int, batch: int, repeat: int, device: str) -> dict[str, float]:
-    """Output MPix/s of the engine on the tiles of one size x size image, batched as the service batches.
-
-    Measured with the service's layout (``engine.workers`` batches at once) and, on a CPU, also as one run at a
-    time on all cores; the faster of the two is the baseline the service is held to.
-    """
+def engine_layouts(model: Path, tile: int, device: str) -> dict[str, Engine]:
+    """The engine in the service's layout (``engine.workers`` batches at once) and, on a CPU, also as one run at a
+    time on all cores; the faster of the two is the baseline the service is held to. Built once, measured often."""
     layouts = {"service layout": Engine(model, tile=tile, prefer_gpu=device == "cuda")}
     if device == "cpu":
         layouts["one run on all cores"] = Engine(model, tile=tile, prefer_gpu=False, workers=1)
+    return {f"{name} ({engine.workers} x {engine.threads} threads)": engine for name, engine in layouts.items()}
+
+
+def engine_alone(layouts: dict[str, Engine], size: int, batch: int, repeat: int) -> dict[str, float]:
+    """Output MPix/s of each layout on the tiles of one size x size image, batched as the service batches."""
     img = np.random.default_rng(0).random((size, size, 3), dtype=np.float32)
-    return {
-        f"{name} ({engine.workers} x {engine.threads} threads)": _engine_mpix(engine, img, batch, repeat)
-        for name, engine in layouts.items()
-    }
+    return {name: _engine_mpix(engine, img, batch, repeat) for name, engine in layouts.items()}
 
 
 def _engine_mpix(engine: Engine, img: np.ndarray, batch: int, repeat: int) -> float:
@@ -150,7 +149,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--processes", type=int, default=0, help="server processes (default: the service's default)")
     p.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
     p.add_argument(
-        "--client-processes", type=int, default=1, help="load generator processes (one tops out near 130 MPix/s)"
+        "--client-processes",
+        type=int,
+        default=1,
+        help="load generator processes (for services faster than one can read)",
     )
     p.add_argument(
         "--rounds", type=int, default=5, help="paired rounds of engine alone and service at its best concurrency"
@@ -168,8 +170,9 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model = MODELS / "fast_x2.onnx" if args.model == "fast" else write_nearest_model(Path(tmp))
+        layouts = engine_layouts(model, args.tile, args.device)
         repeat = 1 if args.quick else 5
-        engine_layouts = engine_alone(model, size, args.tile, args.batch, repeat, args.device)
+        before = engine_alone(layouts, size, args.batch, repeat)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = {
@@ -190,7 +193,7 @@ def main(argv: list[str] | None = None) -> None:
                     raise SystemExit(f"no request to the service succeeded: {[r.errors for r in ours]}")
                 best = max(ours, key=lambda r: r.output_mpix_per_s)
                 rounds = paired_rounds(
-                    lambda: max(engine_alone(model, size, args.tile, args.batch, repeat, args.device).values()),
+                    lambda: max(engine_alone(layouts, size, args.batch, repeat).values()),
                     lambda: clients.closed_loop(url, payloads, int(best.level), load).output_mpix_per_s,
                     1 if args.quick else args.rounds,
                 )
@@ -200,11 +203,9 @@ def main(argv: list[str] | None = None) -> None:
         if args.model == "fast" and not args.no_naive:
             naive = naive_run(payloads, levels, load, args.device, args.client_processes)
         # Again after the servers ran: this machine's speed drifts, and the baseline is the best engine figure.
-        after = engine_alone(model, size, args.tile, args.batch, repeat, args.device)
-    engine_layouts = {
-        f"{k}, {when}": v for when, d in (("before", engine_layouts), ("after", after)) for k, v in d.items()
-    }
-    engine_mpix = max(engine_layouts.values())
+        after = engine_alone(layouts, size, args.batch, repeat)
+    by_layout = {f"{k}, {when}": v for when, d in (("before", before), ("after", after)) for k, v in d.items()}
+    engine_mpix = max(by_layout.values())
     ratios = [r["service_vs_engine"] for r in rounds]
     result = {
         "image": f"{size}x{size} PNG -> x2 PNG",
@@ -214,7 +215,7 @@ def main(argv: list[str] | None = None) -> None:
         "processes": processes,  # as the service reports it
         "client_processes": args.client_processes,
         "engine_alone_output_mpix_per_s": engine_mpix,
-        "engine_alone_by_layout": engine_layouts,
+        "engine_alone_by_layout": by_layout,
         "service_best_output_mpix_per_s": best.output_mpix_per_s,
         "service_vs_best_engine": best.output_mpix_per_s / engine_mpix,
         # The headline: median over rounds of the service at its best level against the engine just before and
@@ -243,21 +244,22 @@ def main(argv: list[str] | None = None) -> None:
 
 def paired_rounds(engine: Callable[[], float], service: Callable[[], float], rounds: int) -> list[dict]:
     """Engine, service, engine, ... service, engine: each service figure against the mean of the engine figures
-    measured just before and just after it. This machine's speed drifts by 5-10% between minutes, so a ratio of
-    two figures taken minutes apart says as much about the drift as about the service."""
-    engines, out = [engine()], []
+    measured just before and just after it. This machine's engine speed swung by 10-30% between minutes (7.9 to
+    11.4 MPix/s in one run), so a ratio of two figures taken minutes apart says as much about the drift as about
+    the service."""
+    before, out = engine(), []
     for _ in range(rounds):
         served = service()
-        engines.append(engine())
-        baseline = (engines[-2] + engines[-1]) / 2
+        after = engine()
         out.append(
             {
-                "engine_before": engines[-2],
+                "engine_before": before,
                 "service": served,
-                "engine_after": engines[-1],
-                "service_vs_engine": served / baseline,
+                "engine_after": after,
+                "service_vs_engine": served / ((before + after) / 2),
             }
         )
+        before = after
     return out
 
 
