@@ -203,11 +203,11 @@ def cpu_layout(threads: int = 0, workers: int = 0, cores: int | None = None) -> 
     return threads or max(1, cores // workers), workers
 
 
-def _session_options(on_cpu: bool, threads: int) -> ort.SessionOptions:
+def _session_options(on_cpu: bool, threads: int, cpu_twin: bool = False) -> ort.SessionOptions:
     opts = ort.SessionOptions()
-    # On CPU, "all" adds ORT's blocked NCHWc layout, which measured 3-9% slower for these thin
-    # networks than "extended" (bench/results/engine.json, graph_optimization_ms).
-    level = "ORT_ENABLE_EXTENDED" if on_cpu else "ORT_ENABLE_ALL"
+    # On CPU, "all" adds ORT's blocked NCHWc layout. CPU twins are written for it (export/cpu.py); the
+    # shipped graphs ran 3-9% slower with it than with "extended" (bench/results/engine.json).
+    level = "ORT_ENABLE_EXTENDED" if on_cpu and not cpu_twin else "ORT_ENABLE_ALL"
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     # With CUDA, ORT's CPU threads run only the shape operators: one is enough unless asked for more.
     opts.intra_op_num_threads = threads if on_cpu else threads or 1
@@ -224,11 +224,12 @@ def _open_sessions(
     """One session per model: on the CPU provider its CPU twin where there is one; on CUDA the model, or its
     fp16 twin where fp16 is asked for and the twin exists."""
     on_cpu = providers == ["CPUExecutionProvider"]
-    opts = _session_options(on_cpu, threads)
+    opts, twin_opts = _session_options(on_cpu, threads), _session_options(on_cpu, threads, cpu_twin=True)
     sessions = {}
     for key, spec in specs.items():
-        path = spec.cpu_path if on_cpu and spec.cpu_path else spec.path
-        sessions[key] = ort.InferenceSession(str(path), opts, providers=providers)
+        twin = on_cpu and spec.cpu_path is not None
+        path = spec.cpu_path if twin else spec.path
+        sessions[key] = ort.InferenceSession(str(path), twin_opts if twin else opts, providers=providers)
         on_cuda = sessions[key].get_providers()[0] == "CUDAExecutionProvider"
         if on_cuda and precision == "fp16" and spec.fp16_path is not None:
             sessions[key] = ort.InferenceSession(str(spec.fp16_path), opts, providers=providers)

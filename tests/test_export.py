@@ -8,9 +8,10 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
+from onnx import numpy_helper
 
 from export.cpu import lower_for_cpu
-from export.onnx import export_onnx, parity
+from export.onnx import export_onnx, parity, twin_max_abs_diff
 from export.onnx import main as export_main
 from model.network import build, config_dict
 from model.onnx_weights import weights_from_onnx
@@ -79,24 +80,42 @@ def test_twins_record_the_model_they_were_written_from(exported, twin):
     assert meta["source_sha256"] == hashlib.sha256((exported / "fast_x3.onnx").read_bytes()).hexdigest()
 
 
-def test_cpu_twin_has_no_prelu_or_pixel_shuffle_and_keeps_the_learned_transposed_convolution(exported):
-    model, twin = (onnx.load(exported / name) for name in ("fast_x3.onnx", "fast_x3_cpu.onnx"))
+def test_cpu_twin_has_no_prelu_pixel_shuffle_or_learned_transposed_convolution(exported):
+    twin = onnx.load(exported / "fast_x3_cpu.onnx")
     ops = [n.op_type for n in twin.graph.node]
     assert "PRelu" not in ops and "DepthToSpace" not in ops
-    learned = [n.input[1] for n in model.graph.node if n.op_type == "ConvTranspose"]
-    assert learned == [n.input[1] for n in twin.graph.node if n.op_type == "ConvTranspose" and n.input[1] in learned]
+    consts = {init.name: numpy_helper.to_array(init) for init in twin.graph.initializer}
+    shuffles = [consts[n.input[1]] for n in twin.graph.node if n.op_type == "ConvTranspose"]
+    assert len(shuffles) == 2 and all(set(np.unique(k)) == {0, 1} for k in shuffles)  # skip and upsampler
     assert {p.key: p.value for p in twin.metadata_props}["lowered_for"] == "CPUExecutionProvider"
 
 
-def test_cpu_twin_is_exact_for_slopes_of_every_sign(tmp_path):
-    """x + (a - 1) * min(x, 0) must equal PReLU for negative slopes and slopes above 1 (both occur in training)."""
-    net = build("fast", 2)
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("variant", ["fast", "turbo"])
+def test_cpu_twin_is_exact_for_every_scale_and_slopes_of_every_sign(tmp_path, variant, scale):
+    """Negative slopes, slopes above 1 and exactly 0 or 1 all occur in training; each scale has its own phases."""
+    net = build(variant, scale)
     with torch.no_grad():
         for act in (m for m in net.modules() if isinstance(m, torch.nn.PReLU)):
-            act.weight.copy_(torch.linspace(-1.5, 1.8, act.weight.numel()))
-    export_onnx(net, tmp_path / "m.onnx", "fast")
+            slopes = torch.linspace(-1.5, 1.8, act.weight.numel()) if act.weight.numel() > 1 else torch.tensor([0.3])
+            act.weight.copy_(torch.cat([torch.tensor([0.0, 1.0]), slopes])[: act.weight.numel()])
+        net.upsample.weight.normal_(0, 0.03)  # far from its bilinear start, so every tap matters
+        net.upsample.bias.normal_(0, 0.03)
+    export_onnx(net, tmp_path / "m.onnx", variant)
     lower_for_cpu(tmp_path / "m.onnx", tmp_path / "m_cpu.onnx")
-    assert parity(net, tmp_path / "m_cpu.onnx") < 1e-5
+    assert twin_max_abs_diff(tmp_path / "m.onnx", tmp_path / "m_cpu.onnx", net.context) < 1e-5
+
+
+def test_onnx_runtime_keeps_the_cpu_twin_in_its_blocked_layout_from_input_to_upsampler(exported, tmp_path):
+    """Each reorder between NCHW and NCHWc is a pass over memory; the twin should need one, before the shuffle."""
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(exported / "fast_x3_cpu.onnx"), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node]
+    if not any(n.startswith("Reorder") for n in ops) and "Conv" in ops:
+        pytest.skip("ONNX Runtime has no NCHWc kernels for this CPU")
+    assert ops.count("ReorderOutput") == 1 and "ReorderInput" not in ops and "PRelu" not in ops
 
 
 def test_rewriting_twins_refreshes_them_from_the_model_and_updates_the_card(exported, tmp_path):
