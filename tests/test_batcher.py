@@ -107,7 +107,8 @@ def test_cancelled_request_drops_its_tiles(engine):
 
 
 def test_batches_overlap_up_to_the_depth_and_no_further(engine, monkeypatch):
-    """While the network runs one batch, the next is cut: batches between cut and place reach the depth."""
+    """While the network runs one batch, the next is cut: batches between cut and place reach the depth.
+    (Float results, so the tile threads cut and place; see the next test for 8-bit pixels.)"""
     in_flight, most, lock = 0, 0, threading.Lock()
     cut, place = batcher_module._cut, batcher_module._place
 
@@ -136,15 +137,34 @@ def test_batches_overlap_up_to_the_depth_and_no_further(engine, monkeypatch):
     monkeypatch.setattr(engine, "run", slowly(engine.run))  # whichever the batcher calls for this model
     monkeypatch.setattr(engine, "run_pixels", slowly(engine.run_pixels))
 
-    img = smooth_image(64, 64)
+    img = smooth_image(64, 64).astype(np.float32) / 255
 
     async def body(batcher, batches):
         return (await batcher.upscale(KEY, img, timeout=60)).out
 
-    out = run(_with_batcher(engine, body, max_batch=2, depth=2))
-    assert most == 2
-    expected = to_pixels(engine.upscale(KEY, img.astype(np.float32) / 255), np.uint8)
-    assert np.abs(out.astype(int) - expected).max() <= 1  # every tile placed where it belongs
+    out = run(_with_batcher(engine, body, max_batch=2, depth=3))
+    assert most == 3
+    assert np.abs(out - engine.upscale(KEY, img)).max() <= 1e-5  # every tile placed where it belongs
+
+
+def test_eight_bit_pixels_made_by_the_model_are_cut_and_placed_in_the_engine_threads(engine, monkeypatch):
+    """Cutting and placing 8-bit tiles are copies, cheaper in place than a hand-off to another thread."""
+    threads = set()
+    cut = batcher_module._cut
+
+    def recording_cut(picks):
+        threads.add(threading.current_thread().name.split("_")[0])
+        return cut(picks)
+
+    monkeypatch.setattr(batcher_module, "_cut", recording_cut)
+    img = smooth_image(40, 30)
+
+    async def body(batcher, batches):
+        return (await batcher.upscale(KEY, img, timeout=30)).out
+
+    out = run(_with_batcher(engine, body))
+    assert threads == {"engine"}
+    assert np.array_equal(out, to_pixels(engine.upscale(KEY, img.astype(np.float32) / 255), np.uint8))
 
 
 def test_float_input_gives_float_output_equal_to_engine(engine):
@@ -200,3 +220,16 @@ def test_without_pixel_outputs_the_engine_thread_only_runs_the_network(tmp_path,
     out = run(_with_batcher(plain, body))
     assert engine_threads == {False}
     assert np.array_equal(out, to_pixels(plain.upscale(KEY, img.astype(np.float32) / 255), np.uint8))
+
+
+def test_a_batch_of_8_bit_16_bit_and_float_tiles_gives_each_its_values_in_0_1(engine):
+    grid = engine.grid(KEY, 20, 20)
+    images = [
+        np.full((20, 20, 3), 51, np.uint8),
+        np.full((20, 20, 3), 13107, np.uint16),
+        np.full((20, 20, 3), 0.2, np.float32),
+    ]
+    jobs = [batcher_module.Job(KEY, grid, grid.pad(img), img, deadline=0.0, future=None) for img in images]
+    batch = batcher_module._cut([(job, 0) for job in jobs])
+    assert batch.dtype == np.float32 and batch.shape == (3, 3, grid.input_size, grid.input_size)
+    assert np.allclose(batch, 0.2, atol=1e-7)
