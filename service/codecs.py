@@ -89,6 +89,8 @@ def _check_size(im: Image.Image, scale: int, max_input_pixels: int, max_output_p
 
 def _oriented(im: Image.Image) -> Image.Image:
     try:
+        if im.getexif().get(_ORIENTATION, 1) == 1:
+            return im  # exif_transpose would return a copy
         return ImageOps.exif_transpose(im)
     except Exception:  # corrupt EXIF: keep the pixels as stored
         log.info("ignoring unreadable EXIF orientation")
@@ -110,7 +112,7 @@ def _split(im: Image.Image) -> tuple[np.ndarray, Image.Image | None, bool]:
         gray = np.asarray(im.convert("L"))
         return np.repeat(gray[:, :, None], 3, axis=2), alpha, True
     alpha = im.getchannel("A") if "A" in im.getbands() and im.mode in ("RGBA", "RGBa") else None
-    return np.asarray(im.convert("RGB")), alpha, False
+    return np.asarray(im if im.mode == "RGB" else im.convert("RGB")), alpha, False
 
 
 def _is_sixteen_bit_colour_png(data: bytes) -> bool:

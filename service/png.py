@@ -35,9 +35,9 @@ _UP = 2  # PNG filter type 'Up'
 _ISAL_LEVELS = range(1, 4)
 
 
-def _chunk(kind: bytes, data: bytes | memoryview) -> bytes:
-    head = struct.pack(">I", len(data)) + kind
-    return head + bytes(data) + struct.pack(">I", isal_zlib.crc32(data, isal_zlib.crc32(kind)))
+def _chunk(kind: bytes, data: bytes) -> list[bytes]:
+    """A chunk as its parts: the caller joins the whole file once (a megabyte IDAT is not copied twice more)."""
+    return [struct.pack(">I", len(data)) + kind, data, struct.pack(">I", isal_zlib.crc32(data, isal_zlib.crc32(kind)))]
 
 
 def _rows_as_bytes(block: np.ndarray) -> np.ndarray:
@@ -65,11 +65,11 @@ def encode_png(
     h, w, c = color.shape
     channels = c + (alpha is not None)
     depth = 16 if color.dtype == np.uint16 else 8
-    out = [_SIGNATURE, _chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, _COLOR_TYPE[channels], 0, 0, 0))]
+    out = [_SIGNATURE, *_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, _COLOR_TYPE[channels], 0, 0, 0))]
     if icc_profile:
-        out.append(_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile)))
+        out += _chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile))
     if exif:
-        out.append(_chunk(b"eXIf", _exif_payload(exif)))
+        out += _chunk(b"eXIf", _exif_payload(exif))
 
     row_bytes = w * channels * depth // 8
     step = max(1, _BLOCK_BYTES // row_bytes)
@@ -87,7 +87,7 @@ def encode_png(
         previous = rows[-1:].copy()
         data = deflate.compress(filtered)
         if data:
-            out.append(_chunk(b"IDAT", data))
-    out.append(_chunk(b"IDAT", deflate.flush()))
-    out.append(_chunk(b"IEND", b""))
+            out += _chunk(b"IDAT", data)
+    out += _chunk(b"IDAT", deflate.flush())
+    out += _chunk(b"IEND", b"")
     return b"".join(out)
