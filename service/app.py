@@ -93,7 +93,8 @@ class ServiceState:
         self.metrics.processes_ready.set(0)
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
+    # async: FastAPI runs a plain-def dependency in a worker thread, a hand-off per request for an attribute read
     return request.app.state.service
 
 
