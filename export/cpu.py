@@ -172,7 +172,7 @@ class _Graph:
             if self.const(producer, 2) is not None:
                 self.set_const(producer, 2, np.pad(self.const(producer, 2), (0, pad)))
             if act.op_type == "PRelu":  # padded channels are zero, whatever their slope
-                self.set_const(act, 1, np.pad(self.const(act, 1).reshape(-1), (0, pad)))
+                self.set_const(act, 1, np.pad(self._slopes(act, w.shape[0]), (0, pad)))
             widths = [(0, 0)] * 4
             widths[1 if consumer.op_type == "Conv" else 0] = (0, pad)  # Cin of (Cout, Cin, ..) or (Cin, Cout, ..)
             self.set_const(consumer, 1, np.pad(self.const(consumer, 1), widths))
@@ -183,8 +183,9 @@ class _Graph:
             producer, consumer = self.neighbours(act)
             if not self.plain_conv(consumer):
                 raise ValueError(f"{act.name}: a PRelu must feed one convolution, which takes its scale")
-            a = self.const(act, 1).reshape(-1)
-            if _is_1x1(consumer, self.const(consumer, 1)) and _narrows(self.const(consumer, 1)):
+            w = self.const(consumer, 1)
+            a = self._slopes(act, w.shape[1] if consumer.op_type == "Conv" else w.shape[0])
+            if _is_1x1(consumer, w) and _narrows(w):
                 self._split_next_layer(act, consumer, a)
                 continue
             a = np.where(a == 1, _ONE, a)
@@ -199,6 +200,10 @@ class _Graph:
                 self._recompute_layer(producer, act, a / (1 - a))
             else:
                 self._relu_plus_scaled(act, a / (1 - a))
+
+    def _slopes(self, act: onnx.NodeProto, channels: int) -> np.ndarray:
+        """A PRelu's slope for each of its ``channels`` (one slope for all is broadcast)."""
+        return np.broadcast_to(self.const(act, 1).reshape(-1), (channels,)).copy()
 
     def _split_next_layer(self, act: onnx.NodeProto, conv: onnx.NodeProto, a: np.ndarray) -> None:
         # conv(prelu(z)) = W diag(a) z + b + W diag(1 - a) relu(z)
