@@ -205,8 +205,8 @@ def cpu_layout(threads: int = 0, workers: int = 0, cores: int | None = None) -> 
 
 def _session_options(on_cpu: bool, threads: int, cpu_twin: bool = False) -> ort.SessionOptions:
     opts = ort.SessionOptions()
-    # On CPU, "all" adds ORT's blocked NCHWc layout. CPU twins are written for it (export/cpu.py); the
-    # shipped graphs ran 3-9% slower with it than with "extended" (bench/results/engine.json).
+    # On CPU, "all" adds ORT's blocked NCHWc layout. CPU twins are written for it (export/cpu.py); the shipped
+    # graphs gain nothing from it (fast x2 ran 10% slower with it than with "extended": bench/results/engine.json).
     level = "ORT_ENABLE_EXTENDED" if on_cpu and not cpu_twin else "ORT_ENABLE_ALL"
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     # With CUDA, ORT's CPU threads run only the shape operators: one is enough unless asked for more.

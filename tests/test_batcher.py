@@ -150,13 +150,17 @@ def test_batches_overlap_up_to_the_depth_and_no_further(engine, monkeypatch):
 def test_eight_bit_pixels_made_by_the_model_are_cut_and_placed_in_the_engine_threads(engine, monkeypatch):
     """Cutting and placing 8-bit tiles are copies, cheaper in place than a hand-off to another thread."""
     threads = set()
-    cut = batcher_module._cut
+    cut, place = batcher_module._cut, batcher_module._place
 
-    def recording_cut(picks):
-        threads.add(threading.current_thread().name.split("_")[0])
-        return cut(picks)
+    def recording(step):
+        def recorded(*args):
+            threads.add(threading.current_thread().name.split("_")[0])
+            return step(*args)
 
-    monkeypatch.setattr(batcher_module, "_cut", recording_cut)
+        return recorded
+
+    monkeypatch.setattr(batcher_module, "_cut", recording(cut))
+    monkeypatch.setattr(batcher_module, "_place", recording(place))
     img = smooth_image(40, 30)
 
     async def body(batcher, batches):
@@ -232,4 +236,33 @@ def test_a_batch_of_8_bit_16_bit_and_float_tiles_gives_each_its_values_in_0_1(en
     jobs = [batcher_module.Job(KEY, grid, grid.pad(img), img, deadline=0.0, future=None) for img in images]
     batch = batcher_module._cut([(job, 0) for job in jobs])
     assert batch.dtype == np.float32 and batch.shape == (3, 3, grid.input_size, grid.input_size)
+    assert batch.flags.c_contiguous  # as ONNX Runtime reads it, without a copy of its own
     assert np.allclose(batch, 0.2, atol=1e-7)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.float32], ids=["pixels-in-engine-threads", "floats-via-tile-threads"])
+def test_an_engine_failure_fails_its_batch_and_the_next_request_is_served(engine, monkeypatch, dtype):
+    calls = 0
+
+    def failing_once(run):
+        def maybe_fail(*args):
+            nonlocal calls
+            calls += 1
+            if calls == 1:
+                raise RuntimeError("the device fell over")
+            return run(*args)
+
+        return maybe_fail
+
+    monkeypatch.setattr(engine, "run", failing_once(engine.run))
+    monkeypatch.setattr(engine, "run_pixels", failing_once(engine.run_pixels))
+    img = smooth_image(16, 16)  # one tile, so one batch
+    img = img.astype(np.float32) / 255 if dtype == np.float32 else img
+
+    async def body(batcher, batches):
+        with pytest.raises(RuntimeError, match="fell over"):
+            await batcher.upscale(KEY, img, timeout=30)
+        return (await batcher.upscale(KEY, img, timeout=30)).out
+
+    out = run(_with_batcher(engine, body))
+    assert out.shape == (32, 32, 3) and out.dtype == dtype and calls == 2

@@ -56,6 +56,7 @@ def test_silent_fallback_from_cuda_reopens_sessions_with_the_cpu_layout(monkeypa
     assert engine.provider == "CPUExecutionProvider" and not engine.on_gpu
     opts = engine.sessions[("fast", 2)].get_session_options()
     assert opts.intra_op_num_threads == 2 and engine.workers == cpu_layout(2, 0)[1]
+    # (CUDA sessions use "all" too: the thread count above is what tells the CPU's set-up from CUDA's.)
     assert opts.graph_optimization_level == _ALL  # the CPU twin's, written for ORT's NCHWc layout
     assert _lowered_for(engine) == "CPUExecutionProvider"
 

@@ -8,7 +8,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from onnx import numpy_helper
+from onnx import helper, numpy_helper
 
 from export.cpu import lower_for_cpu
 from export.onnx import export_onnx, parity, twin_max_abs_diff
@@ -97,8 +97,9 @@ def test_cpu_twin_is_exact_for_every_scale_and_slopes_of_every_sign(tmp_path, va
     net = build(variant, scale)
     with torch.no_grad():
         for act in (m for m in net.modules() if isinstance(m, torch.nn.PReLU)):
-            slopes = torch.linspace(-1.5, 1.8, act.weight.numel()) if act.weight.numel() > 1 else torch.tensor([0.3])
-            act.weight.copy_(torch.cat([torch.tensor([0.0, 1.0]), slopes])[: act.weight.numel()])
+            n = act.weight.numel()  # turbo: one slope per layer, exported as LeakyRelu
+            slopes = torch.cat([torch.tensor([0.0, 1.0]), torch.linspace(-1.5, 1.8, n)])[:n] if n > 1 else [0.3]
+            act.weight.copy_(torch.as_tensor(slopes))
         net.upsample.weight.normal_(0, 0.03)  # far from its bilinear start, so every tap matters
         net.upsample.bias.normal_(0, 0.03)
     export_onnx(net, tmp_path / "m.onnx", variant)
@@ -106,15 +107,46 @@ def test_cpu_twin_is_exact_for_every_scale_and_slopes_of_every_sign(tmp_path, va
     assert twin_max_abs_diff(tmp_path / "m.onnx", tmp_path / "m_cpu.onnx", net.context) < 1e-5
 
 
-def test_onnx_runtime_keeps_the_cpu_twin_in_its_blocked_layout_from_input_to_upsampler(exported, tmp_path):
-    """Each reorder between NCHW and NCHWc is a pass over memory; the twin should need one, before the shuffle."""
+def test_a_prelu_with_one_slope_for_all_channels_is_lowered_exactly(exported, tmp_path):
+    """The exporter writes those as LeakyRelu; a graph made another way may keep them as PRelu."""
+    model = onnx.load(exported / "fast_x3.onnx")
+    prelu = next(n for n in model.graph.node if n.op_type == "PRelu")
+    model.graph.initializer.append(numpy_helper.from_array(np.array([0.3], np.float32), "one_slope"))
+    prelu.input[1] = "one_slope"
+    onnx.save(model, tmp_path / "m.onnx")
+    lower_for_cpu(tmp_path / "m.onnx", tmp_path / "m_cpu.onnx")
+    assert twin_max_abs_diff(tmp_path / "m.onnx", tmp_path / "m_cpu.onnx", 7) < 1e-5
+
+
+def _optimized_for_cpu(path, tmp_path) -> onnx.ModelProto:
+    """The graph ONNX Runtime runs at optimisation level "all" on this CPU."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
-    ort.InferenceSession(str(exported / "fast_x3_cpu.onnx"), opts, providers=["CPUExecutionProvider"])
-    ops = [n.op_type for n in onnx.load(tmp_path / "optimized.onnx").graph.node]
-    if not any(n.startswith("Reorder") for n in ops) and "Conv" in ops:
+    opts.optimized_model_filepath = str(tmp_path / f"optimized_{path.name}")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    return onnx.load(opts.optimized_model_filepath)
+
+
+def test_onnx_runtime_keeps_the_cpu_twin_in_its_blocked_layout_from_input_to_upsampler(exported, tmp_path):
+    """Each reorder between NCHW and NCHWc is a pass over memory; the twin should need one, before the shuffle."""
+    probe = helper.make_model(
+        helper.make_graph(
+            [helper.make_node("Conv", ["x", "w"], ["y"])],
+            "probe",
+            [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 16, 8, 8])],
+            [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 16, 6, 6])],
+            [numpy_helper.from_array(np.ones((16, 16, 3, 3), np.float32), "w")],
+        ),
+        opset_imports=[helper.make_opsetid("", 18)],
+        ir_version=8,  # what this ONNX Runtime reads, whatever the onnx package would write
+    )
+    onnx.save(probe, tmp_path / "probe.onnx")
+    probed = _optimized_for_cpu(tmp_path / "probe.onnx", tmp_path).graph.node
+    if not any(n.domain == "com.microsoft.nchwc" for n in probed):
         pytest.skip("ONNX Runtime has no NCHWc kernels for this CPU")
+    nodes = _optimized_for_cpu(exported / "fast_x3_cpu.onnx", tmp_path).graph.node
+    ops = [n.op_type for n in nodes]
+    assert sum(n.op_type == "Conv" and n.domain == "com.microsoft.nchwc" for n in nodes) >= 7  # every body layer
     assert ops.count("ReorderOutput") == 1 and "ReorderInput" not in ops and "PRelu" not in ops
 
 
