@@ -3,8 +3,8 @@
 The shipped ``<variant>_x<scale>.onnx`` is PyTorch's own export: the network as
 trained, the source of its weights (``model.onnx_weights``) and what GPUs run.
 The twin computes the same function, up to float rounding (at most 7.5e-7 on
-the shipped models), in a
-form that ONNX Runtime's fastest CPU convolutions can run from end to end.
+the shipped models), in a form that ONNX Runtime's fastest CPU convolutions can
+run from end to end.
 
 Those convolutions (graph optimisation level "all", which the engine uses for
 twins) work in a blocked layout, NCHWc: channels in blocks of 16 floats on

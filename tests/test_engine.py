@@ -11,6 +11,8 @@ from service.engine import Engine, cpu_layout, to_pixels
 
 from .conftest import MODELS
 
+_ALL, _EXTENDED = (getattr(engine_module.ort.GraphOptimizationLevel, f"ORT_ENABLE_{k}") for k in ("ALL", "EXTENDED"))
+
 
 def test_cpu_sessions_fill_every_core_and_do_not_spin():
     engine = Engine(MODELS / "fast_x2.onnx", prefer_gpu=False)
@@ -59,9 +61,6 @@ def test_silent_fallback_from_cuda_reopens_sessions_with_the_cpu_layout(monkeypa
     # (CUDA sessions use "all" too: the thread count above is what tells the CPU's set-up from CUDA's.)
     assert opts.graph_optimization_level == _ALL  # the CPU twin's, written for ORT's NCHWc layout
     assert _lowered_for(engine) == "CPUExecutionProvider"
-
-
-_ALL, _EXTENDED = (getattr(engine_module.ort.GraphOptimizationLevel, f"ORT_ENABLE_{k}") for k in ("ALL", "EXTENDED"))
 
 
 def _lowered_for(engine: Engine) -> str | None:
