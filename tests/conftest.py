@@ -39,10 +39,20 @@ class Server:
         return self.log_path.read_text(errors="replace")
 
 
+def child_env(**extra: str) -> dict[str, str]:
+    """This process's environment for a child that imports the project: PYTHONPATH gains the repository root
+    (extended, not replaced, so packages found through it stay found), plus ``extra``."""
+    pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
+    return {**os.environ, "PYTHONPATH": pythonpath, **extra}
+
+
 def start_server(tmp_dir: Path, port: int | None = None, **settings: str) -> Server:
-    """Start ``python -m service`` (on ``port``, or a free one) with UPSCALER_* settings; wait until /readyz is 200."""
+    """Start ``python -m service`` (on ``port``, or a free one) with UPSCALER_* settings; wait until /readyz is 200.
+
+    On the CPU unless ``device`` says otherwise, on every machine: these tests specify the service as CI runs it
+    (pixels equal to the CPU engine's, CPU batch sizes, a queue a burst can fill); tests/test_gpu.py covers CUDA."""
     port = port or free_port()
-    env = {**os.environ, "UPSCALER_HOST": "127.0.0.1", "UPSCALER_PORT": str(port), "PYTHONPATH": str(ROOT)}
+    env = child_env(UPSCALER_HOST="127.0.0.1", UPSCALER_PORT=str(port), UPSCALER_DEVICE="cpu")
     env.update({f"UPSCALER_{k.upper()}": str(v) for k, v in settings.items()})
     log_path = tmp_dir / f"server-{port}.log"
     with log_path.open("w") as log:  # the child keeps its own copy of the descriptor

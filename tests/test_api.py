@@ -66,7 +66,8 @@ def test_server_timing_names_the_stages(client, png_rgb):
 def test_pixels_equal_whole_image_inference(client):
     img = smooth_image(45, 70, seed=3)
     r = post_image(client, encode_image(Image.fromarray(img)))
-    expected = Engine(MODELS / "fast_x2.onnx", tile=512).upscale(("fast", 2), img.astype(np.float32) / 255)
+    reference = Engine(MODELS / "fast_x2.onnx", tile=512, prefer_gpu=False)  # the test server runs on the CPU
+    expected = reference.upscale(("fast", 2), img.astype(np.float32) / 255)
     assert_same_pixels(np.asarray(decode_image(r.content)), expected)
 
 
@@ -126,7 +127,7 @@ def test_twenty_concurrent_requests_of_different_sizes_all_come_back_right(clien
     payloads = [encode_image(Image.fromarray(smooth_image(h, w, seed=i))) for i, (h, w) in enumerate(sizes)]
     with cf.ThreadPoolExecutor(20) as pool:
         responses = list(pool.map(lambda p: post_image(client, p, scale=2), payloads))
-    engine = Engine(MODELS / "fast_x2.onnx", tile=512)  # whole-image inference as the reference
+    engine = Engine(MODELS / "fast_x2.onnx", tile=512, prefer_gpu=False)  # whole-image inference as the reference
     for (h, w), payload, r in zip(sizes, payloads, responses, strict=True):
         assert r.status_code == 200
         got = np.asarray(decode_image(r.content))

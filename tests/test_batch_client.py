@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -19,7 +18,7 @@ from client.batch import BatchOptions, BatchReport, main, upscale_batch
 from client.discovery import InputError, UnsafePath, format_for, output_path, plan
 from client.outputs import PART_SUFFIX
 
-from .conftest import ROOT, decode_image, encode_image, free_port, smooth_image, start_server, stop_server
+from .conftest import ROOT, child_env, decode_image, encode_image, free_port, smooth_image, start_server, stop_server
 
 SMALL_SERVER = {"tile": 32, "max_batch": 4, "threads": 1}
 
@@ -237,7 +236,7 @@ def make_batch(folder: Path, n: int, h: int = 32, w: int = 32) -> list[Path]:
 def start_client(src: Path, out: Path, server: str) -> subprocess.Popen:
     """``python -m client.batch`` in a process of its own, its output in a log beside ``out``."""
     argv = [sys.executable, "-m", "client.batch", str(src), "--out", str(out), "--server", server, "-r"]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     with (out.parent / f"client-{time.monotonic_ns()}.log").open("w") as log:
         return subprocess.Popen(argv + ["--concurrency", "2"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
 

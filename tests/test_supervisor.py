@@ -18,7 +18,7 @@ from PIL import Image
 
 from service.settings import default_processes
 
-from .conftest import ROOT, encode_image, free_port, smooth_image, start_server, stop_server
+from .conftest import ROOT, child_env, encode_image, free_port, smooth_image, start_server, stop_server
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -124,7 +124,7 @@ def test_sigterm_stops_every_process_and_exits_0(tmp_path):
 
 
 def test_a_process_that_cannot_start_stops_the_service_with_status_3(tmp_path):
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "UPSCALER_PORT": str(free_port()), "UPSCALER_PROCESSES": "2"}
+    env = child_env(UPSCALER_PORT=str(free_port()), UPSCALER_PROCESSES="2")
     env["UPSCALER_MODEL_DIR"] = str(tmp_path)  # no models there
     proc = subprocess.run(
         [sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120
@@ -136,7 +136,7 @@ def test_a_process_that_cannot_start_stops_the_service_with_status_3(tmp_path):
 
 def test_a_port_in_use_is_reported_and_nothing_starts(tmp_path, two_processes):
     port = httpx.URL(two_processes.url).port
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "UPSCALER_PORT": str(port), "UPSCALER_PROCESSES": "2"}
+    env = child_env(UPSCALER_PORT=str(port), UPSCALER_PROCESSES="2")
     proc = subprocess.run(
         [sys.executable, "-m", "service"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60
     )
@@ -145,7 +145,7 @@ def test_a_port_in_use_is_reported_and_nothing_starts(tmp_path, two_processes):
 
 def supervise(target: str, seconds: float, **env: str) -> subprocess.CompletedProcess:
     """tests/supervisor_targets.py: a supervisor of two ``target`` children, SIGTERMed after ``seconds``."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), **env}
+    env = child_env(**env)
     cmd = [sys.executable, "-m", "tests.supervisor_targets", target, str(seconds)]
     return subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
 
@@ -165,7 +165,7 @@ def test_a_process_that_keeps_dying_is_restarted_ever_more_slowly():
 
 
 def test_ctrl_c_while_the_processes_start_stops_them_quietly():
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env = child_env()
     cmd = [sys.executable, "-m", "tests.supervisor_targets", "ready_and_wait", "60"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
     log = []
