@@ -12,7 +12,8 @@ import sys
 from pydantic import ValidationError
 
 from service.engine import available_cores, cuda_usable
-from service.server import configure_logging, release_large_buffers_to_the_os, serve
+from service.libc import tune_malloc
+from service.server import configure_logging, serve
 from service.settings import Settings, default_processes
 from service.supervisor import Supervisor
 
@@ -28,7 +29,7 @@ def main() -> None:
     settings = settings.model_copy(update={"processes": processes})
     configure_logging(settings)
     if processes == 1:
-        release_large_buffers_to_the_os()
+        tune_malloc()
         sys.exit(serve(settings))
     sys.exit(Supervisor(settings).run())
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import fcntl
 import logging
 import math
@@ -54,7 +53,8 @@ from pathlib import Path
 
 from prometheus_client import multiprocess
 
-from service.server import STARTUP_FAILURE, configure_logging, release_large_buffers_to_the_os, serve
+from service.libc import die_with_parent, tune_malloc
+from service.server import STARTUP_FAILURE, configure_logging, serve
 from service.settings import Settings
 
 __all__ = ["Child", "Supervisor", "bound_socket"]
@@ -62,7 +62,6 @@ __all__ = ["Child", "Supervisor", "bound_socket"]
 log = logging.getLogger("service.supervisor")
 
 _spawn = multiprocessing.get_context("spawn")
-_PR_SET_PDEATHSIG = 1
 _POLL_S = 0.2
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 _MAX_BACKOFF_S = 30.0
@@ -246,7 +245,7 @@ def _bootstrap(target: ChildTarget, settings: Settings, parent: int, ready: ctyp
     os.setpgid(0, 0)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)
-    _die_with_parent(parent)
+    die_with_parent(parent)
     shared = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if shared:
         lock = os.open(Path(shared) / ".lock", os.O_RDONLY)  # held until this process ends
@@ -257,16 +256,6 @@ def _bootstrap(target: ChildTarget, settings: Settings, parent: int, ready: ctyp
 def _serve(settings: Settings, ready: ctypes.c_byte) -> None:
     """A server process."""
     configure_logging(settings)
-    release_large_buffers_to_the_os()
+    tune_malloc()
     sock = bound_socket(settings.host, settings.port, reuse_port=True)  # uvicorn makes it listen
     sys.exit(serve(settings, sock, on_ready=lambda: setattr(ready, "value", 1)))
-
-
-def _die_with_parent(parent: int) -> None:
-    """Ask Linux for SIGTERM when the supervisor dies, so no orphan keeps serving the port."""
-    name = ctypes.util.find_library("c")
-    libc = ctypes.CDLL(name) if name else None
-    if libc is not None and hasattr(libc, "prctl"):
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:  # it died before the request took effect
-        os.kill(os.getpid(), signal.SIGTERM)
