@@ -4,7 +4,11 @@
 
 For each scale a fresh service is started; its idle RSS is read once it is
 ready, one size x size PNG is upscaled (PNG out), and the process's peak RSS
-(VmHWM) is compared with the raw bytes of input plus output. Linux only.
+(VmHWM) is compared with the raw bytes of input plus output. Then what stays
+resident after ordinary traffic: a fresh service serves a closed loop of 64
+512x512 x2 requests at concurrency 8, and its RSS afterwards is compared with
+its idle RSS and with the raw bytes of the 8 requests in flight (malloc keeps
+freed request buffers under 4 MiB for reuse, ``service/libc.py``). Linux only.
 Writes bench/results/memory.json.
 """
 
@@ -21,6 +25,7 @@ from PIL import Image
 
 from bench.machine import write_result
 from bench.service import free_port, running
+from client.loadtest import LoadOptions, closed_loop, make_payloads
 
 
 def _status_kib(pid: int, field: str) -> int:
@@ -38,15 +43,15 @@ def _big_png(size: int) -> bytes:
     return buf.getvalue()
 
 
+def _service(url: str, port: int, max_body_bytes: int = 2**20):
+    env = {"UPSCALER_PORT": str(port), "UPSCALER_MAX_BODY_BYTES": str(max_body_bytes), "UPSCALER_LOG_LEVEL": "warning"}
+    return running([sys.executable, "-m", "service"], env, url)
+
+
 def measure(data: bytes, size: int, scale: int) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    env = {
-        "UPSCALER_PORT": str(port),
-        "UPSCALER_MAX_BODY_BYTES": str(max(len(data) + 1024, 2**20)),
-        "UPSCALER_LOG_LEVEL": "warning",
-    }
-    with running([sys.executable, "-m", "service"], env, url) as proc:
+    with _service(url, port, max(len(data) + 1024, 2**20)) as proc:
         Path(f"/proc/{proc.pid}/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
         idle = _status_kib(proc.pid, "VmRSS")
         r = httpx.post(
@@ -71,6 +76,30 @@ def measure(data: bytes, size: int, scale: int) -> dict:
     }
 
 
+def settled(requests: int, concurrency: int = 8, size: int = 512) -> dict:
+    """RSS of a fresh service when idle, at its peak and after ``requests`` size² x2 requests at ``concurrency``."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with _service(url, port) as proc:
+        idle = _status_kib(proc.pid, "VmRSS")
+        options = LoadOptions(duration=600, max_requests=requests, params={"scale": 2})
+        step = closed_loop(url, make_payloads([size]), concurrency, options)
+        after, peak = _status_kib(proc.pid, "VmRSS"), _status_kib(proc.pid, "VmHWM")
+    in_flight_raw = concurrency * size * size * 3 * (1 + 4)
+    return {
+        "requests": step.requests,
+        "errors": step.errors,
+        "concurrency": concurrency,
+        "size": size,
+        "idle_rss_mb": idle / 1024,
+        "peak_rss_mb": peak / 1024,
+        "after_rss_mb": after / 1024,
+        "kept_mb": (after - idle) / 1024,
+        "in_flight_raw_mb": in_flight_raw / 2**20,
+        "kept_over_in_flight_raw": (after - idle) * 1024 / in_flight_raw,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--size", type=int, default=4096)
@@ -80,19 +109,21 @@ def main(argv: list[str] | None = None) -> None:
     size = 256 if args.quick else args.size
     data = _big_png(size)
     rows = [measure(data, size, int(s)) for s in args.scales.split(",")]
+    load = settled(requests=8 if args.quick else 64, size=64 if args.quick else 512)
     for r in rows:
         raw = r["input_plus_output_raw_mb"]
         print(
             f"x{r['scale']}: idle {r['idle_rss_mb']:.0f} MB, peak {r['peak_rss_mb']:.0f} MB, "
             f"growth {r['growth_mb']:.0f} MB = {r['growth_over_raw']:.2f} x raw in+out ({raw:.0f} MB)"
         )
+    print(
+        f"after {load['requests']} requests of {load['size']}² x2 at c={load['concurrency']}: idle "
+        f"{load['idle_rss_mb']:.0f} MB, peak {load['peak_rss_mb']:.0f} MB, after {load['after_rss_mb']:.0f} MB "
+        f"(kept {load['kept_mb']:.0f} MB = {load['kept_over_in_flight_raw']:.1f} x raw bytes in flight)"
+    )
     if not args.quick:
-        print(
-            "wrote",
-            write_result(
-                "memory", {"image": f"{size}x{size} RGB PNG", "input_png_mb": len(data) / 2**20, "runs": rows}
-            ),
-        )
+        result = {"image": f"{size}x{size} RGB PNG", "input_png_mb": len(data) / 2**20, "runs": rows, "settled": load}
+        print("wrote", write_result("memory", result))
 
 
 if __name__ == "__main__":
