@@ -23,7 +23,9 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
+from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.batcher import Batcher
 from service.codecs import MEDIA_TYPES
@@ -192,10 +194,9 @@ def _key_for(state: ServiceState, model: str | None, scale: int) -> tuple[str, i
 class _DisconnectWatch:
     """Whether the client has gone away, asked once its body has been read.
 
-    ``request.is_disconnected()`` never sees a disconnect behind ``@app.middleware("http")``: Starlette's
-    BaseHTTPMiddleware answers that non-blocking poll under an already-cancelled scope, so it always says no
-    and abandoned requests ran to the end. Instead a task waits for the next ASGI message; after the body
-    the only one that can come is ``http.disconnect``.
+    A task waits for the next ASGI message; after the body the only one that can come is ``http.disconnect``,
+    so each poll is a look at that task, not another ``receive()``. (Written when the app sat behind
+    Starlette's BaseHTTPMiddleware, under which ``request.is_disconnected()`` never saw a disconnect.)
     """
 
     def __init__(self, request: Request):
@@ -232,7 +233,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[], None] | 
     )
     app.state.service = state
     _install_error_handlers(app)
-    _install_middleware(app, state)
+    app.add_middleware(_ObserveRequests, state=state)
 
     @app.post(
         "/v1/upscale",
@@ -362,39 +363,67 @@ def _authorized(settings: Settings, request: Request) -> bool:
     return any(matches)
 
 
-def _install_middleware(app: FastAPI, state: ServiceState) -> None:
-    @app.middleware("http")
-    async def observe(request: Request, call_next):
+class _ObserveRequests:
+    """Around every HTTP request: its ID, the API-key check, metrics, the access log, and a JSON 500 for an error
+    nothing else caught.
+
+    A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` (``@app.middleware("http")``) ran each request
+    in a task group with memory streams, 1.5-2 ms of event-loop CPU a request on this project's CPU.
+    """
+
+    def __init__(self, app: ASGIApp, state: ServiceState):
+        self.app, self.state = app, state
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
         request_id = request.headers.get("x-request-id", "")[:128] or uuid.uuid4().hex
+        status = 0
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)["X-Request-ID"] = request_id
+            await send(message)
+
         started = time.perf_counter()
-        state.metrics.inflight.inc()
+        self.state.metrics.inflight.inc()
         try:
-            if not _authorized(state.settings, request):
-                response = _error_response(401, Unauthorized.code, "missing or wrong API key; send it as X-API-Key")
+            if _authorized(self.state.settings, request):
+                await self.app(scope, receive, send_with_id)
             else:
-                response = await call_next(request)
+                message = "missing or wrong API key; send it as X-API-Key"
+                await _error_response(401, Unauthorized.code, message)(scope, receive, send_with_id)
         except asyncio.CancelledError:
-            response = Response(status_code=499)  # the client went away; nobody reads this
+            status = status or 499  # the server is stopping under it; nobody reads an answer
+            raise
         except Exception:
             log.exception("unhandled error on %s %s (request %s)", request.method, request.url.path, request_id)
-            response = _error_response(500, "internal", "internal error; it has been logged")
+            if status:  # the answer has begun: too late for a 500
+                raise
+            await _error_response(500, "internal", "internal error; it has been logged")(scope, receive, send_with_id)
         finally:
-            state.metrics.inflight.dec()
-        seconds = time.perf_counter() - started
+            self.state.metrics.inflight.dec()
+            self._record(request, request_id, status, time.perf_counter() - started)
+
+    def _record(self, request: Request, request_id: str, status: int, seconds: float) -> None:
+        metrics = self.state.metrics
         route = request.scope.get("route")
         path = route.path if route else "unmatched"
-        state.metrics.requests.labels(path, str(response.status_code)).inc()
-        state.metrics.latency.labels(path).observe(seconds)
-        response.headers["X-Request-ID"] = request_id
-        if path not in ("/healthz", "/readyz", "/metrics"):
-            fields = {
-                "request_id": request_id,
-                "method": request.method,
-                "path": request.url.path,
-                "status": response.status_code,
-                "ms": round(seconds * 1000, 1),
-                "scale": request.query_params.get("scale"),
-                **getattr(request.state, "log", {}),
-            }
-            access_log.info(json.dumps(fields))
-        return response
+        metrics.requests.labels(path, str(status)).inc()
+        metrics.latency.labels(path).observe(seconds)
+        if path in ("/healthz", "/readyz", "/metrics"):
+            return
+        fields = {
+            "request_id": request_id,
+            "method": request.method,
+            "path": request.url.path,
+            "status": status,
+            "ms": round(seconds * 1000, 1),
+            "scale": request.query_params.get("scale"),
+            **request.scope.get("state", {}).get("log", {}),
+        }
+        access_log.info(json.dumps(fields))

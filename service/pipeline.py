@@ -94,7 +94,7 @@ async def _unless_disconnected(is_disconnected: Callable[[], Awaitable[bool]], c
             if done:
                 return task.result()
             if await is_disconnected():
-                # An error, not CancelledError: that one escapes Starlette's middleware as "No response returned".
+                # An error, not CancelledError: it is answered (499) and logged like any other outcome.
                 raise ClientGone("the client closed the connection before its image was done")
     finally:
         if not task.done():
