@@ -81,9 +81,12 @@ def settled(requests: int, concurrency: int = 8, size: int = 512) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     with _service(url, port) as proc:
+        Path(f"/proc/{proc.pid}/clear_refs").write_text("5")  # reset the peak (VmHWM) to the current RSS
         idle = _status_kib(proc.pid, "VmRSS")
         options = LoadOptions(duration=600, max_requests=requests, params={"scale": 2})
         step = closed_loop(url, make_payloads([size]), concurrency, options)
+        if step.errors:
+            raise SystemExit(f"requests failed under load: {step.errors}")
         after, peak = _status_kib(proc.pid, "VmRSS"), _status_kib(proc.pid, "VmHWM")
     in_flight_raw = concurrency * size * size * 3 * (1 + 4)
     return {

@@ -30,18 +30,20 @@ def _libc() -> ctypes.CDLL | None:
 
 
 def tune_malloc() -> None:
-    """Keep a request's buffers for the next request; give the buffers of big images back at once.
+    """Keep a request's buffers for the next request; give the buffers of big images back when they are freed.
 
-    Blocks of ``MMAP_THRESHOLD`` (4 MiB, an 8-bit RGB image of 1.4 MPix) or more are mapped alone and unmapped
-    when freed, so a 4096x4096 request leaves nothing behind. By default glibc raises that threshold each time
-    such a block is freed (up to 32 MiB), after which image-sized buffers stay in the heap: a 4096x4096 x2
-    request's peak RSS growth was 1.59x its raw input + output that way (bench/results/memory.json).
+    A new block of ``MMAP_THRESHOLD`` (4 MiB, an 8-bit RGB image of 1.4 MPix) or more that free heap memory
+    cannot hold is mapped alone and unmapped when freed, so the image buffers of a 4096x4096 request go back to
+    the OS when it ends. By default glibc raises that threshold each time such a block is freed (up to 32 MiB),
+    after which image-sized buffers stay in the heap: a 4096x4096 x2 request's peak RSS growth was 1.59x its raw
+    input + output that way (bench/results/memory.json).
 
-    Smaller blocks come from the heap, and up to ``TRIM_THRESHOLD`` of free memory at a heap's top stays
-    mapped. With glibc's default trim threshold (128 KiB) the buffers of a 512x512 request (its 3 MB output,
-    the 2 MB PNG, the decoder's) were given back after each request and faulted in again, page by page, by the
-    next: about 2,900 page faults and 7 ms of CPU a request (README, Performance). The cost is memory kept
-    for reuse: the resident size after a load settles at what the busiest moment needed.
+    Smaller blocks come from the heap, and each heap keeps up to ``TRIM_THRESHOLD`` of free memory at its top.
+    Before, blocks of 1 MiB or more (a 512x512 request's 3 MB output, its 2 MB PNG) were mapped alone, and the
+    heaps gave back all but 128 KiB of what the rest freed; the next request faulted it all in again, page by
+    page: about 2,900 page faults and 7 ms of CPU a request (README, Performance; the higher mmap threshold
+    alone removed about 1,000 of them). The cost is memory kept for reuse: after a burst the resident size
+    stays at what the busiest moment needed.
     """
     libc = _libc()
     if libc is not None and hasattr(libc, "mallopt"):

@@ -64,6 +64,7 @@ def test_missing_or_wrong_key_is_a_401(locked, png, path, headers):
     else:
         r = httpx.get(f"{locked.url}{path}", headers=headers)
     body = assert_json_error(r, 401, "unauthorized")
+    assert r.headers["x-request-id"]
     for value in headers.values():
         if len(value) > 8:
             assert value not in r.text, "the error echoes the key that was sent"
