@@ -31,6 +31,7 @@ from service.batcher import Batcher
 from service.codecs import MEDIA_TYPES
 from service.engine import Engine, available_cores
 from service.errors import BadParameter, NotReady, Unauthorized, UpscalerError
+from service.libc import name_os_thread
 from service.metrics import Metrics
 from service.pipeline import Pipeline, UpscaleResult
 from service.schemas import ErrorResponse, HealthResponse, ModelInfo, ModelsResponse
@@ -140,7 +141,7 @@ def _lifespan(state: ServiceState):
         state.max_batch = s.max_batch or default_max_batch(state.engine.on_gpu)
         await asyncio.to_thread(state.engine.warmup, state.max_batch)
         codec_threads = s.codec_threads or default_codec_threads(state.engine.on_gpu, state.engine.cores)
-        state.codec_pool = ThreadPoolExecutor(max_workers=codec_threads, thread_name_prefix="codec")
+        state.codec_pool = ThreadPoolExecutor(codec_threads, thread_name_prefix="codec", initializer=name_os_thread)
         state.batcher = Batcher(
             state.engine,
             max_batch=state.max_batch,

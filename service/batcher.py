@@ -43,6 +43,7 @@ import numpy as np
 
 from service.engine import Engine, ModelKey, to_pixels
 from service.errors import DeadlineExceeded, Overloaded
+from service.libc import name_os_thread
 from service.tiling import TileGrid
 
 __all__ = ["Job", "Batcher"]
@@ -102,8 +103,8 @@ class Batcher:
         # (or, where the engine thread cuts and places, two formed and waiting for an engine thread, so that none
         # waits for the event loop to form its next batch).
         self._slots = asyncio.Semaphore(depth or engine.workers + 2)
-        self._engine_pool = ThreadPoolExecutor(max_workers=engine.workers, thread_name_prefix="engine")
-        self._tile_pool = ThreadPoolExecutor(max_workers=tile_threads, thread_name_prefix="tiles")
+        self._engine_pool = ThreadPoolExecutor(engine.workers, thread_name_prefix="engine", initializer=name_os_thread)
+        self._tile_pool = ThreadPoolExecutor(tile_threads, thread_name_prefix="tiles", initializer=name_os_thread)
         self._task: asyncio.Task | None = None
         self._batches: set[asyncio.Task] = set()
 

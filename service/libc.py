@@ -1,6 +1,6 @@
-"""The C library's process-wide settings a server process makes: how malloc keeps memory, and death with its parent.
+"""The C library's settings a server process makes: how malloc keeps memory, death with its parent, thread names.
 
-Both are Linux/glibc calls through ctypes; where they do not exist (another C
+All are Linux/glibc calls through ctypes; where they do not exist (another C
 library, another OS) each is a no-op.
 """
 
@@ -11,13 +11,16 @@ import ctypes.util
 import functools
 import os
 import signal
+import threading
 
-__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "die_with_parent", "tune_malloc"]
+__all__ = ["MMAP_THRESHOLD", "TRIM_THRESHOLD", "die_with_parent", "name_os_thread", "tune_malloc"]
 
 # glibc mallopt() parameters (malloc.h)
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
-_PR_SET_PDEATHSIG = 1  # prctl() option (linux/prctl.h)
+# prctl() options (linux/prctl.h)
+_PR_SET_PDEATHSIG = 1
+_PR_SET_NAME = 15
 
 MMAP_THRESHOLD = 4 << 20  # blocks this big or bigger are mapped alone and unmapped when freed
 TRIM_THRESHOLD = 16 << 20  # free memory kept at the top of a heap before it is given back
@@ -59,3 +62,11 @@ def die_with_parent(parent: int) -> None:
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:  # it died before the request took effect
         os.kill(os.getpid(), signal.SIGTERM)
+
+
+def name_os_thread() -> None:
+    """Give the calling OS thread its Python thread's name (its first 15 bytes), as ``top -H``, ``ps -L`` and
+    /proc/<pid>/task/<tid>/comm show it: Python 3.11 names only its own threads. A pool's ``initializer``."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "prctl"):
+        libc.prctl(_PR_SET_NAME, threading.current_thread().name.encode()[:15], 0, 0, 0)

@@ -6,10 +6,10 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from bench import codecs, engine, int8, memory, service
+from bench import codecs, engine, int8, memory, service, threads
 
 
-@pytest.mark.parametrize("bench", [engine, codecs, service, memory, int8], ids=lambda m: m.__name__)
+@pytest.mark.parametrize("bench", [engine, codecs, service, memory, int8, threads], ids=lambda m: m.__name__)
 def test_benchmark_runs_quick(bench, capsys):
     # The service benchmark also runs two server and two client processes, the GPU layout.
     extra = ["--concurrency", "1,2", "--processes", "2", "--client-processes", "2"] if bench is service else []
@@ -23,6 +23,12 @@ def test_engine_benchmark_counts_flops_and_both_runtimes(capsys):
     result = json.loads(capsys.readouterr().out)["models"]["fast_x2"]
     assert result["gflop_per_batch"] > 0 and result["onnxruntime_ms"] > 0 and result["pytorch_eager_ms"] > 0
     assert set(result["graph_optimization_ms"]) == {"model", "cpu_twin"} and result["cpu_twin_speedup"] > 0
+
+
+def test_thread_benchmark_finds_the_service_threads_by_name(capsys):
+    threads.main(["--quick"])
+    rows = {line.split()[0] for line in capsys.readouterr().out.splitlines()}
+    assert {"main", "engine", "codec"} <= rows  # the service names its pools' OS threads
 
 
 def test_service_benchmark_divides_each_service_figure_by_the_engine_figures_around_it():

@@ -1,11 +1,15 @@
-"""How a server process's malloc keeps memory (service/libc.py), measured in page faults in a fresh process."""
+"""What service/libc.py sets: how malloc keeps memory (in page faults, in a fresh process) and OS thread names."""
 
 import platform
 import subprocess
 import sys
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 
+from service.libc import name_os_thread
 from tests.conftest import child_env
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
@@ -50,3 +54,11 @@ def test_glibc_left_alone_keeps_image_sized_buffers():
     _, large = _faults("default")
     _, tuned_large = _faults("tuned")
     assert large < tuned_large
+
+
+def test_a_pool_thread_gets_its_python_name_as_its_os_name():
+    def os_name() -> str:
+        return Path(f"/proc/self/task/{threading.get_native_id()}/comm").read_text().strip()
+
+    with ThreadPoolExecutor(1, thread_name_prefix="probe", initializer=name_os_thread) as pool:
+        assert pool.submit(os_name).result() == "probe_0"
