@@ -29,7 +29,10 @@ TRIM_THRESHOLD = 16 << 20  # free memory kept at the top of a heap before it is 
 @functools.cache
 def _libc() -> ctypes.CDLL | None:
     name = ctypes.util.find_library("c")
-    return ctypes.CDLL(name) if name else None
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:  # never fatal: name_os_thread runs as a pool initializer, where an error breaks the pool
+        return None
 
 
 def tune_malloc() -> None:
