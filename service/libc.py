@@ -69,7 +69,7 @@ def die_with_parent(parent: int) -> None:
 
 def name_os_thread() -> None:
     """Give the calling OS thread its Python thread's name (its first 15 bytes), as ``top -H``, ``ps -L`` and
-    /proc/<pid>/task/<tid>/comm show it: Python 3.11 names only its own threads. A pool's ``initializer``."""
+    /proc/<pid>/task/<tid>/comm show it (Python 3.11 leaves OS threads unnamed). A pool's ``initializer``."""
     libc = _libc()
     if libc is not None and hasattr(libc, "prctl"):
         libc.prctl(_PR_SET_NAME, threading.current_thread().name.encode()[:15], 0, 0, 0)
