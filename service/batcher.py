@@ -258,25 +258,15 @@ class Batcher:
             _then(done, self._tile_pool, lambda: _place(picks, result), lambda _: _settle(done, result=seconds))
 
         def run(batch: np.ndarray) -> None:
-            _then(done, self._engine_pool, lambda: self._infer(key, batch, dtype), place)
+            _then(done, self._engine_pool, lambda: _timed(self.engine.run, key, batch), place)
 
         _then(done, self._tile_pool, lambda: _cut(picks), run)
         return done
 
     def _cut_infer_place(self, key: ModelKey, picks: list[tuple[Job, int]], dtype: np.dtype) -> float:
-        result, seconds = self._infer(key, _cut(picks), dtype)
+        result, seconds = _timed(self.engine.run_pixels, key, _cut(picks), dtype)  # (N, sT, sT, 3) of ``dtype``
         _place(picks, result)
         return seconds
-
-    def _infer(self, key: ModelKey, batch: np.ndarray, dtype: np.dtype) -> tuple[np.ndarray, float]:
-        """(N, sT, sT, 3) pixels of ``dtype`` where the model makes them itself, else float (N, 3, sT, sT) results,
-        which ``_place`` converts in the tile threads, not in the engine's."""
-        t0 = time.perf_counter()
-        if self.engine.has_pixels(key, dtype):
-            result = self.engine.run_pixels(key, batch, dtype)
-        else:
-            result = self.engine.run(key, batch)
-        return result, time.perf_counter() - t0
 
     def _complete(self, picks: list[tuple[Job, int]]) -> None:
         now = time.monotonic()
@@ -305,6 +295,12 @@ def _then(done: Future, pool: Executor, step: Callable[[], T], next_step: Callab
         pool.submit(step).add_done_callback(finished)
     except RuntimeError as exc:  # the pool was shut down: the batcher is stopping
         _settle(done, exc=exc)
+
+
+def _timed(run: Callable[..., np.ndarray], *args) -> tuple[np.ndarray, float]:
+    """``run(*args)`` and the seconds it took: the network's time, reported per batch."""
+    t0 = time.perf_counter()
+    return run(*args), time.perf_counter() - t0
 
 
 def _settle(done: Future, *, result: object = None, exc: BaseException | None = None) -> None:
