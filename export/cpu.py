@@ -69,7 +69,7 @@ from onnx import helper, numpy_helper
 
 from export.graph import drop_unused_initializers, file_sha256
 
-__all__ = ["CPU_TWIN_SUFFIX", "LOWERED_FOR", "NCHWC_BLOCK", "lower_for_cpu"]
+__all__ = ["CPU_TWIN_SUFFIX", "LOWERED_FOR", "NCHWC_BLOCK", "lower_for_cpu", "transposed_conv_phases"]
 
 CPU_TWIN_SUFFIX = "_cpu"
 LOWERED_FOR = "CPUExecutionProvider"  # metadata value ``lowered_for`` of a twin, so a session can tell
@@ -273,15 +273,8 @@ class _Graph:
         plain = plain and not any(attrs.get("output_padding", [])) and "output_shape" not in attrs
         if not plain or k != kw or k % s or set(other_s) - {s} or set(other_p) - {p}:
             raise ValueError(f"{node.name}: only square kernels of whole strides, square strides and symmetric pads")
+        phases, lag = transposed_conv_phases(w, s, p)
         taps = k // s
-        # Output pixel s*q + r is a correlation of input pixels q + lag[r] .. q + lag[r] + taps - 1.
-        lag = [(r + p) // s - taps + 1 for r in range(s)]
-        if min(lag) != 0:
-            raise ValueError(f"{node.name}: phases start {min(lag)} input pixels from their output pixel")
-        phases = np.zeros((cout * s * s, cin, taps, taps))
-        for c, ry, rx, ty, tx in np.ndindex(cout, s, s, taps, taps):
-            ky, kx = (r + p - s * (lag[r] + t) for r, t in ((ry, ty), (rx, tx)))
-            phases[c * s * s + ry * s + rx, :, ty, tx] = w[:, c, ky, kx]
         conv = helper.make_node("Conv", [node.input[0]], [f"{node.name}_phases"], name=f"{node.name}_phases")
         self.set_const(conv, 1, phases)
         if self.const(node, 2) is not None:
@@ -311,6 +304,25 @@ class _Graph:
             )
             self.set_const(shuffle, 1, _one_hot_kernel(channels, s, list(range(s))))
             self.replace(node, [shuffle])
+
+
+def transposed_conv_phases(w: np.ndarray, s: int, p: int) -> tuple[np.ndarray, list[int]]:
+    """The s*s phases of ConvTranspose(weights ``w`` (Cin, Cout, T*s, T*s), stride s, pads p) as one Conv.
+
+    Returns Conv weights (Cout*s*s, Cin, T, T), output channel c*s*s + ry*s + rx
+    for output pixels (s*y + ry, s*x + rx) of channel c, and ``lag``: output
+    pixel s*q + r is the correlation of input pixels q + lag[r] .. q + lag[r] + T - 1.
+    """
+    cin, cout, k, _ = w.shape
+    taps = k // s
+    lag = [(r + p) // s - taps + 1 for r in range(s)]
+    if min(lag) != 0:
+        raise ValueError(f"phases start {min(lag)} input pixels from their output pixel")
+    phases = np.zeros((cout * s * s, cin, taps, taps), w.dtype)
+    for c, ry, rx, ty, tx in np.ndindex(cout, s, s, taps, taps):
+        ky, kx = (r + p - s * (lag[r] + t) for r, t in ((ry, ty), (rx, tx)))
+        phases[c * s * s + ry * s + rx, :, ty, tx] = w[:, c, ky, kx]
+    return phases, lag
 
 
 def _is_1x1(node: onnx.NodeProto, w: np.ndarray) -> bool:

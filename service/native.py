@@ -1,0 +1,177 @@
+"""The service's own CPU kernels for the FSRCNN family (``service/fsrcnn.c``), run through ctypes.
+
+ONNX Runtime's CPU convolutions run a PReLU with a slope per channel as extra
+passes over memory, and compute 12-channel layers as 16-channel ones. The
+kernels fuse bias and PReLU into each convolution and vectorise along image
+rows instead, so no channel is padded: the default ``fast`` network runs about
+1.4x faster than its ONNX Runtime twin on one core (``bench/results/engine.json``).
+
+A model runs here when its ``<stem>_native.npz`` twin (``export.native``) was
+written from its model file, the library was built (``pip install`` builds it
+from setup.py) and the CPU has AVX-512; otherwise the engine keeps ONNX Runtime.
+ctypes releases the GIL for each call, so concurrent runs use the cores.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import logging
+import math
+import threading
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["NATIVE_SUFFIX", "NativeNetwork", "kernels_unavailable"]
+
+log = logging.getLogger("service.native")
+
+NATIVE_SUFFIX = "_native"
+_BLOCKS = (14, 12, 9, 8, 4, 3, 2, 1)  # output channels per kernel call, as fsrcnn.c has them; largest first
+_F32 = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
+_LIB: ctypes.CDLL | None = None
+_WHY_NOT: str | None = None
+
+
+def _load() -> ctypes.CDLL | None:
+    global _LIB, _WHY_NOT
+    if _LIB is not None or _WHY_NOT is not None:
+        return _LIB
+    here = Path(__file__).parent
+    found = [here / f"_fsrcnn{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
+    found = [p for p in found if p.exists()]
+    if not found:
+        _WHY_NOT = f"{here / '_fsrcnn*.so'} was not built (pip install -e . builds it; it needs a C compiler)"
+        return None
+    lib = ctypes.CDLL(str(found[0]))
+    if not lib.fsrcnn_supported():
+        _WHY_NOT = "this CPU has no AVX-512"
+        return None
+    ptr, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
+    lib.fsrcnn_conv.argtypes = [
+        *(ptr, i32, i64, i64),  # input, its channels, plane and row strides (in floats)
+        *(ptr, ptr, ptr),  # packed weights, bias, slopes or NULL
+        *(i32, i32, i32),  # output channels, channels per block, kernel size
+        *(ptr, i32, i32),  # output, its height and width
+    ]
+    lib.fsrcnn_conv.restype = ctypes.c_int
+    lib.fsrcnn_assemble.argtypes = [
+        *(_F32, _F32, i32, i32),  # skip, learned phases, colour channels, scale
+        *(i32,) * 4,  # skip height and width, learned height and width
+        np.ctypeslib.ndpointer(np.int32, flags="C_CONTIGUOUS"),  # lag
+        *(ptr, ptr),  # float or 8-bit output
+    ]
+    lib.fsrcnn_assemble.restype = None
+    _LIB = lib
+    return lib
+
+
+def kernels_unavailable() -> str | None:
+    """Why the kernels cannot run in this process, or None when they can."""
+    _load()
+    return _WHY_NOT
+
+
+class _Conv:
+    """One convolution (+ PReLU) with its weights packed as fsrcnn_conv reads them."""
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, slope: np.ndarray | None):
+        self.cout, self.cin, self.k, _ = weight.shape
+        self.block = next(b for b in _BLOCKS if self.cout % b == 0)
+        packed = weight.reshape(self.cout // self.block, self.block, self.cin, self.k, self.k)
+        self.weight = np.ascontiguousarray(packed.transpose(0, 2, 3, 4, 1), np.float32)  # [cout/b][cin][k][k][b]
+        self.bias = np.ascontiguousarray(bias, np.float32)
+        self.slope = None if slope is None else np.ascontiguousarray(slope, np.float32)
+
+    def out_shape(self, x: np.ndarray) -> tuple[int, int, int]:
+        return (self.cout, x.shape[1] - self.k + 1, x.shape[2] - self.k + 1)
+
+    def __call__(self, x: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+        """(Cin, H, W) -> (Cout, H - k + 1, W - k + 1). ``x`` may be a crop of a larger array, if its rows are
+        contiguous float32; ``out``, if given, must be C-contiguous float32 of that shape."""
+        shape = self.out_shape(x)
+        out = np.empty(shape, np.float32) if out is None else out
+        if x.dtype != np.float32 or x.strides[2] != 4 or out.shape != shape or not out.flags.c_contiguous:
+            raise ValueError(f"expected float32 rows in, ({shape}) C-contiguous float32 out")
+        plane, row = x.strides[0] // 4, x.strides[1] // 4
+        slope = None if self.slope is None else self.slope.ctypes.data
+        args = (self.weight.ctypes.data, self.bias.ctypes.data, slope, self.cout, self.block, self.k)
+        if _LIB.fsrcnn_conv(x.ctypes.data, self.cin, plane, row, *args, out.ctypes.data, *shape[1:]):
+            raise RuntimeError(f"fsrcnn_conv has no kernel for blocks of {self.block} channels")
+        return out
+
+
+class NativeNetwork:
+    """An SRNet's forward pass on the kernels: (N, 3, T + 2c, T + 2c) float32 tiles -> (N, 3, sT, sT)."""
+
+    def __init__(self, path: Path):
+        if _load() is None:
+            raise RuntimeError(f"the native kernels cannot run: {_WHY_NOT}")
+        with np.load(path, allow_pickle=False) as f:
+            arrays = dict(f)
+        self.scale, self.context = int(arrays["scale"]), int(arrays["context"])
+        n = sum(1 for k in arrays if k.startswith("conv") and k.endswith(".weight"))
+        self.body = [_Conv(*(arrays[f"conv{i}.{p}"] for p in ("weight", "bias", "slope"))) for i in range(n)]
+        self.phases = _Conv(arrays["phases.weight"], arrays["phases.bias"], None)
+        self.lag = np.ascontiguousarray(arrays["phases.lag"], np.int32)
+        skip = arrays["skip.weight"]  # (C*s*s, 1, 5, 5): a group of s*s phases per colour
+        self.channels = skip.shape[0] // self.scale**2
+        s2 = self.scale**2
+        self.skips = [_Conv(skip[c * s2 : (c + 1) * s2], np.zeros(s2, np.float32), None) for c in range(self.channels)]
+        self.crop = int(arrays["skip.crop"])
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """(N, 3, T + 2c, T + 2c) float32 in [0, 1] -> (N, 3, sT, sT) float32 (not clipped)."""
+        batch, (h, w) = self._checked(batch)
+        out = np.empty((len(batch), self.channels, self.scale * h, self.scale * w), np.float32)
+        for x, o in zip(batch, out, strict=True):
+            self._tile(x, f32=o)
+        return out
+
+    def run_pixels(self, batch: np.ndarray) -> np.ndarray:
+        """As ``run``, then as ``service.engine.to_pixels(..., np.uint8)``: (N, sT, sT, 3) 8-bit pixels."""
+        batch, (h, w) = self._checked(batch)
+        out = np.empty((len(batch), self.scale * h, self.scale * w, self.channels), np.uint8)
+        for x, o in zip(batch, out, strict=True):
+            self._tile(x, u8=o)
+        return out
+
+    def _checked(self, batch: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """The batch as C-ordered float32 and the size of its tiles without context."""
+        if batch.ndim != 4 or batch.shape[1] != self.channels or min(batch.shape[2:]) <= 2 * self.context:
+            raise ValueError(f"expected (N, {self.channels}, T + {2 * self.context}, ...) tiles, got {batch.shape}")
+        return np.ascontiguousarray(batch, np.float32), (batch.shape[2] - 2 * self.context, batch.shape[3] - 2 * self.context)
+
+    def _tile(self, x: np.ndarray, f32: np.ndarray | None = None, u8: np.ndarray | None = None) -> None:
+        """One tile into ``f32`` (3, sT, sT) or ``u8`` (sT, sT, 3). Intermediate maps live in this thread's
+        workspace: fresh arrays of a few MB each would be page-faulted in on every tile."""
+        space = _WORKSPACE
+        feats = x
+        for i, conv in enumerate(self.body):  # (3, T + 2c, ...) -> (d, T + 2, ...)
+            feats = conv(feats, out=space.take(i % 2, conv.out_shape(feats)))
+        # (C*s*s, T + 3 - taps, ...): phase r of output pixel s*q + r at q + lag[r]
+        learned = self.phases(feats, out=space.take(len(self.body) % 2, self.phases.out_shape(feats)))
+        k, s, c = self.crop, self.scale, self.channels
+        h, w = x.shape[1] - 2 * self.context, x.shape[2] - 2 * self.context
+        skip = space.take(2, (c * s * s, h, w))
+        for i, phases in enumerate(self.skips):  # the bicubic skip: s*s phases of each colour's centre
+            phases(x[i : i + 1, k : x.shape[1] - k, k : x.shape[2] - k], out=skip[i * s * s : (i + 1) * s * s])
+        outputs = (None if f32 is None else f32.ctypes.data, None if u8 is None else u8.ctypes.data)
+        _LIB.fsrcnn_assemble(skip, learned, c, s, h, w, *learned.shape[1:], self.lag, *outputs)
+
+
+class _Workspace(threading.local):
+    """Per-thread scratch arrays, grown as needed and reused by every model and tile."""
+
+    def __init__(self):
+        self.buffers: dict[int, np.ndarray] = {}
+
+    def take(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
+        size = math.prod(shape)
+        if slot not in self.buffers or self.buffers[slot].size < size:
+            self.buffers[slot] = np.empty(size, np.float32)
+        return self.buffers[slot][:size].reshape(shape)
+
+
+_WORKSPACE = _Workspace()
