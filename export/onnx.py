@@ -8,8 +8,9 @@ Writes ``<variant>_x<scale>.onnx`` (opset 18; input ``lr`` (N, 3, H + 2c, W + 2c
 output ``sr`` (N, 3, sH, sW), dynamic N/H/W; metadata: variant, scale, context),
 ``<variant>_x<scale>_fp16.onnx`` (fp16 weights and compute, fp32 inputs and
 outputs; for GPUs), ``<variant>_x<scale>_cpu.onnx`` (the same function lowered
-for ONNX Runtime's CPU kernels; see ``export.cpu``) and the model card as
-``.json`` and ``.md``.
+for ONNX Runtime's CPU kernels; see ``export.cpu``), ``<variant>_x<scale>_native.npz``
+(its weights for the service's own CPU kernels; see ``export.native``) and the
+model card as ``.json`` and ``.md``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.cpu import CPU_TWIN_SUFFIX, lower_for_cpu
 from export.graph import drop_unused_initializers, file_sha256
+from export.native import NATIVE_TWIN_SUFFIX, write_native
 from model.network import SRNet, build, config_dict, load_weights, macs_per_input_pixel
+from service.native import NativeNetwork, kernels_unavailable
 
 log = logging.getLogger("export.onnx")
 
@@ -252,16 +255,23 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def write_twins(path: Path, context: int, fp16: bool = True) -> dict[str, float]:
-    """Write the fp16 (unless ``fp16`` is false) and CPU twins of ``path``; return their card entries."""
+    """Write the fp16 (unless ``fp16`` is false), CPU and native twins of ``path``; return their card entries."""
     entries = {}
-    twins = {"fp16": (export_fp16, "_fp16"), "cpu": (lower_for_cpu, CPU_TWIN_SUFFIX)}
+    twins = {
+        "fp16": (export_fp16, "_fp16.onnx"),
+        "cpu": (lower_for_cpu, CPU_TWIN_SUFFIX + ".onnx"),
+        "native": (write_native, NATIVE_TWIN_SUFFIX + ".npz"),
+    }
     for name, (write, suffix) in twins.items():
         if name == "fp16" and not fp16:
             continue
-        twin = path.with_name(path.stem + suffix + ".onnx")
+        twin = path.with_name(path.stem + suffix)
         write(path, twin)
+        if name == "native" and kernels_unavailable():
+            log.warning("wrote %s; not compared with %s: %s", twin, path.name, kernels_unavailable())
+            continue
         err = twin_max_abs_diff(path, twin, context)
-        if name == "cpu" and err > PARITY_TOLERANCE:
+        if name != "fp16" and err > PARITY_TOLERANCE:
             raise SystemExit(f"{twin} differs from {path} by {err:.2e} > {PARITY_TOLERANCE}")
         entries[f"{name}_max_abs_diff"] = float(f"{err:.3g}")
         log.info("wrote %s; max abs difference from %s %.2e", twin, path.name, err)
@@ -269,10 +279,13 @@ def write_twins(path: Path, context: int, fp16: bool = True) -> dict[str, float]
 
 
 def twin_max_abs_diff(model: Path, twin: Path, context: int) -> float:
-    """Max abs difference of a twin from its model on a random tile (run on the CPU provider)."""
+    """Max abs difference of a twin (ONNX, on the CPU provider, or native) from its model on a random tile."""
     x = np.random.default_rng(0).random((1, 3, 64 + 2 * context, 64 + 2 * context), dtype=np.float32)
     a = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
-    b = ort.InferenceSession(str(twin), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
+    if twin.suffix == ".npz":
+        b = NativeNetwork(twin).run(x)
+    else:
+        b = ort.InferenceSession(str(twin), providers=["CPUExecutionProvider"]).run(["sr"], {"lr": x})[0]
     return float(np.abs(a - b).max())
 
 

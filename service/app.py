@@ -119,6 +119,7 @@ def _build_engine(settings: Settings) -> Engine:
         precision=settings.precision,
         variants=settings.variants or None,
         cores=max(1, available_cores() // max(1, settings.processes)),  # this process's share
+        cpu_kernels=settings.cpu_kernels,
     )
 
 
@@ -292,6 +293,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[], None] | 
                 trained=spec.card.get("trained", False),
                 set5=spec.card.get("set5"),
                 precision="fp16" if eng.fp16 else "fp32",
+                kernels=eng.kernels((v, sc)),
             )
             for (v, sc), spec in sorted(eng.specs.items())
         ]

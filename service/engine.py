@@ -6,9 +6,12 @@ variant in the ONNX metadata, and its model card in a JSON file of the same
 stem. Twins beside it compute the same function for one target:
 ``<variant>_x<scale>_fp16.onnx`` for GPUs asked for fp16, and
 ``<variant>_x<scale>_cpu.onnx`` (lowered for ONNX Runtime's CPU kernels,
-see ``export.cpu``), which the CPU provider runs whenever it exists. A twin
-is used only if the SHA-256 it records of its model matches the model file
-beside it; a twin left behind by a replaced model is ignored with a warning.
+see ``export.cpu``), which the CPU provider runs whenever it exists, and
+``<variant>_x<scale>_native.npz``, the weights for the service's own CPU
+kernels (``service.native``), which run the model instead of ONNX Runtime on
+a CPU with AVX-512 unless ``cpu_kernels="onnxruntime"``. A twin is used only
+if the SHA-256 it records of its model matches the model file beside it; a
+twin left behind by a replaced model is ignored with a warning.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.native import NATIVE_SUFFIX, NativeNetwork, kernels_unavailable
 from service.tiling import TileGrid
 
 __all__ = [
@@ -55,6 +59,7 @@ class ModelSpec:
     path: Path
     fp16_path: Path | None = None
     cpu_path: Path | None = None
+    native_path: Path | None = None
     card: dict = field(default_factory=dict)  # model-card facts (PSNR, parameters, ...)
 
     @property
@@ -92,6 +97,7 @@ def discover_models(location: str | Path) -> dict[ModelKey, ModelSpec]:
         card_path = path.with_suffix(".json")
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
         fp16, cpu = (_twin(path, digest, suffix) for suffix in _TWIN_SUFFIXES)
+        native = _native_twin(path, digest)
         spec = ModelSpec(
             variant=meta.get("variant", match["variant"]),
             scale=int(meta.get("scale", match["scale"])),
@@ -99,6 +105,7 @@ def discover_models(location: str | Path) -> dict[ModelKey, ModelSpec]:
             path=path,
             fp16_path=fp16,
             cpu_path=cpu,
+            native_path=native,
             card=json.loads(card_path.read_text()) if card_path.exists() else {},
         )
         specs[spec.key] = spec
@@ -114,6 +121,22 @@ def _twin(model: Path, model_sha256: str, suffix: str) -> Path | None:
         log.warning(
             "ignoring %s: it was not written from this %s; delete it, or rewrite it with "
             "python -m export.onnx --twins %s (needs the train extra)",
+            *(twin.name, model.name, model),
+        )
+        return None
+    return twin
+
+
+def _native_twin(model: Path, model_sha256: str) -> Path | None:
+    """``model``'s native twin (``export.native``), if it exists and was written from this very model file."""
+    twin = model.with_name(model.stem + NATIVE_SUFFIX + ".npz")
+    if not twin.exists():
+        return None
+    with np.load(twin, allow_pickle=False) as arrays:
+        written_from = str(arrays["source_sha256"]) if "source_sha256" in arrays else None
+    if written_from != model_sha256:
+        log.warning(
+            "ignoring %s: it was not written from this %s; rewrite it with python -m export.onnx --twins %s",
             *(twin.name, model.name, model),
         )
         return None
@@ -236,6 +259,19 @@ def _open_sessions(
     return sessions
 
 
+def _native_networks(specs: dict[ModelKey, ModelSpec], cpu_kernels: str, threads: int) -> dict:
+    """The models that the service's own CPU kernels run; the others stay on ONNX Runtime."""
+    if cpu_kernels != "auto" or not any(spec.native_path for spec in specs.values()):
+        return {}
+    why_not = kernels_unavailable()
+    if why_not is None and threads > 1:
+        why_not = f"they run a batch on one thread, and {threads} threads per run were asked for"
+    if why_not:
+        log.info("ONNX Runtime runs the models on the CPU; the native kernels cannot: %s", why_not)
+        return {}
+    return {key: NativeNetwork(spec.native_path) for key, spec in specs.items() if spec.native_path}
+
+
 class Engine:
     """Runs batches of fixed-shape tiles through the ONNX Runtime session of a model."""
 
@@ -250,9 +286,13 @@ class Engine:
         precision: str = "auto",
         variants: list[str] | None = None,
         cores: int = 0,
+        cpu_kernels: str = "auto",
     ):
         """``cores``: the CPUs this engine and its caller plan for (0 = all this process may use; a share of them
-        where several server processes divide the machine)."""
+        where several server processes divide the machine). ``cpu_kernels``: "auto" runs models with a native twin
+        on the service's own kernels where they can run (see the module docstring), "onnxruntime" never."""
+        if cpu_kernels not in ("auto", "onnxruntime"):
+            raise ValueError(f"cpu_kernels must be 'auto' or 'onnxruntime', not {cpu_kernels!r}")
         self.tile = tile
         specs = discover_models(models)
         if variants:
@@ -277,10 +317,16 @@ class Engine:
         # How many batches the caller should run at once (``run`` is thread-safe).
         self.workers: int = (workers or 1) if self.on_gpu else cpu_workers
         self.threads: int = (threads or 1) if self.on_gpu else cpu_threads
+        self.native = {} if self.on_gpu else _native_networks(specs, cpu_kernels, self.threads)
         log.info(
-            "engine ready: %d models %s on %s (tile %d, %d concurrent runs x %d ORT threads)",
-            *(len(specs), sorted(specs), self.provider, tile, self.workers, self.threads),
+            "engine ready: %d models %s on %s, %s of them on the native kernels (tile %d, %d concurrent runs x %d "
+            "threads)",
+            *(len(specs), sorted(specs), self.provider, len(self.native), tile, self.workers, self.threads),
         )
+
+    def kernels(self, key: ModelKey) -> str:
+        """What runs model ``key``: "native" (``service.native``) or "onnxruntime"."""
+        return "native" if key in self.native else "onnxruntime"
 
     def grid(self, key: ModelKey, height: int, width: int) -> TileGrid:
         spec = self.specs[key]
@@ -288,6 +334,8 @@ class Engine:
 
     def run(self, key: ModelKey, batch: np.ndarray) -> np.ndarray:
         """(N, 3, T + 2c, T + 2c) float32 in [0, 1] -> (N, 3, sT, sT) float32 (not clipped)."""
+        if key in self.native:
+            return self.native[key].run(batch)
         session = self.sessions[key]
         if not self.on_gpu:
             return session.run(["sr"], {"lr": batch})[0]
@@ -298,12 +346,16 @@ class Engine:
         return binding.copy_outputs_to_cpu()[0]
 
     def has_pixels(self, key: ModelKey, dtype: np.dtype | type) -> bool:
-        """Whether the session of ``key`` returns pixels of ``dtype`` itself (CPU twins do, for 8-bit)."""
+        """Whether model ``key`` makes pixels of ``dtype`` itself (CPU twins and the native kernels do, for 8-bit)."""
+        if key in self.native:
+            return np.dtype(dtype) == np.uint8
         return f"pixels_{np.dtype(dtype).name}" in self._outputs[key]
 
     def run_pixels(self, key: ModelKey, batch: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
         """(N, 3, T + 2c, T + 2c) float32 in [0, 1] -> (N, sT, sT, 3) integer pixels of ``dtype`` as ``to_pixels``
         makes them: by the model itself where ``has_pixels``, else from ``run`` in numpy."""
+        if key in self.native and self.has_pixels(key, dtype):
+            return self.native[key].run_pixels(batch)
         if self.has_pixels(key, dtype):
             return self.sessions[key].run([f"pixels_{np.dtype(dtype).name}"], {"lr": batch})[0]
         return to_pixels(self.run(key, batch).transpose(0, 2, 3, 1), dtype)

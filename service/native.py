@@ -141,7 +141,10 @@ class NativeNetwork:
         """The batch as C-ordered float32 and the size of its tiles without context."""
         if batch.ndim != 4 or batch.shape[1] != self.channels or min(batch.shape[2:]) <= 2 * self.context:
             raise ValueError(f"expected (N, {self.channels}, T + {2 * self.context}, ...) tiles, got {batch.shape}")
-        return np.ascontiguousarray(batch, np.float32), (batch.shape[2] - 2 * self.context, batch.shape[3] - 2 * self.context)
+        return np.ascontiguousarray(batch, np.float32), (
+            batch.shape[2] - 2 * self.context,
+            batch.shape[3] - 2 * self.context,
+        )
 
     def _tile(self, x: np.ndarray, f32: np.ndarray | None = None, u8: np.ndarray | None = None) -> None:
         """One tile into ``f32`` (3, sT, sT) or ``u8`` (sT, sT, 3). Intermediate maps live in this thread's

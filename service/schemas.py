@@ -25,6 +25,7 @@ class ModelInfo(BaseModel):
     trained: bool = Field(description="false for an untrained placeholder network")
     set5: dict[str, float] | None = Field(None, description="Set5 Y-PSNR/SSIM of the model and of bicubic")
     precision: str
+    kernels: str = Field(description="what runs the model: 'native' (the service's own CPU kernels) or 'onnxruntime'")
 
 
 class ModelsResponse(BaseModel):

@@ -30,6 +30,12 @@ class Settings(BaseSettings):
     threads: int = Field(
         0, ge=0, description="ONNX Runtime threads per model run (0 = cores / engine_workers on CPU, 1 on GPU)"
     )
+    cpu_kernels: str = Field(
+        "auto",
+        pattern="^(auto|onnxruntime)$",
+        description="auto: on a CPU with AVX-512, models with a native twin run on the service's own kernels "
+        "(service/fsrcnn.c); onnxruntime: ONNX Runtime runs every model",
+    )
     processes: int = Field(
         0, ge=0, description="server processes sharing the port (0 = one per 2 cores with a GPU, 1 without)"
     )

@@ -10,6 +10,7 @@ from PIL import Image, ImageCms
 
 from service import engine as engine_module
 from service.engine import Engine
+from service.native import kernels_unavailable
 from service.settings import default_codec_threads
 
 from .conftest import MODELS, assert_same_pixels, decode_image, encode_image, serving, smooth_image
@@ -141,6 +142,7 @@ def test_models_lists_every_scale_with_card_facts_and_provider(client):
     assert body["provider"] == "CPUExecutionProvider"
     assert {(m["variant"], m["scale"]) for m in body["models"]} >= {("fast", 2), ("fast", 3), ("fast", 4)}
     assert all(m["parameters"] and m["macs_per_input_pixel"] for m in body["models"])
+    assert {m["kernels"] for m in body["models"]} == {"onnxruntime" if kernels_unavailable() else "native"}
 
 
 def test_models_reports_the_batch_size_in_use(client):

@@ -37,8 +37,9 @@ def test_cpu_layout_fills_the_cores_with_whatever_is_not_given(threads, workers,
     assert cpu_layout(threads, workers, cores) == expected
 
 
-def test_engine_runs_are_thread_safe_and_give_the_same_result():
-    engine = Engine(MODELS / "fast_x2.onnx", prefer_gpu=False, tile=24, workers=2, threads=1)
+@pytest.mark.parametrize("kernels", ["auto", "onnxruntime"])
+def test_engine_runs_are_thread_safe_and_give_the_same_result(kernels):
+    engine = Engine(MODELS / "fast_x2.onnx", prefer_gpu=False, tile=24, workers=2, threads=1, cpu_kernels=kernels)
     x = np.random.default_rng(0).random((4, 3, 38, 38), dtype=np.float32)
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda _: engine.run(("fast", 2), x), range(6)))
@@ -78,7 +79,7 @@ def test_without_a_cpu_twin_the_model_itself_runs_and_gives_the_same_pixels(tmp_
         shutil.copy(MODELS / name, tmp_path / name)
     plain, twin = (
         Engine(tmp_path, prefer_gpu=False, tile=32),
-        Engine(MODELS / "fast_x2.onnx", prefer_gpu=False, tile=32),
+        Engine(MODELS / "fast_x2.onnx", prefer_gpu=False, tile=32, cpu_kernels="onnxruntime"),
     )
     assert _lowered_for(plain) is None
     assert plain.sessions[("fast", 2)].get_session_options().graph_optimization_level == _EXTENDED
@@ -90,8 +91,9 @@ def test_twins_are_not_served_as_models_of_their_own():
     assert set(Engine(MODELS, prefer_gpu=False).specs) == {(v, s) for v in ("fast", "turbo") for s in (2, 3, 4)}
 
 
-def test_eight_bit_pixels_from_the_twin_are_to_pixels_of_its_float_result_as_image_tiles():
-    engine = Engine(MODELS / "fast_x2.onnx", prefer_gpu=False)
+@pytest.mark.parametrize("kernels", ["auto", "onnxruntime"])  # the native kernels where they run, the CPU twin
+def test_eight_bit_pixels_from_the_twin_are_to_pixels_of_its_float_result_as_image_tiles(kernels):
+    engine = Engine(MODELS / "fast_x2.onnx", prefer_gpu=False, cpu_kernels=kernels)
     assert engine.has_pixels(("fast", 2), np.uint8) and not engine.has_pixels(("fast", 2), np.uint16)
     x = np.random.default_rng(0).random((3, 3, 40, 40), dtype=np.float32)
     pixels = engine.run_pixels(("fast", 2), x, np.uint8)

@@ -1,0 +1,148 @@
+"""The service's own CPU kernels (service/fsrcnn.c through service.native): exact against plain numpy and against
+ONNX Runtime on the shipped models, and chosen by the engine only where they can run."""
+
+import logging
+import shutil
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from service import engine as engine_module
+from service import native
+from service.engine import Engine, to_pixels
+from service.native import NativeNetwork, kernels_unavailable
+
+from .conftest import MODELS
+
+SHIPPED = [f"{v}_x{s}" for v in ("fast", "turbo") for s in (2, 3, 4)]
+
+needs_kernels = pytest.mark.skipif(kernels_unavailable() is not None, reason=f"{kernels_unavailable()}")
+
+
+def conv_reference(x: np.ndarray, w: np.ndarray, b: np.ndarray, slope: np.ndarray | None) -> np.ndarray:
+    """Valid correlation of (Cin, H, W) with (Cout, Cin, k, k), + bias, then PReLU, in float64."""
+    cout, _, k, _ = w.shape
+    h, wd = x.shape[1] - k + 1, x.shape[2] - k + 1
+    out = np.broadcast_to(b[:, None, None], (cout, h, wd)).astype(np.float64)
+    for ky in range(k):
+        for kx in range(k):
+            out += np.einsum("oi,ihw->ohw", w[:, :, ky, kx], x[:, ky : ky + h, kx : kx + wd].astype(np.float64))
+    return out if slope is None else np.where(out < 0, out * slope[:, None, None], out)
+
+
+@needs_kernels
+@pytest.mark.parametrize(
+    ("cin", "cout", "k", "h", "w"),
+    [
+        (3, 56, 5, 21, 40),  # 14 channels per block; a row tail of 4 pixels
+        (56, 12, 1, 7, 16),  # 12 per block; an odd number of rows (the last row alone)
+        (12, 12, 3, 5, 9),  # rows narrower than one register
+        (12, 27, 3, 12, 35),  # 9 per block
+        (1, 16, 5, 9, 20),  # 8 per block
+        (2, 4, 2, 3, 3),  # 4 per block
+        (4, 6, 4, 10, 33),  # 3 per block
+        (3, 10, 3, 6, 18),  # 2 per block
+        (5, 7, 3, 4, 17),  # 1 per block
+    ],
+)
+def test_conv_with_prelu_is_the_plain_definition(cin, cout, k, h, w):
+    rng = np.random.default_rng(cin * cout + k)
+    x = rng.standard_normal((cin, h + k - 1, w + k - 1)).astype(np.float32)
+    weight = rng.standard_normal((cout, cin, k, k)).astype(np.float32)
+    bias, slope = rng.standard_normal(cout).astype(np.float32), rng.uniform(-0.5, 1.5, cout).astype(np.float32)
+    got = native._Conv(weight, bias, slope)(x)
+    assert got.shape == (cout, h, w)
+    np.testing.assert_allclose(got, conv_reference(x, weight, bias, slope), rtol=1e-5, atol=1e-5)
+
+
+@needs_kernels
+def test_conv_reads_a_crop_of_a_larger_array_in_place():
+    rng = np.random.default_rng(1)
+    big = rng.standard_normal((3, 30, 41)).astype(np.float32)
+    weight, bias = rng.standard_normal((4, 1, 5, 5)).astype(np.float32), np.zeros(4, np.float32)
+    crop = big[1:2, 3:25, 6:38]  # one channel of three, rows and columns cut on both sides
+    np.testing.assert_allclose(
+        native._Conv(weight, bias, None)(crop), conv_reference(crop, weight, bias, None), rtol=1e-5, atol=1e-5
+    )
+
+
+@needs_kernels
+@pytest.mark.parametrize("model", SHIPPED)
+def test_shipped_native_twins_compute_the_shipped_model(model):
+    net = NativeNetwork(MODELS / f"{model}_native.npz")
+    session = ort.InferenceSession(str(MODELS / f"{model}.onnx"), providers=["CPUExecutionProvider"])
+    rng = np.random.default_rng(0)
+    for h, w in ((16, 16), (45, 31)):  # square and not; sides that leave row tails
+        x = rng.random((2, 3, h + 2 * net.context, w + 2 * net.context), dtype=np.float32)
+        expected = session.run(["sr"], {"lr": x})[0]
+        got = net.run(x)
+        assert got.shape == expected.shape == (2, 3, net.scale * h, net.scale * w)
+        assert np.abs(got - expected).max() < 1e-5
+
+
+@needs_kernels
+def test_eight_bit_pixels_are_to_pixels_of_the_float_result_rounded_at_the_boundaries():
+    net = NativeNetwork(MODELS / "fast_x2_native.npz")
+    x = np.random.default_rng(2).random((2, 3, 30, 27), dtype=np.float32)
+    x[0, :, 10:20, 10:20] = 0  # a dark patch: outputs below 0 clip
+    x[1, :, 5:25, 5:25] = 1  # a bright one: above 1 clips
+    pixels = net.run_pixels(x)
+    assert pixels.dtype == np.uint8 and pixels.shape == (2, 32, 26, 3)
+    assert np.array_equal(pixels, to_pixels(net.run(x).transpose(0, 2, 3, 1), np.uint8))
+    assert pixels.min() == 0 and pixels.max() == 255
+
+
+@needs_kernels
+def test_runs_in_threads_at_once_give_the_same_result():
+    net = NativeNetwork(MODELS / "fast_x3_native.npz")
+    x = np.random.default_rng(3).random((3, 3, 40, 40), dtype=np.float32)
+    expected = net.run(x)
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: net.run(x), range(8)))
+    assert all(np.array_equal(r, expected) for r in results)
+
+
+@needs_kernels
+def test_the_engine_runs_every_shipped_model_natively_on_this_cpu():
+    engine = Engine(MODELS, prefer_gpu=False, tile=16)
+    assert {engine.kernels(key) for key in engine.specs} == {"native"}
+    assert all(engine.has_pixels(key, np.uint8) and not engine.has_pixels(key, np.uint16) for key in engine.specs)
+
+
+def test_onnxruntime_can_be_asked_for():
+    engine = Engine(MODELS / "fast_x2.onnx", prefer_gpu=False, cpu_kernels="onnxruntime")
+    assert engine.kernels(("fast", 2)) == "onnxruntime" and not engine.native
+
+
+def test_where_the_kernels_cannot_run_onnxruntime_runs_and_the_log_says_why(monkeypatch, caplog):
+    monkeypatch.setattr(engine_module, "kernels_unavailable", lambda: "this CPU has no AVX-512")
+    caplog.set_level(logging.INFO, logger="service.engine")
+    engine = Engine(MODELS / "fast_x2.onnx", prefer_gpu=False, tile=16)
+    assert engine.kernels(("fast", 2)) == "onnxruntime"
+    assert "native kernels cannot: this CPU has no AVX-512" in caplog.text
+    x = np.random.default_rng(4).random((1, 3, 30, 30), dtype=np.float32)
+    assert engine.run_pixels(("fast", 2), x, np.uint8).shape == (1, 32, 32, 3)
+
+
+@needs_kernels
+def test_several_threads_per_run_keep_onnxruntime(caplog):
+    caplog.set_level(logging.INFO, logger="service.engine")
+    engine = Engine(MODELS / "fast_x2.onnx", prefer_gpu=False, threads=2, workers=1)
+    assert engine.kernels(("fast", 2)) == "onnxruntime"
+    assert "2 threads per run were asked for" in caplog.text
+
+
+def test_a_native_twin_left_behind_by_a_replaced_model_is_not_used(tmp_path, caplog):
+    shutil.copy(MODELS / "fast_x2_native.npz", tmp_path / "fast_x2_native.npz")  # written from the shipped fast_x2
+    shutil.copy(MODELS / "fast_x3.onnx", tmp_path / "fast_x2.onnx")  # ... which is now another model
+    engine = Engine(tmp_path, prefer_gpu=False)
+    (key,) = engine.specs
+    assert engine.specs[key].native_path is None and engine.kernels(key) == "onnxruntime"
+    assert "ignoring fast_x2_native.npz" in caplog.text
+
+
+def test_an_unknown_kernel_choice_is_refused():
+    with pytest.raises(ValueError, match="cpu_kernels"):
+        Engine(MODELS / "fast_x2.onnx", prefer_gpu=False, cpu_kernels="fastest")
