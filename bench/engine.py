@@ -11,7 +11,8 @@ Runtime runs what the service runs on a CPU: the CPU twin (``export.cpu``) at
 graph optimisation level "all"; the shipped model's own graph is timed beside it.
 Besides one run on all threads (the comparison with PyTorch), the engine is
 timed in the service's layout: one single-threaded run per core at once, each
-of the service's CPU batch size.
+of the service's CPU batch size, both as the service runs it by default (the
+native kernels of ``service.native`` where they can run) and on ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -68,11 +69,12 @@ def measure(model: str, tile: int, batch: int, threads: int, repeat: int, sgemm_
     key = next(iter(engine.specs))
     peak = sgemm_gflops(sgemm_n, repeat=repeat)
     t_ort = timed(lambda: engine.run(key, x), repeat=repeat)
-    layout = Engine(path, tile=tile, prefer_gpu=False)  # the service's: one single-threaded run per core
-    small = x[: default_max_batch(on_gpu=False)]  # and the service's CPU batch size
-    with ThreadPoolExecutor(layout.workers) as pool:
-        t_layout = timed(lambda: list(pool.map(lambda _: layout.run(key, small), range(layout.workers))), repeat=repeat)
-    layout_gflops = layout.workers * flops * len(small) / batch / t_layout / 1e9
+    small = x[: default_max_batch(on_gpu=False)]  # the service's CPU batch size
+    layout, t_layout = {}, {}
+    for kernels in ("auto", "onnxruntime"):  # the service's layout: one single-threaded run per core
+        layout[kernels] = Engine(path, tile=tile, prefer_gpu=False, cpu_kernels=kernels)
+        t_layout[kernels] = _concurrent_runs(layout[kernels], key, small, repeat)
+    layout_gflops = {k: layout[k].workers * flops * len(small) / batch / t / 1e9 for k, t in t_layout.items()}
     torch.set_num_threads(threads)
     xt = torch.from_numpy(x)
     with torch.inference_mode():
@@ -90,12 +92,23 @@ def measure(model: str, tile: int, batch: int, threads: int, repeat: int, sgemm_
         "onnxruntime_gflops": flops / t_ort / 1e9,
         "sgemm_gflops": peak,
         "onnxruntime_fraction_of_sgemm": flops / t_ort / 1e9 / peak,
-        "service_layout": f"{layout.workers} concurrent runs x {layout.threads} threads, {len(small)} tiles each",
-        "service_layout_gflops": layout_gflops,
-        "service_layout_fraction_of_sgemm": layout_gflops / peak,
+        "service_layout": f"{layout['auto'].workers} concurrent runs x 1 thread, {len(small)} tiles each",
+        # What the service runs by default: the native kernels where they can run (service.native), else ORT.
+        "service_layout_kernels": layout["auto"].kernels(key),
+        "service_layout_gflops": layout_gflops["auto"],
+        "service_layout_fraction_of_sgemm": layout_gflops["auto"] / peak,
+        "service_layout_onnxruntime_gflops": layout_gflops["onnxruntime"],
+        "service_layout_onnxruntime_fraction_of_sgemm": layout_gflops["onnxruntime"] / peak,
+        "native_speedup_vs_onnxruntime": t_layout["onnxruntime"] / t_layout["auto"],
         "pytorch_gflops": flops / t_torch / 1e9,
         "engine_output_mpix_per_s": batch * (tile * net.scale) ** 2 / 1e6 / t_ort,
     }
+
+
+def _concurrent_runs(engine: Engine, key, x: np.ndarray, repeat: int) -> float:
+    """Seconds for ``engine.workers`` runs of ``x`` at once, as the service's engine threads run them."""
+    with ThreadPoolExecutor(engine.workers) as pool:
+        return timed(lambda: list(pool.map(lambda _: engine.run(key, x), range(engine.workers))), repeat=repeat)
 
 
 def _by_optimization_level(path, x: np.ndarray, threads: int, repeat: int) -> dict[str, float]:

@@ -1,4 +1,4 @@
-"""ONNX export: checker, metadata, dynamic shapes, parity with PyTorch, fp16 and CPU twins, model card."""
+"""ONNX export: checker, metadata, dynamic shapes, parity with PyTorch, fp16, CPU and native twins, model card."""
 
 import hashlib
 import json
@@ -11,11 +11,13 @@ import torch
 from onnx import helper, numpy_helper
 
 from export.cpu import lower_for_cpu
+from export.native import write_native
 from export.onnx import export_onnx, parity, twin_max_abs_diff
 from export.onnx import main as export_main
 from model.network import build, config_dict
 from model.onnx_weights import weights_from_onnx
 from service.engine import to_pixels
+from service.native import kernels_unavailable
 
 
 @pytest.fixture(scope="module")
@@ -27,7 +29,8 @@ def exported(tmp_path_factory):
 
 def test_export_writes_model_twins_and_card(exported):
     names = {p.name for p in exported.iterdir()}
-    assert {"fast_x3.onnx", "fast_x3_fp16.onnx", "fast_x3_cpu.onnx", "fast_x3.json", "fast_x3.md"} <= names
+    twins = {"fast_x3_fp16.onnx", "fast_x3_cpu.onnx", "fast_x3_native.npz"}
+    assert {"fast_x3.onnx", *twins, "fast_x3.json", "fast_x3.md"} <= names
 
 
 def test_exported_model_passes_the_checker_with_opset_at_least_17(exported):
@@ -90,10 +93,9 @@ def test_cpu_twin_has_no_prelu_pixel_shuffle_or_learned_transposed_convolution(e
     assert {p.key: p.value for p in twin.metadata_props}["lowered_for"] == "CPUExecutionProvider"
 
 
-@pytest.mark.parametrize("scale", [2, 3, 4])
-@pytest.mark.parametrize("variant", ["fast", "turbo"])
-def test_cpu_twin_is_exact_for_every_scale_and_slopes_of_every_sign(tmp_path, variant, scale):
-    """Negative slopes, slopes above 1 and exactly 0 or 1 all occur in training; each scale has its own phases."""
+def _odd_slopes_model(path, variant: str, scale: int) -> int:
+    """Export a network with negative slopes, slopes above 1 and exactly 0 or 1 (all occur in training) and a
+    far-from-bilinear upsampler to ``path``; return its context."""
     net = build(variant, scale)
     with torch.no_grad():
         for act in (m for m in net.modules() if isinstance(m, torch.nn.PReLU)):
@@ -102,9 +104,25 @@ def test_cpu_twin_is_exact_for_every_scale_and_slopes_of_every_sign(tmp_path, va
             act.weight.copy_(torch.as_tensor(slopes))
         net.upsample.weight.normal_(0, 0.03)  # far from its bilinear start, so every tap matters
         net.upsample.bias.normal_(0, 0.03)
-    export_onnx(net, tmp_path / "m.onnx", variant)
+    export_onnx(net, path, variant)
+    return net.context
+
+
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("variant", ["fast", "turbo"])
+def test_cpu_twin_is_exact_for_every_scale_and_slopes_of_every_sign(tmp_path, variant, scale):
+    context = _odd_slopes_model(tmp_path / "m.onnx", variant, scale)
     lower_for_cpu(tmp_path / "m.onnx", tmp_path / "m_cpu.onnx")
-    assert twin_max_abs_diff(tmp_path / "m.onnx", tmp_path / "m_cpu.onnx", net.context) < 1e-5
+    assert twin_max_abs_diff(tmp_path / "m.onnx", tmp_path / "m_cpu.onnx", context) < 1e-5
+
+
+@pytest.mark.skipif(kernels_unavailable() is not None, reason=f"{kernels_unavailable()}")
+@pytest.mark.parametrize("scale", [2, 3, 4])
+@pytest.mark.parametrize("variant", ["fast", "turbo"])
+def test_native_twin_is_exact_for_every_scale_and_slopes_of_every_sign(tmp_path, variant, scale):
+    context = _odd_slopes_model(tmp_path / "m.onnx", variant, scale)
+    write_native(tmp_path / "m.onnx", tmp_path / "m_native.npz")
+    assert twin_max_abs_diff(tmp_path / "m.onnx", tmp_path / "m_native.npz", context) < 1e-5
 
 
 def test_a_prelu_with_one_slope_for_all_channels_is_lowered_exactly(exported, tmp_path):
@@ -156,6 +174,7 @@ def test_rewriting_twins_refreshes_them_from_the_model_and_updates_the_card(expo
     export_main(["--twins", str(tmp_path / "fast_x3.onnx")])
     card = json.loads((tmp_path / "fast_x3.json").read_text())
     assert card["cpu_max_abs_diff"] < 1e-5 and card["fp16_max_abs_diff"] < 2e-3
+    assert kernels_unavailable() or card["native_max_abs_diff"] < 1e-5
     assert (tmp_path / "fast_x3_cpu.onnx").is_file() and "cpu_max_abs_diff" in (tmp_path / "fast_x3.md").read_text()
 
 
@@ -201,4 +220,5 @@ def test_weights_read_back_from_onnx_rebuild_the_exported_network(tmp_path, vari
 def test_twins_of_a_model_without_a_card_can_be_rewritten(exported, tmp_path):
     (tmp_path / "custom_x3.onnx").write_bytes((exported / "fast_x3.onnx").read_bytes())
     export_main(["--twins", str(tmp_path / "custom_x3.onnx")])
-    assert {p.name for p in tmp_path.iterdir()} == {"custom_x3.onnx", "custom_x3_fp16.onnx", "custom_x3_cpu.onnx"}
+    twins = {"custom_x3_fp16.onnx", "custom_x3_cpu.onnx", "custom_x3_native.npz"}
+    assert {p.name for p in tmp_path.iterdir()} == {"custom_x3.onnx", *twins}
