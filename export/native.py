@@ -8,8 +8,8 @@ as plain arrays (numpy's ``.npz``, no pickles), in the form the kernels run:
 * ``conv{i}.weight`` (Cout, Cin, k, k), ``conv{i}.bias``, ``conv{i}.slope``: the
   body's convolutions and their PReLU slopes, one per channel (a layer with one
   slope, turbo's, repeats it);
-* ``phases.weight`` (C*s*s, d, T, T), ``phases.bias``, ``phases.lag``: the
-  transposed convolution as one convolution of its s*s phases
+* ``phases.weight`` (C*s*s, d, taps, taps), ``phases.bias``, ``phases.lag``:
+  the transposed convolution as one convolution of its s*s phases
   (``export.cpu.transposed_conv_phases``);
 * ``skip.weight`` (C*s*s, 1, 5, 5), ``skip.crop``: the fixed bicubic skip's
   phases and how far inside the tile its 5x5 window starts;
@@ -28,10 +28,9 @@ from export.cpu import transposed_conv_phases
 from export.graph import file_sha256
 from model.network import SRNet, load_weights
 from model.onnx_weights import weights_from_onnx
+from service.native import NATIVE_SUFFIX
 
-__all__ = ["NATIVE_TWIN_SUFFIX", "native_arrays", "write_native"]
-
-NATIVE_TWIN_SUFFIX = "_native"
+__all__ = ["NATIVE_SUFFIX", "native_arrays", "write_native"]
 
 
 def native_arrays(net: SRNet) -> dict[str, np.ndarray]:
@@ -44,8 +43,7 @@ def native_arrays(net: SRNet) -> dict[str, np.ndarray]:
         arrays[f"conv{i}.bias"] = _f32(conv.bias)
         arrays[f"conv{i}.slope"] = np.broadcast_to(_f32(act.weight), (conv.out_channels,)).copy()
     up = net.upsample
-    phases, lag = transposed_conv_phases(_f32(up.weight).astype(np.float64), up.stride[0], up.padding[0])
-    arrays["phases.weight"] = phases.astype(np.float32)
+    arrays["phases.weight"], lag = transposed_conv_phases(_f32(up.weight), up.stride[0], up.padding[0])
     arrays["phases.bias"] = np.repeat(_f32(up.bias), net.scale**2)
     arrays["phases.lag"] = np.array(lag, np.int32)
     arrays["skip.weight"] = _f32(net.skip.phases.weight)

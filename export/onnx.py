@@ -28,7 +28,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from export.cpu import CPU_TWIN_SUFFIX, lower_for_cpu
 from export.graph import drop_unused_initializers, file_sha256
-from export.native import NATIVE_TWIN_SUFFIX, write_native
+from export.native import NATIVE_SUFFIX, write_native
 from model.network import SRNet, build, config_dict, load_weights, macs_per_input_pixel
 from service.native import NativeNetwork, kernels_unavailable
 
@@ -254,21 +254,22 @@ def main(argv: list[str] | None = None) -> None:
     write_card(out, stem, card)
 
 
-def write_twins(path: Path, context: int, fp16: bool = True) -> dict[str, float]:
+def write_twins(path: Path, context: int, fp16: bool = True) -> dict[str, float | None]:
     """Write the fp16 (unless ``fp16`` is false), CPU and native twins of ``path``; return their card entries."""
     entries = {}
     twins = {
         "fp16": (export_fp16, "_fp16.onnx"),
         "cpu": (lower_for_cpu, CPU_TWIN_SUFFIX + ".onnx"),
-        "native": (write_native, NATIVE_TWIN_SUFFIX + ".npz"),
+        "native": (write_native, NATIVE_SUFFIX + ".npz"),
     }
     for name, (write, suffix) in twins.items():
         if name == "fp16" and not fp16:
             continue
         twin = path.with_name(path.stem + suffix)
         write(path, twin)
-        if name == "native" and kernels_unavailable():
+        if name == "native" and kernels_unavailable():  # recorded as such in the card
             log.warning("wrote %s; not compared with %s: %s", twin, path.name, kernels_unavailable())
+            entries["native_max_abs_diff"] = None
             continue
         err = twin_max_abs_diff(path, twin, context)
         if name != "fp16" and err > PARITY_TOLERANCE:

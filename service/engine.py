@@ -132,8 +132,12 @@ def _native_twin(model: Path, model_sha256: str) -> Path | None:
     twin = model.with_name(model.stem + NATIVE_SUFFIX + ".npz")
     if not twin.exists():
         return None
-    with np.load(twin, allow_pickle=False) as arrays:
-        written_from = str(arrays["source_sha256"]) if "source_sha256" in arrays else None
+    try:
+        with np.load(twin, allow_pickle=False) as arrays:
+            written_from = str(arrays["source_sha256"]) if "source_sha256" in arrays else None
+    except (OSError, ValueError) as exc:  # not an .npz at all, or truncated
+        log.warning("ignoring %s: it cannot be read (%s)", twin.name, exc)
+        return None
     if written_from != model_sha256:
         log.warning(
             "ignoring %s: it was not written from this %s; rewrite it with python -m export.onnx --twins %s",
@@ -269,11 +273,20 @@ def _native_networks(specs: dict[ModelKey, ModelSpec], cpu_kernels: str, threads
     if why_not:
         log.info("ONNX Runtime runs the models on the CPU; the native kernels cannot: %s", why_not)
         return {}
-    return {key: NativeNetwork(spec.native_path) for key, spec in specs.items() if spec.native_path}
+    networks = {}
+    for key, spec in specs.items():
+        if spec.native_path is None:
+            continue
+        try:
+            networks[key] = NativeNetwork(spec.native_path)
+        except (KeyError, ValueError) as exc:  # a twin missing arrays, or with shapes that do not fit together
+            log.warning("ignoring %s; ONNX Runtime runs %s: %s", spec.native_path.name, spec.path.name, exc)
+    return networks
 
 
 class Engine:
-    """Runs batches of fixed-shape tiles through the ONNX Runtime session of a model."""
+    """Runs batches of fixed-shape tiles through a model: its ONNX Runtime session, or on a CPU the native kernels
+    where they can run it."""
 
     def __init__(
         self,
@@ -318,6 +331,8 @@ class Engine:
         self.workers: int = (workers or 1) if self.on_gpu else cpu_workers
         self.threads: int = (threads or 1) if self.on_gpu else cpu_threads
         self.native = {} if self.on_gpu else _native_networks(specs, cpu_kernels, self.threads)
+        for key in self.native:  # not needed, and each holds its own copy of the weights and optimised graph
+            del self.sessions[key], self._outputs[key]
         log.info(
             "engine ready: %d models %s on %s, %s of them on the native kernels (tile %d, %d concurrent runs x %d "
             "threads)",
@@ -354,7 +369,7 @@ class Engine:
     def run_pixels(self, key: ModelKey, batch: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
         """(N, 3, T + 2c, T + 2c) float32 in [0, 1] -> (N, sT, sT, 3) integer pixels of ``dtype`` as ``to_pixels``
         makes them: by the model itself where ``has_pixels``, else from ``run`` in numpy."""
-        if key in self.native and self.has_pixels(key, dtype):
+        if key in self.native and np.dtype(dtype) == np.uint8:
             return self.native[key].run_pixels(batch)
         if self.has_pixels(key, dtype):
             return self.sessions[key].run([f"pixels_{np.dtype(dtype).name}"], {"lr": batch})[0]

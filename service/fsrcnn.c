@@ -10,12 +10,17 @@
  * Layout: planar float32, a channel's rows one after another. Convolutions are
  * 'valid' and unpadded, like the network's (model/network.py).
  *
- * Built by setup.py as service/_fsrcnn*.so with no special flags: the AVX-512
+ * Built by setup.py as service/_fsrcnn*.so with no -march flags: the AVX-512
  * code is compiled for that target function by function, and fsrcnn_supported()
- * tells at run time whether this CPU can run it.
+ * tells at run time whether this CPU can run it. Elsewhere than on x86-64 the
+ * library builds with no kernels and fsrcnn_supported() is 0.
+ *
+ * The callers (service/native.py) check every shape; these functions trust them.
  */
-#include <immintrin.h>
 #include <stdint.h>
+
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
 
 #define AVX512 __attribute__((target("avx512f,fma")))
 
@@ -25,8 +30,9 @@ int fsrcnn_supported(void) {
     return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
 }
 
-/* Rows y and y + 1 (or row y twice when rb == 1) of one block of CB output channels. Two rows share every
- * weight broadcast; 2 * CB accumulators + 3 registers fit the 32 of AVX-512 for CB <= 14. */
+/* Rows y and y + 1 of one block of CB output channels. Two rows share every weight broadcast; 2 * CB accumulators
+ * + 3 registers fit the 32 of AVX-512 for CB <= 14. When only row y is left (rb == 1), the second row of
+ * accumulators computes row y again and is not stored: simpler than a one-row variant, and one row per layer. */
 #define DEFINE_BLOCK(CB)                                                                                           \
     AVX512 static void block##CB(const float *in, int cin, long in_plane, long in_row, const float *wp,            \
                                  const float *bias, const float *slope, int k, float *out, int oh, int ow, int y,    \
@@ -109,6 +115,14 @@ int fsrcnn_conv(const float *in, int cin, long in_plane, long in_row, const floa
     return 0;
 }
 
+#else /* not x86-64: no kernels; service/native.py sees fsrcnn_supported() == 0 and never calls the others */
+int fsrcnn_supported(void) { return 0; }
+int fsrcnn_conv(const float *in, int cin, long in_plane, long in_row, const float *wp, const float *bias,
+                const float *slope, int cout, int cb, int k, float *out, int oh, int ow) {
+    return -1;
+}
+#endif
+
 /* The output image of a tile from its s*s phases: channel c * s * s + ry * s + rx of each holds output pixels
  * (s * y + ry, s * x + rx) of colour c, as PyTorch's pixel shuffle orders them.
  *
@@ -118,7 +132,6 @@ int fsrcnn_conv(const float *in, int cin, long in_plane, long in_row, const floa
  *          convolution's phases, whose windows start lag[r] pixels later for phase r).
  * Writes either out_f32, (c, s*h, s*w) floats, or out_u8, (s*h, s*w, c) pixels rounded as
  * service.engine.to_pixels rounds them: clip(value * 255 + 0.5, 0, 255), truncated. */
-__attribute__((optimize("fp-contract=off")))  /* value * 255 + 0.5 rounded twice, as numpy does */
 void fsrcnn_assemble(const float *skip, const float *learned, int c, int s, int h, int w, int lh, int lw,
                      const int *lag, float *out_f32, uint8_t *out_u8) {
     const long sw = (long)s * w, out_plane = (long)s * h * sw;
@@ -136,8 +149,8 @@ void fsrcnn_assemble(const float *skip, const float *learned, int c, int s, int 
                     } else {
                         uint8_t *dst = out_u8 + o * c + ch;
                         for (int x = 0; x < w; x++) {
-                            float v = (sk[(long)y * w + x] + le[(long)y * lw + x]) * 255.0f;
-                            v = v + 0.5f;
+                            /* rounded after each step, as numpy does: built with -ffp-contract=off (setup.py) */
+                            float v = (sk[(long)y * w + x] + le[(long)y * lw + x]) * 255.0f + 0.5f;
                             v = v > 0.0f ? (v < 255.0f ? v : 255.0f) : 0.0f; /* NaN -> 0 */
                             dst[(long)s * x * c] = (uint8_t)v;
                         }

@@ -44,9 +44,13 @@ def _load() -> ctypes.CDLL | None:
     if not found:
         _WHY_NOT = f"{here / '_fsrcnn*.so'} was not built (pip install -e . builds it; it needs a C compiler)"
         return None
-    lib = ctypes.CDLL(str(found[0]))
+    try:
+        lib = ctypes.CDLL(str(found[0]))
+    except OSError as exc:  # a library built for another machine or left half-written
+        _WHY_NOT = f"{found[0]} cannot be loaded ({exc}); rebuild it with pip install -e ."
+        return None
     if not lib.fsrcnn_supported():
-        _WHY_NOT = "this CPU has no AVX-512"
+        _WHY_NOT = "this CPU has no AVX-512 (or is not x86-64)"
         return None
     ptr, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
     lib.fsrcnn_conv.argtypes = [
@@ -92,8 +96,10 @@ class _Conv:
         contiguous float32; ``out``, if given, must be C-contiguous float32 of that shape."""
         shape = self.out_shape(x)
         out = np.empty(shape, np.float32) if out is None else out
-        if x.dtype != np.float32 or x.strides[2] != 4 or out.shape != shape or not out.flags.c_contiguous:
-            raise ValueError(f"expected float32 rows in, ({shape}) C-contiguous float32 out")
+        if x.shape[0] != self.cin or x.dtype != np.float32 or x.strides[2] != 4 or min(shape) < 1:
+            raise ValueError(f"expected ({self.cin}, >= {self.k}, >= {self.k}) float32 rows, got {x.shape} {x.dtype}")
+        if out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
+            raise ValueError(f"expected a C-contiguous float32 output of {shape}")
         plane, row = x.strides[0] // 4, x.strides[1] // 4
         slope = None if self.slope is None else self.slope.ctypes.data
         args = (self.weight.ctypes.data, self.bias.ctypes.data, slope, self.cout, self.block, self.k)
@@ -103,7 +109,11 @@ class _Conv:
 
 
 class NativeNetwork:
-    """An SRNet's forward pass on the kernels: (N, 3, T + 2c, T + 2c) float32 tiles -> (N, 3, sT, sT)."""
+    """An SRNet's forward pass on the kernels: (N, 3, T + 2c, T + 2c) float32 tiles -> (N, 3, sT, sT).
+
+    Raises ValueError for a file that is not a consistent native twin (``export.native``): the kernels trust the
+    shapes they are given, so every one is checked here or before each call.
+    """
 
     def __init__(self, path: Path):
         if _load() is None:
@@ -120,6 +130,26 @@ class NativeNetwork:
         s2 = self.scale**2
         self.skips = [_Conv(skip[c * s2 : (c + 1) * s2], np.zeros(s2, np.float32), None) for c in range(self.channels)]
         self.crop = int(arrays["skip.crop"])
+        self._check_geometry(path)
+
+    def _check_geometry(self, path: Path) -> None:
+        """Each layer takes what the one before gives, and every tile's output reads inside the maps it is made
+        from: the learned phases at lag[r] + T (of T + 2c - shrink) and the skip's window at crop + T + 4."""
+        layers = [*self.body, self.phases]
+        chained = all(a.cout == b.cin for a, b in zip(layers, layers[1:], strict=False))
+        shrink = sum(conv.k - 1 for conv in layers)
+        s, lag = self.scale, self.lag
+        problems = {
+            "the layers' channels do not chain": not chained or self.body[0].cin != self.channels,
+            f"the phases are not {self.channels} x {s}^2": self.phases.cout != self.channels * s * s,
+            f"lag is not {s} offsets >= 0": len(lag) != s or lag.min() < 0,
+            "the phases' windows run past the features": len(lag) and lag.max() > 2 * self.context - shrink,
+            "the skip's window does not fit the context": 2 * (self.context - self.crop) != self.skips[0].k - 1
+            or any(sk.cin != 1 or sk.cout != s * s for sk in self.skips),
+        }
+        wrong = [what for what, bad in problems.items() if bad]
+        if wrong:
+            raise ValueError(f"{path} is not a consistent native twin: {'; '.join(wrong)}")
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, T + 2c, T + 2c) float32 in [0, 1] -> (N, 3, sT, sT) float32 (not clipped)."""

@@ -15,7 +15,7 @@ _ALL, _EXTENDED = (getattr(engine_module.ort.GraphOptimizationLevel, f"ORT_ENABL
 
 
 def test_cpu_sessions_fill_every_core_and_do_not_spin():
-    engine = Engine(MODELS / "fast_x2.onnx", prefer_gpu=False)
+    engine = Engine(MODELS / "fast_x2.onnx", prefer_gpu=False, cpu_kernels="onnxruntime")
     opts = engine.sessions[("fast", 2)].get_session_options()
     assert opts.intra_op_num_threads == engine.threads
     assert engine.threads * engine.workers == engine_module.available_cores()
@@ -71,7 +71,8 @@ def _lowered_for(engine: Engine) -> str | None:
 
 
 def test_cpu_provider_runs_the_cpu_twin():
-    assert _lowered_for(Engine(MODELS / "fast_x2.onnx", prefer_gpu=False)) == "CPUExecutionProvider"
+    engine = Engine(MODELS / "fast_x2.onnx", prefer_gpu=False, cpu_kernels="onnxruntime")
+    assert _lowered_for(engine) == "CPUExecutionProvider"
 
 
 def test_without_a_cpu_twin_the_model_itself_runs_and_gives_the_same_pixels(tmp_path):

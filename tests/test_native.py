@@ -111,6 +111,36 @@ def test_the_engine_runs_every_shipped_model_natively_on_this_cpu():
     assert all(engine.has_pixels(key, np.uint8) and not engine.has_pixels(key, np.uint16) for key in engine.specs)
 
 
+@needs_kernels
+def test_models_on_the_native_kernels_keep_no_onnxruntime_session():
+    engine = Engine(MODELS / "fast_x2.onnx", prefer_gpu=False)
+    assert engine.kernels(("fast", 2)) == "native" and ("fast", 2) not in engine.sessions
+
+
+def test_a_native_twin_with_shapes_that_do_not_fit_together_is_refused(tmp_path):
+    with np.load(MODELS / "fast_x2_native.npz") as f:
+        arrays = dict(f)
+    arrays["phases.lag"] = np.array([0, 2], np.int32)  # the phases' windows would end past the features
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(ValueError, match="run past the features"):
+        NativeNetwork(tmp_path / "bad.npz")
+
+
+def test_a_native_twin_that_cannot_be_used_leaves_the_model_to_onnxruntime(tmp_path, caplog):
+    for name in ("fast_x2.onnx", "fast_x2_native.npz"):
+        shutil.copy(MODELS / name, tmp_path / name)
+    with np.load(tmp_path / "fast_x2_native.npz") as f:
+        arrays = dict(f)
+    del arrays["conv3.slope"]
+    np.savez(tmp_path / "fast_x2_native.npz", **arrays)
+    engine = Engine(tmp_path, prefer_gpu=False, tile=16)
+    assert engine.kernels(("fast", 2)) == "onnxruntime"
+    x = np.random.default_rng(5).random((1, 3, 30, 30), dtype=np.float32)
+    assert engine.run_pixels(("fast", 2), x, np.uint8).shape == (1, 32, 32, 3)
+    if kernels_unavailable() is None:
+        assert "ignoring fast_x2_native.npz" in caplog.text
+
+
 def test_onnxruntime_can_be_asked_for():
     engine = Engine(MODELS / "fast_x2.onnx", prefer_gpu=False, cpu_kernels="onnxruntime")
     assert engine.kernels(("fast", 2)) == "onnxruntime" and not engine.native
