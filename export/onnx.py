@@ -148,6 +148,7 @@ def write_card(out: Path, stem: str, card: dict) -> None:
         "opset",
         "fp16_max_abs_diff",
         "cpu_max_abs_diff",
+        "native_max_abs_diff",
         "onnx_parity_max_abs_err",
     ):
         lines.append(f"| {k} | {card.get(k)} |")

@@ -108,21 +108,20 @@ def _odd_slopes_model(path, variant: str, scale: int) -> int:
     return net.context
 
 
-@pytest.mark.parametrize("scale", [2, 3, 4])
-@pytest.mark.parametrize("variant", ["fast", "turbo"])
-def test_cpu_twin_is_exact_for_every_scale_and_slopes_of_every_sign(tmp_path, variant, scale):
-    context = _odd_slopes_model(tmp_path / "m.onnx", variant, scale)
-    lower_for_cpu(tmp_path / "m.onnx", tmp_path / "m_cpu.onnx")
-    assert twin_max_abs_diff(tmp_path / "m.onnx", tmp_path / "m_cpu.onnx", context) < 1e-5
+NEEDS_KERNELS = pytest.mark.skipif(kernels_unavailable() is not None, reason=f"{kernels_unavailable()}")
 
 
-@pytest.mark.skipif(kernels_unavailable() is not None, reason=f"{kernels_unavailable()}")
+@pytest.mark.parametrize(
+    ("write", "twin"),
+    [(lower_for_cpu, "m_cpu.onnx"), pytest.param(write_native, "m_native.npz", marks=NEEDS_KERNELS)],
+    ids=["cpu", "native"],
+)
 @pytest.mark.parametrize("scale", [2, 3, 4])
 @pytest.mark.parametrize("variant", ["fast", "turbo"])
-def test_native_twin_is_exact_for_every_scale_and_slopes_of_every_sign(tmp_path, variant, scale):
+def test_twins_are_exact_for_every_scale_and_slopes_of_every_sign(tmp_path, variant, scale, write, twin):
     context = _odd_slopes_model(tmp_path / "m.onnx", variant, scale)
-    write_native(tmp_path / "m.onnx", tmp_path / "m_native.npz")
-    assert twin_max_abs_diff(tmp_path / "m.onnx", tmp_path / "m_native.npz", context) < 1e-5
+    write(tmp_path / "m.onnx", tmp_path / twin)
+    assert twin_max_abs_diff(tmp_path / "m.onnx", tmp_path / twin, context) < 1e-5
 
 
 def test_a_prelu_with_one_slope_for_all_channels_is_lowered_exactly(exported, tmp_path):
