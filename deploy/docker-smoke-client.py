@@ -1,13 +1,14 @@
 """HTTP side of deploy/docker-smoke.sh, standard library only (it runs on the host, outside any venv).
 
     python3 deploy/docker-smoke-client.py URL wait-ready SECONDS   # until /readyz answers 200
-    python3 deploy/docker-smoke-client.py URL upscale              # one PNG, x2, checks size and /metrics
+    python3 deploy/docker-smoke-client.py URL upscale              # one PNG, x2, checks size, kernels, /metrics
 
 Exits non-zero with the reason when the service does not do what it should.
 """
 
 from __future__ import annotations
 
+import json
 import struct
 import sys
 import time
@@ -66,10 +67,22 @@ def upscale(url: str) -> None:
         raise SystemExit(f"bad answer: {content_type}, {png_size(body)} (want {(2 * width, 2 * height)})")
     size = f"{2 * width}x{2 * height} PNG ({len(body)} bytes)"
     print(f"upscaled {width}x{height} -> {size} in {ms:.0f} ms", file=sys.stderr)
+    check_kernels(url)
     with urllib.request.urlopen(f"{url}/metrics", timeout=5) as r:
         metrics = r.read().decode()
     if 'upscaler_requests_total{path="/v1/upscale",status="200"}' not in metrics:
         raise SystemExit("/metrics does not count the upscale request")
+
+
+def check_kernels(url: str) -> None:
+    """The image compiles the native kernels: on a host CPU with AVX-512 they must run the models."""
+    with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as r:
+        kernels = {m["kernels"] for m in json.load(r)["models"]}
+    print(f"models run on: {', '.join(sorted(kernels))}", file=sys.stderr)
+    with open("/proc/cpuinfo") as f:
+        avx512 = " avx512f " in f.read().replace("\n", " ")
+    if avx512 and kernels != {"native"}:
+        raise SystemExit(f"this CPU has AVX-512 but the image runs models on {kernels}: were the kernels built?")
 
 
 if __name__ == "__main__":
