@@ -263,7 +263,7 @@ def _open_sessions(
     return sessions
 
 
-def _native_networks(specs: dict[ModelKey, ModelSpec], cpu_kernels: str, threads: int) -> dict:
+def _native_networks(specs: dict[ModelKey, ModelSpec], cpu_kernels: str, threads: int) -> dict[ModelKey, NativeNetwork]:
     """The models that the service's own CPU kernels run; the others stay on ONNX Runtime."""
     if cpu_kernels != "auto" or not any(spec.native_path for spec in specs.values()):
         return {}
