@@ -96,6 +96,7 @@ def test_cpu_twin_has_no_prelu_pixel_shuffle_or_learned_transposed_convolution(e
 def _odd_slopes_model(path, variant: str, scale: int) -> int:
     """Export a network with negative slopes, slopes above 1 and exactly 0 or 1 (all occur in training) and a
     far-from-bilinear upsampler to ``path``; return its context."""
+    torch.manual_seed(scale)  # the same network on every run
     net = build(variant, scale)
     with torch.no_grad():
         for act in (m for m in net.modules() if isinstance(m, torch.nn.PReLU)):
@@ -121,7 +122,11 @@ NEEDS_KERNELS = pytest.mark.skipif(kernels_unavailable() is not None, reason=f"{
 def test_twins_are_exact_for_every_scale_and_slopes_of_every_sign(tmp_path, variant, scale, write, twin):
     context = _odd_slopes_model(tmp_path / "m.onnx", variant, scale)
     write(tmp_path / "m.onnx", tmp_path / twin)
-    assert twin_max_abs_diff(tmp_path / "m.onnx", tmp_path / twin, context) < 1e-5
+    # Float rounding, relative to outputs that reach about 9 with these slopes (both twins reach 1.5e-6 of that).
+    x = np.random.default_rng(0).random((1, 3, 64 + 2 * context, 64 + 2 * context), dtype=np.float32)
+    session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
+    largest = np.abs(session.run(None, {"lr": x})[0]).max()
+    assert twin_max_abs_diff(tmp_path / "m.onnx", tmp_path / twin, context) < 3e-6 * largest
 
 
 def test_a_prelu_with_one_slope_for_all_channels_is_lowered_exactly(exported, tmp_path):
