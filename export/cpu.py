@@ -267,14 +267,17 @@ class _Graph:
 
     def _as_phases(self, node: onnx.NodeProto) -> list[onnx.NodeProto]:
         w, attrs = self.const(node, 1), _attrs(node)  # w: (Cin, Cout, k, k)
-        cin, cout, k, kw = w.shape
+        _, cout, k, kw = w.shape
         (s, *other_s), (p, *other_p) = attrs.get("strides", [1, 1]), attrs.get("pads", [0, 0, 0, 0])
         plain = attrs.get("auto_pad", b"NOTSET") == b"NOTSET" and set(attrs.get("dilations", [1])) == {1}
         plain = plain and not any(attrs.get("output_padding", [])) and "output_shape" not in attrs
         if not plain or k != kw or k % s or set(other_s) - {s} or set(other_p) - {p}:
             raise ValueError(f"{node.name}: only square kernels of whole strides, square strides and symmetric pads")
-        phases, lag = transposed_conv_phases(w, s, p)
-        taps = k // s
+        try:
+            phases, lag = transposed_conv_phases(w, s, p)
+        except ValueError as exc:
+            raise ValueError(f"{node.name}: {exc}") from None
+        taps = phases.shape[-1]
         conv = helper.make_node("Conv", [node.input[0]], [f"{node.name}_phases"], name=f"{node.name}_phases")
         self.set_const(conv, 1, phases)
         if self.const(node, 2) is not None:

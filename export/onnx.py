@@ -268,8 +268,9 @@ def write_twins(path: Path, context: int, fp16: bool = True) -> dict[str, float 
             continue
         twin = path.with_name(path.stem + suffix)
         write(path, twin)
-        if name == "native" and kernels_unavailable():  # recorded as such in the card
-            log.warning("wrote %s; not compared with %s: %s", twin, path.name, kernels_unavailable())
+        why_not = kernels_unavailable() if name == "native" else None
+        if why_not:  # recorded as such in the card
+            log.warning("wrote %s; not compared with %s: %s", twin, path.name, why_not)
             entries["native_max_abs_diff"] = None
             continue
         err = twin_max_abs_diff(path, twin, context)

@@ -13,10 +13,10 @@ integer output, so memory stays bounded by a few batches, not by the images.
 A batch goes through three steps: cut (tiles to a float batch), run (the
 network, in ``engine.workers`` engine threads: one per core on a CPU, one on
 a GPU) and place (results to integer pixels in the job's output). Where the
-model makes the output pixels itself (the CPU twins' 8-bit output), cutting
-and placing are plain copies and the engine thread does all three. Otherwise
-(float results, as on a GPU) cutting and placing run in their own small
-thread pool, and up to ``depth`` batches are between cut and place at once,
+model makes the output pixels itself (8-bit, from the CPU twins or the native
+kernels), cutting and placing are plain copies and the engine thread does all
+three. Otherwise (float results, as on a GPU) cutting and placing run in their
+own small thread pool, and up to ``depth`` batches are between cut and place at once,
 so the engine runs batch N while N+1 is cut and N-1 placed: on a GPU the
 network takes a few milliseconds per batch and would otherwise wait for the
 CPU steps. Each step hands the next to its pool itself, so the event loop
@@ -244,7 +244,7 @@ class Batcher:
         """Cut, run and place the batch in threads; the future ends with the network's seconds, or with the first
         step's exception.
 
-        Where the model makes the jobs' pixels itself (a CPU twin's 8-bit output), cutting and placing are copies,
+        Where the model makes the jobs' pixels itself (8-bit, on the CPU), cutting and placing are copies,
         about 0.1 ms for a batch of two 142-px tiles, so the engine thread does them: handing the batch to a tile thread
         and back cost more CPU than that (6 ms per 512 x 512 request on the 2-core EPYC). Otherwise the tile
         threads cut and place around the engine, which leaves them the float-to-pixel conversion."""
@@ -315,7 +315,7 @@ def _settle(done: Future, *, result: object = None, exc: BaseException | None = 
 def _cut(picks: list[tuple[Job, int]]) -> np.ndarray:
     """The tiles of a batch as one (N, 3, T + 2c, T + 2c) float32 array in [0, 1]."""
     tiles = np.stack([job.grid.cut(job.padded, i) for job, i in picks])  # (N, T + 2c, T + 2c, 3)
-    # Planes first and contiguous, as ONNX Runtime reads them (it copies any other layout inside the run).
+    # Planes first and contiguous, as the engine reads them (ONNX Runtime copies any other layout inside the run).
     batch = np.ascontiguousarray(tiles.transpose(0, 3, 1, 2)).astype(np.float32)
     batch *= np.array([job.scale_in for job, _ in picks], np.float32).reshape(-1, 1, 1, 1)
     return batch

@@ -369,9 +369,9 @@ class Engine:
     def run_pixels(self, key: ModelKey, batch: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
         """(N, 3, T + 2c, T + 2c) float32 in [0, 1] -> (N, sT, sT, 3) integer pixels of ``dtype`` as ``to_pixels``
         makes them: by the model itself where ``has_pixels``, else from ``run`` in numpy."""
-        if key in self.native and np.dtype(dtype) == np.uint8:
-            return self.native[key].run_pixels(batch)
         if self.has_pixels(key, dtype):
+            if key in self.native:
+                return self.native[key].run_pixels(batch)
             return self.sessions[key].run([f"pixels_{np.dtype(dtype).name}"], {"lr": batch})[0]
         return to_pixels(self.run(key, batch).transpose(0, 2, 3, 1), dtype)
 
