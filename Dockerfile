@@ -47,8 +47,9 @@ RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/python -c "import onnxruntime, fastapi, uvicorn, PIL, numpy" \
  && ! /opt/venv/bin/python -c "import torch" 2>/dev/null
 
-# gcc for the service's own CPU kernels (service/fsrcnn.c, compiled below); it stays out of the runtime image.
-# Where no compiler can be had, the image still serves, with ONNX Runtime running every model.
+# gcc for the service's compiled parts (service/fsrcnn.c, the CPU kernels, and service/rle_deflate.c, the PNG
+# deflater; compiled below); it stays out of the runtime image. Where no compiler can be had, the image still
+# serves, with ONNX Runtime running every model and ISA-L deflating PNGs.
 # hadolint ignore=DL3008
 RUN if ! command -v cc >/dev/null; then \
         (apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*) \
@@ -60,10 +61,12 @@ RUN if ! command -v cc >/dev/null; then \
 WORKDIR /app
 COPY service/ service/
 COPY export/models/ export/models/
-# As setup.py builds it, under the name service/native.py looks for.
+# As setup.py builds them, under the names service/compiled.py looks for.
 RUN suffix="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')" \
  && { cc -O3 -std=c11 -ffp-contract=off -shared -fPIC -o "service/_fsrcnn$suffix" service/fsrcnn.c \
-      || echo "the native kernels were not built: the image runs every model on ONNX Runtime"; }
+      || echo "the native kernels were not built: the image runs every model on ONNX Runtime"; } \
+ && { cc -O3 -std=c11 -shared -fPIC -o "service/_rle_deflate$suffix" service/rle_deflate.c \
+      || echo "the PNG deflater was not built: the image deflates PNGs with ISA-L"; }
 # Compile now: the root filesystem may be read-only at run time (Kubernetes readOnlyRootFilesystem).
 RUN /opt/venv/bin/python -m compileall -q service /opt/venv/lib
 

@@ -1,8 +1,10 @@
-"""Builds the one compiled part, ``service/fsrcnn.c`` (everything else is in pyproject.toml).
+"""Builds the compiled parts (everything else is in pyproject.toml): ``service/fsrcnn.c``, the CPU kernels, and
+``service/rle_deflate.c``, the PNG encoder's deflater.
 
-It is a plain shared library that ``service.native`` loads with ctypes, named like an extension module so that
-pip builds it with the package (in place for ``pip install -e .``). It is optional: where it cannot be compiled
-(no C compiler), pip installs the rest and the service runs every model on ONNX Runtime.
+Each is a plain shared library that ``service.compiled`` loads with ctypes, named like an extension module so
+that pip builds it with the package (in place for ``pip install -e .``). Both are optional: where they cannot be
+compiled (no C compiler), pip installs the rest, the service runs every model on ONNX Runtime and deflates PNGs
+with ISA-L.
 """
 
 from setuptools import Extension, setup
@@ -15,6 +17,12 @@ setup(
             # No fused multiply-add where C has two operations: 8-bit pixels are rounded as numpy rounds them.
             extra_compile_args=["-O3", "-std=c11", "-ffp-contract=off"],
             optional=True,
-        )
+        ),
+        Extension(
+            "service._rle_deflate",
+            sources=["service/rle_deflate.c"],
+            extra_compile_args=["-O3", "-std=c11"],
+            optional=True,
+        ),
     ]
 )

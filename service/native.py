@@ -16,12 +16,13 @@ ctypes releases the GIL for each call, so concurrent runs use the cores.
 from __future__ import annotations
 
 import ctypes
-import importlib.machinery
 import math
 import threading
 from pathlib import Path
 
 import numpy as np
+
+from service.compiled import load_library
 
 __all__ = ["NATIVE_SUFFIX", "NativeNetwork", "kernels_unavailable"]
 
@@ -36,16 +37,8 @@ def _load() -> ctypes.CDLL | None:
     global _LIB, _WHY_NOT
     if _LIB is not None or _WHY_NOT is not None:
         return _LIB
-    here = Path(__file__).parent
-    found = [here / f"_fsrcnn{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
-    found = [p for p in found if p.exists()]
-    if not found:
-        _WHY_NOT = f"{here / '_fsrcnn*.so'} was not built (pip install -e . builds it; it needs a C compiler)"
-        return None
-    try:
-        lib = ctypes.CDLL(str(found[0]))
-    except OSError as exc:  # a library built for another machine or left half-written
-        _WHY_NOT = f"{found[0]} cannot be loaded ({exc}); rebuild it with pip install -e ."
+    lib, _WHY_NOT = load_library("fsrcnn")
+    if lib is None:
         return None
     if not lib.fsrcnn_supported():
         _WHY_NOT = "this CPU has no AVX-512 (or is not x86-64)"
