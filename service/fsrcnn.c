@@ -158,3 +158,42 @@ void fsrcnn_assemble(const float *skip, const float *learned, int c, int s, int 
                 }
             }
 }
+
+/* One layer as fsrcnn_conv takes it: weights packed in blocks of `block` output channels, slope NULL for none. */
+typedef struct {
+    const float *weight, *bias, *slope;
+    int cin, cout, block, k;
+} FsrcnnLayer;
+
+/* A whole tile in one call (one release of Python's GIL instead of one per layer):
+ *
+ *   layer[0 .. body)      the body, from x (channels, h, w) through ws0, ws1, ws0, ... in turn;
+ *   layer[body]           the transposed convolution's phases, into the buffer after the last body layer's;
+ *   layer[body + 1 + c]   the skip's s*s phases of colour c, from x cropped by `crop`, into `skip`;
+ *
+ * then fsrcnn_assemble into out_f32 or out_u8. Returns fsrcnn_conv's -1 if a layer has no kernel. */
+int fsrcnn_forward(const FsrcnnLayer *layer, int body, int channels, int scale, int crop, const int *lag,
+                   const float *x, int h, int w, float *ws0, float *ws1, float *skip, float *out_f32,
+                   uint8_t *out_u8) {
+    float *ws[2] = {ws0, ws1};
+    const float *in = x;
+    int ih = h, iw = w;
+    for (int i = 0; i <= body; i++) {
+        const FsrcnnLayer *l = &layer[i];
+        const int oh = ih - l->k + 1, ow = iw - l->k + 1;
+        if (fsrcnn_conv(in, l->cin, (long)ih * iw, iw, l->weight, l->bias, l->slope, l->cout, l->block, l->k,
+                        ws[i % 2], oh, ow))
+            return -1;
+        in = ws[i % 2];
+        ih = oh;
+        iw = ow;
+    }
+    const FsrcnnLayer *sk = &layer[body + 1];
+    const int th = h - 2 * crop - sk->k + 1, tw = w - 2 * crop - sk->k + 1;
+    for (int c = 0; c < channels; c++, sk++)
+        if (fsrcnn_conv(x + (long)c * h * w + (long)crop * w + crop, 1, (long)h * w, w, sk->weight, sk->bias,
+                        sk->slope, sk->cout, sk->block, sk->k, skip + (long)c * sk->cout * th * tw, th, tw))
+            return -1;
+    fsrcnn_assemble(skip, in, channels, scale, th, tw, ih, iw, lag, out_f32, out_u8);
+    return 0;
+}

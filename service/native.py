@@ -28,7 +28,6 @@ __all__ = ["NATIVE_SUFFIX", "NativeNetwork", "kernels_unavailable"]
 
 NATIVE_SUFFIX = "_native"
 _BLOCKS = (14, 12, 9, 8, 4, 3, 2, 1)  # output channels per kernel call, as fsrcnn.c has them; largest first
-_F32 = np.ctypeslib.ndpointer(np.float32, flags="C_CONTIGUOUS")
 _LIB: ctypes.CDLL | None = None
 _WHY_NOT: str | None = None
 
@@ -51,13 +50,14 @@ def _load() -> ctypes.CDLL | None:
         *(ptr, i32, i32),  # output, its height and width
     ]
     lib.fsrcnn_conv.restype = ctypes.c_int
-    lib.fsrcnn_assemble.argtypes = [
-        *(_F32, _F32, i32, i32),  # skip, learned phases, colour channels, scale
-        *(i32,) * 4,  # skip height and width, learned height and width
-        np.ctypeslib.ndpointer(np.int32, flags="C_CONTIGUOUS"),  # lag
+    lib.fsrcnn_forward.argtypes = [
+        ctypes.POINTER(_Layer),  # the body, the phases, then the skip of each colour
+        *(i32, i32, i32, i32, ptr),  # body layers, colour channels, scale, skip crop, lag
+        *(ptr, i32, i32),  # the tile (channels, h, w)
+        *(ptr, ptr, ptr),  # two workspace buffers and the skip's
         *(ptr, ptr),  # float or 8-bit output
     ]
-    lib.fsrcnn_assemble.restype = None
+    lib.fsrcnn_forward.restype = ctypes.c_int
     _LIB = lib
     return lib
 
@@ -66,6 +66,15 @@ def kernels_unavailable() -> str | None:
     """Why the kernels cannot run in this process, or None when they can."""
     _load()
     return _WHY_NOT
+
+
+class _Layer(ctypes.Structure):
+    """fsrcnn.c's FsrcnnLayer: one convolution as fsrcnn_conv takes it."""
+
+    _fields_ = [
+        *((name, ctypes.c_void_p) for name in ("weight", "bias", "slope")),
+        *((name, ctypes.c_int) for name in ("cin", "cout", "block", "k")),
+    ]
 
 
 class _Conv:
@@ -98,6 +107,11 @@ class _Conv:
             raise RuntimeError(f"fsrcnn_conv has no kernel for blocks of {self.block} channels")
         return out
 
+    def as_layer(self) -> _Layer:
+        """What fsrcnn_forward reads (pointers into this object's arrays: keep it alive as long)."""
+        slope = None if self.slope is None else self.slope.ctypes.data
+        return _Layer(self.weight.ctypes.data, self.bias.ctypes.data, slope, self.cin, self.cout, self.block, self.k)
+
 
 class NativeNetwork:
     """An SRNet's forward pass on the kernels: (N, 3, T + 2c, T + 2c) float32 tiles -> (N, 3, sT, sT).
@@ -122,6 +136,8 @@ class NativeNetwork:
         self.skips = [_Conv(skip[c * s2 : (c + 1) * s2], np.zeros(s2, np.float32), None) for c in range(self.channels)]
         self.crop = int(arrays["skip.crop"])
         self._check_geometry(path)
+        convs = [*self.body, self.phases, *self.skips]
+        self._layers = (_Layer * len(convs))(*(conv.as_layer() for conv in convs))
 
     def _check_geometry(self, path: Path) -> None:
         """Each layer takes what the one before gives, and every tile's output reads inside the maps it is made
@@ -168,21 +184,28 @@ class NativeNetwork:
         )
 
     def _tile(self, x: np.ndarray, f32: np.ndarray | None = None, u8: np.ndarray | None = None) -> None:
-        """One tile into ``f32`` (3, sT, sT) or ``u8`` (sT, sT, 3). Intermediate maps live in this thread's
-        workspace: fresh arrays of a few MB each would be page-faulted in on every tile."""
+        """One C-contiguous (3, T + 2c, T + 2c) tile into ``f32`` (3, sT, sT) or ``u8`` (sT, sT, 3), in one call.
+        Intermediate maps live in this thread's workspace: fresh arrays of a few MB each would be page-faulted in on
+        every tile."""
+        ping, pong, skip = self._buffer_sizes(x.shape[1], x.shape[2])
         space = _WORKSPACE
-        feats = x
-        for i, conv in enumerate(self.body):  # (3, T + 2c, ...) -> (d, T + 2, ...)
-            feats = conv(feats, out=space.take(i % 2, conv.out_shape(feats)))
-        # (C*s*s, T + 3 - taps, ...): phase r of output pixel s*q + r at q + lag[r]
-        learned = self.phases(feats, out=space.take(len(self.body) % 2, self.phases.out_shape(feats)))
-        k, s, c = self.crop, self.scale, self.channels
-        h, w = x.shape[1] - 2 * self.context, x.shape[2] - 2 * self.context
-        skip = space.take(2, (c * s * s, h, w))
-        for i, phases in enumerate(self.skips):  # the bicubic skip: s*s phases of each colour's centre
-            phases(x[i : i + 1, k : x.shape[1] - k, k : x.shape[2] - k], out=skip[i * s * s : (i + 1) * s * s])
+        buffers = (space.take(0, (ping,)), space.take(1, (pong,)), space.take(2, (skip,)))
         outputs = (None if f32 is None else f32.ctypes.data, None if u8 is None else u8.ctypes.data)
-        _LIB.fsrcnn_assemble(skip, learned, c, s, h, w, *learned.shape[1:], self.lag, *outputs)
+        args = (len(self.body), self.channels, self.scale, self.crop, self.lag.ctypes.data)
+        if _LIB.fsrcnn_forward(
+            self._layers, *args, x.ctypes.data, *x.shape[1:], *(b.ctypes.data for b in buffers), *outputs
+        ):
+            raise RuntimeError("fsrcnn_forward has no kernel for one of the layers")
+
+    def _buffer_sizes(self, height: int, width: int) -> tuple[int, int, int]:
+        """Floats fsrcnn_forward writes in each buffer for a tile of height x width: the layers take turns in the
+        first two (the body, then the phases), the skip's s*s phases of each colour fill the third."""
+        sizes, h, w = [0, 0], height, width
+        for i, conv in enumerate([*self.body, self.phases]):
+            h, w = h - conv.k + 1, w - conv.k + 1
+            sizes[i % 2] = max(sizes[i % 2], conv.cout * h * w)
+        core = (height - 2 * self.context) * (width - 2 * self.context)
+        return sizes[0], sizes[1], self.channels * self.scale**2 * core
 
 
 class _Workspace(threading.local):
