@@ -96,8 +96,8 @@ def _graphics(size: int) -> np.ndarray:
     picture = Image.new("RGB", (size, size), (240, 240, 235))
     draw = ImageDraw.Draw(picture)
     rng = np.random.default_rng(0)
-    for k in range(size // 12):
-        x, y = (int(v) for v in rng.integers(0, size - 60, 2))
+    for k in range(max(1, size // 12)):
+        x, y = (int(v) for v in rng.integers(0, size, 2))  # Pillow clips what falls outside
         draw.rectangle([x, y, x + 50, y + 30], fill=tuple(int(v) for v in rng.integers(0, 256, 3)))
         draw.text((x, y + 34), f"label {k}", fill=(0, 0, 0))
     return np.asarray(picture)
