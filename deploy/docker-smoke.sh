@@ -151,6 +151,11 @@ done
 [ "$health" = healthy ] || fail "HEALTHCHECK says $health"
 
 "$PYTHON" "$ROOT/deploy/docker-smoke-client.py" "http://127.0.0.1:$PORT" upscale
+# The image compiles the PNG deflater too; without it, level 1 would quietly fall back to ISA-L.
+deflater="$(docker exec "$CONTAINER" /opt/venv/bin/python -c \
+    'from service import rle_deflate; print(rle_deflate.unavailable() or "built")')"
+[ "$deflater" = built ] || fail "the image has no PNG deflater: $deflater"
+log "PNG deflater: built"
 
 # --- graceful stop ------------------------------------------------------------------------------------------------
 log "docker stop (SIGTERM)"

@@ -4,13 +4,15 @@ ONNX Runtime's CPU convolutions run a PReLU with a slope per channel as extra
 passes over memory, and compute 12-channel layers as 16-channel ones. The
 kernels fuse bias and PReLU into each convolution and vectorise along image
 rows instead, so no channel is padded: in the service's layout (one run per
-core) the default ``fast`` x2 network ran 1.88x faster than its ONNX Runtime
-twin, at 79% of the machine's SGEMM rate (``bench/results/engine.json``).
+core) the default ``fast`` x2 network ran 1.7-1.9x faster than its ONNX Runtime
+twin, at 79-81% of the machine's SGEMM rate (``bench/results/engine.json``).
 
 A model runs here when its ``<stem>_native.npz`` twin (``export.native``) was
 written from its model file, the library was built (``pip install`` builds it
 from setup.py) and the CPU has AVX-512; otherwise the engine keeps ONNX Runtime.
-ctypes releases the GIL for each call, so concurrent runs use the cores.
+ctypes releases the GIL for each call, so concurrent runs use the cores; a whole
+tile is one call (``fsrcnn_forward``), so the GIL is taken back once a tile.
+Single layers run through ``_Conv``, which the tests use to check every kernel.
 """
 
 from __future__ import annotations
@@ -187,6 +189,8 @@ class NativeNetwork:
         """One C-contiguous (3, T + 2c, T + 2c) tile into ``f32`` (3, sT, sT) or ``u8`` (sT, sT, 3), in one call.
         Intermediate maps live in this thread's workspace: fresh arrays of a few MB each would be page-faulted in on
         every tile."""
+        if x.shape[0] != self.channels or x.dtype != np.float32 or not x.flags.c_contiguous:
+            raise ValueError(f"expected a C-contiguous ({self.channels}, h, w) float32 tile, got {x.shape} {x.dtype}")
         ping, pong, skip = self._buffer_sizes(x.shape[1], x.shape[2])
         space = _WORKSPACE
         buffers = (space.take(0, (ping,)), space.take(1, (pong,)), space.take(2, (skip,)))

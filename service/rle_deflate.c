@@ -376,9 +376,18 @@ long rle_deflate_bound(long n) {
 /* Deflate s[0 .. n) into dst (rle_deflate_bound(n) bytes) as whole blocks; the last one is final when `final`,
  * otherwise an empty stored block follows. Returns the bytes written, or -1 when out of memory. */
 long rle_deflate(const uint8_t *s, long n, int final, uint8_t *dst) {
+    Writer w = {dst, 0, 0};
+    if (n == 0) { /* nothing to add: a final empty block with the fixed code (BFINAL, BTYPE 01, end of block), or
+                   * a sync flush */
+        if (final)
+            put(&w, 3, 10);
+        else
+            stored_blocks(&w, s, 0, 0);
+        align(&w);
+        return (long)(w.out - dst);
+    }
     Runs *runs = malloc(sizeof *runs);
     if (!runs) return -1;
-    Writer w = {dst, 0, 0};
     size_t left = (size_t)n;
     do {
         size_t k = left > BLOCK_BYTES ? BLOCK_BYTES : left;

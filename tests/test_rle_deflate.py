@@ -2,6 +2,7 @@
 
 import io
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -59,7 +60,7 @@ def test_skewed_counts_get_length_limited_codes():
     fib = [1, 1]
     while len(fib) < 26:
         fib.append(fib[-1] + fib[-2])
-    symbols = np.repeat(np.arange(26, dtype=np.uint8) * 7, fib)  # ~200k bytes
+    symbols = np.repeat(np.arange(26, dtype=np.uint8) * 7, fib)  # ~318k bytes
     data = np.random.default_rng(1).permutation(symbols).tobytes()
     stream = deflate(data)
     assert zlib.decompress(stream) == data
@@ -81,6 +82,28 @@ def test_parts_that_repeat_more_than_runs_can_say_are_deflated_by_isal():
     stream = deflate(noise, repeated, noise)
     assert zlib.decompress(stream) == noise + repeated + noise
     assert len(stream) < len(deflate(noise, noise)) + 4000  # the repeated part costs a few kB, not 64 kB
+
+
+def test_parts_larger_than_a_block_and_a_mebibyte_round_trip():
+    rng = np.random.default_rng(7)
+    smooth = np.cumsum(rng.integers(-1, 2, 1_500_000), dtype=np.int64).astype(np.uint8).tobytes()
+    runny = np.repeat(rng.integers(0, 4, 40_000, dtype=np.uint8), rng.integers(1, 60, 40_000)).tobytes()
+    assert zlib.decompress(deflate(smooth, runny[: BLOCK + 1], runny)) == smooth + runny[: BLOCK + 1] + runny
+
+
+def test_threads_deflate_at_once_without_sharing_state():
+    rng = np.random.default_rng(8)
+    inputs = [
+        np.repeat(rng.integers(0, 6, 30_000, dtype=np.uint8), rng.integers(1, 9, 30_000)).tobytes() for _ in range(8)
+    ]
+    with ThreadPoolExecutor(4) as pool:
+        streams = list(pool.map(deflate, inputs))
+    assert [zlib.decompress(z) for z in streams] == inputs
+
+
+def test_an_empty_stream_is_as_short_as_zlibs():
+    assert zlib.decompress(deflate()) == b""
+    assert len(deflate(b"")) == len(zlib.compress(b""))
 
 
 @settings(max_examples=200, deadline=None)
