@@ -1,6 +1,6 @@
 """zlib streams from ``service/rle_deflate.c``: deflate with literals and runs only, for PNG's filtered rows.
 
-On rows of upscaled photos it writes files within a few percent of ISA-L's level 1 in about half the time
+On rows of upscaled photos it writes files within a few percent of ISA-L's level 1, 1.25-2.45x faster
 (``bench/results/codecs.json``), so ``service.png`` uses it for level 1, the default. Graphics (flat areas with
 sharp, repeated shapes and text) repeat more than runs can say: a part that comes out below
 ``ISAL_RECHECK_BITS_PER_BYTE`` is compressed again with ISA-L, which is fast on such data, and the smaller of the
