@@ -23,6 +23,7 @@ import logging
 import math
 import os
 import re
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,8 +97,8 @@ def discover_models(location: str | Path) -> dict[ModelKey, ModelSpec]:
         match = match or {"variant": "custom", "scale": meta.get("scale")}
         card_path = path.with_suffix(".json")
         digest = hashlib.sha256(path.read_bytes()).hexdigest()
-        fp16, cpu = (_twin(path, digest, suffix) for suffix in _TWIN_SUFFIXES)
-        native = _native_twin(path, digest)
+        fp16, cpu = (_twin(path, digest, suffix + ".onnx", _onnx_source) for suffix in _TWIN_SUFFIXES)
+        native = _twin(path, digest, NATIVE_SUFFIX + ".npz", _npz_source)
         spec = ModelSpec(
             variant=meta.get("variant", match["variant"]),
             scale=int(meta.get("scale", match["scale"])),
@@ -112,12 +113,18 @@ def discover_models(location: str | Path) -> dict[ModelKey, ModelSpec]:
     return specs
 
 
-def _twin(model: Path, model_sha256: str, suffix: str) -> Path | None:
-    """``model``'s twin with ``suffix``, if it exists and was written from this very model file."""
-    twin = model.with_name(model.stem + suffix + ".onnx")
+def _twin(model: Path, model_sha256: str, name: str, written_from: Callable[[Path], str | None]) -> Path | None:
+    """``model``'s twin ``<stem><name>``, if it exists and ``written_from(twin)``, the SHA-256 it records of its
+    model, is this very model file's."""
+    twin = model.with_name(model.stem + name)
     if not twin.exists():
         return None
-    if _metadata(twin).get("source_sha256") != model_sha256:
+    try:
+        source = written_from(twin)
+    except (OSError, ValueError) as exc:  # an .npz that is not one, or truncated
+        log.warning("ignoring %s: it cannot be read (%s)", twin.name, exc)
+        return None
+    if source != model_sha256:
         log.warning(
             "ignoring %s: it was not written from this %s; delete it, or rewrite it with "
             "python -m export.onnx --twins %s (needs the train extra)",
@@ -127,24 +134,13 @@ def _twin(model: Path, model_sha256: str, suffix: str) -> Path | None:
     return twin
 
 
-def _native_twin(model: Path, model_sha256: str) -> Path | None:
-    """``model``'s native twin (``export.native``), if it exists and was written from this very model file."""
-    twin = model.with_name(model.stem + NATIVE_SUFFIX + ".npz")
-    if not twin.exists():
-        return None
-    try:
-        with np.load(twin, allow_pickle=False) as arrays:
-            written_from = str(arrays["source_sha256"]) if "source_sha256" in arrays else None
-    except (OSError, ValueError) as exc:  # not an .npz at all, or truncated
-        log.warning("ignoring %s: it cannot be read (%s)", twin.name, exc)
-        return None
-    if written_from != model_sha256:
-        log.warning(
-            "ignoring %s: it was not written from this %s; rewrite it with python -m export.onnx --twins %s",
-            *(twin.name, model.name, model),
-        )
-        return None
-    return twin
+def _onnx_source(twin: Path) -> str | None:
+    return _metadata(twin).get("source_sha256")
+
+
+def _npz_source(twin: Path) -> str | None:
+    with np.load(twin, allow_pickle=False) as arrays:
+        return str(arrays["source_sha256"]) if "source_sha256" in arrays else None
 
 
 _shared_cpu_arena = False
