@@ -18,7 +18,6 @@ Single layers run through ``_Conv``, which the tests use to check every kernel.
 from __future__ import annotations
 
 import ctypes
-import math
 import threading
 from pathlib import Path
 
@@ -191,9 +190,7 @@ class NativeNetwork:
         every tile."""
         if x.shape[0] != self.channels or x.dtype != np.float32 or not x.flags.c_contiguous:
             raise ValueError(f"expected a C-contiguous ({self.channels}, h, w) float32 tile, got {x.shape} {x.dtype}")
-        ping, pong, skip = self._buffer_sizes(x.shape[1], x.shape[2])
-        space = _WORKSPACE
-        buffers = (space.take(0, (ping,)), space.take(1, (pong,)), space.take(2, (skip,)))
+        buffers = [_WORKSPACE.take(slot, size) for slot, size in enumerate(self._buffer_sizes(*x.shape[1:]))]
         outputs = (None if f32 is None else f32.ctypes.data, None if u8 is None else u8.ctypes.data)
         args = (len(self.body), self.channels, self.scale, self.crop, self.lag.ctypes.data)
         if _LIB.fsrcnn_forward(
@@ -218,11 +215,11 @@ class _Workspace(threading.local):
     def __init__(self):
         self.buffers: dict[int, np.ndarray] = {}
 
-    def take(self, slot: int, shape: tuple[int, ...]) -> np.ndarray:
-        size = math.prod(shape)
+    def take(self, slot: int, size: int) -> np.ndarray:
+        """Buffer ``slot``: at least ``size`` floats."""
         if slot not in self.buffers or self.buffers[slot].size < size:
             self.buffers[slot] = np.empty(size, np.float32)
-        return self.buffers[slot][:size].reshape(shape)
+        return self.buffers[slot]
 
 
 _WORKSPACE = _Workspace()
