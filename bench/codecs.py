@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import argparse
 import io
-from contextlib import contextmanager
 from pathlib import Path
+from unittest.mock import patch
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -40,29 +40,15 @@ def _decode(data: bytes) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-@contextmanager
-def _zlib_only():
-    """The service's encoder as it was before ISA-L: zlib at every level (for the same-run ratio)."""
-    levels, png._ISAL_LEVELS = png._ISAL_LEVELS, range(0)
-    try:
-        yield
-    finally:
-        png._ISAL_LEVELS = levels
-
-
 def _service_zlib(img: np.ndarray, level: int) -> bytes:
-    with _zlib_only(), _isal_at_level_1():
+    """The service's encoder as it was before ISA-L: zlib at every level (for the same-run ratio)."""
+    with patch.object(png, "_ISAL_LEVELS", range(0)), _isal_at_level_1():
         return encode_png(img, level=level)
 
 
-@contextmanager
 def _isal_at_level_1():
     """The service's encoder as it was before the run-length deflater: ISA-L at level 1."""
-    unavailable, rle_deflate.unavailable = rle_deflate.unavailable, lambda: "benchmark baseline"
-    try:
-        yield
-    finally:
-        rle_deflate.unavailable = unavailable
+    return patch.object(rle_deflate, "unavailable", lambda: "benchmark baseline")
 
 
 def _service_isal(img: np.ndarray) -> bytes:
@@ -71,11 +57,9 @@ def _service_isal(img: np.ndarray) -> bytes:
 
 
 def _run_length_alone(img: np.ndarray) -> bytes:
-    recheck, rle_deflate.ISAL_RECHECK_BITS_PER_BYTE = rle_deflate.ISAL_RECHECK_BITS_PER_BYTE, 0
-    try:
+    """Level 1 without ISA-L's second try on very compressible parts."""
+    with patch.object(rle_deflate, "ISAL_RECHECK_BITS_PER_BYTE", 0):
         return encode_png(img, level=1)
-    finally:
-        rle_deflate.ISAL_RECHECK_BITS_PER_BYTE = recheck
 
 
 def deflaters_on_upscaled(images: dict[str, np.ndarray], repeat: int) -> dict[str, dict[str, float]]:
