@@ -18,9 +18,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.native import kernels_unavailable
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "export" / "models"
 DATASETS = ROOT.parent / "shared" / "datasets"
+# Tests of the native CPU kernels skip where they cannot run (no compiler at install, no AVX-512), saying why.
+needs_kernels = pytest.mark.skipif(kernels_unavailable() is not None, reason=f"{kernels_unavailable()}")
 
 
 def free_port() -> int:

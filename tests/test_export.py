@@ -19,6 +19,8 @@ from model.onnx_weights import weights_from_onnx
 from service.engine import to_pixels
 from service.native import kernels_unavailable
 
+from .conftest import needs_kernels
+
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
@@ -109,12 +111,9 @@ def _odd_slopes_model(path, variant: str, scale: int) -> int:
     return net.context
 
 
-NEEDS_KERNELS = pytest.mark.skipif(kernels_unavailable() is not None, reason=f"{kernels_unavailable()}")
-
-
 @pytest.mark.parametrize(
     ("write", "twin"),
-    [(lower_for_cpu, "m_cpu.onnx"), pytest.param(write_native, "m_native.npz", marks=NEEDS_KERNELS)],
+    [(lower_for_cpu, "m_cpu.onnx"), pytest.param(write_native, "m_native.npz", marks=needs_kernels)],
     ids=["cpu", "native"],
 )
 @pytest.mark.parametrize("scale", [2, 3, 4])

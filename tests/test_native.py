@@ -14,11 +14,9 @@ from service import native
 from service.engine import Engine, to_pixels
 from service.native import NativeNetwork, kernels_unavailable
 
-from .conftest import MODELS
+from .conftest import MODELS, needs_kernels
 
 SHIPPED = [f"{v}_x{s}" for v in ("fast", "turbo") for s in (2, 3, 4)]
-
-needs_kernels = pytest.mark.skipif(kernels_unavailable() is not None, reason=f"{kernels_unavailable()}")
 
 
 def conv_reference(x: np.ndarray, w: np.ndarray, b: np.ndarray, slope: np.ndarray | None) -> np.ndarray:
