@@ -47,9 +47,10 @@ RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/python -c "import onnxruntime, fastapi, uvicorn, PIL, numpy" \
  && ! /opt/venv/bin/python -c "import torch" 2>/dev/null
 
-# gcc for the service's compiled parts (service/fsrcnn.c, the CPU kernels, and service/rle_deflate.c, the PNG
-# deflater; compiled below); it stays out of the runtime image. Where no compiler can be had, the image still
-# serves, with ONNX Runtime running every model and ISA-L deflating PNGs.
+# gcc for the service's compiled parts (service/fsrcnn.c, the CPU kernels, service/rle_deflate.c, the PNG
+# deflater, and service/png_unfilter.c, the PNG reader's; compiled below); it stays out of the runtime image. Where
+# no compiler can be had, the image still serves, with ONNX Runtime running every model, ISA-L deflating PNGs and
+# Pillow reading them.
 # hadolint ignore=DL3008
 RUN if ! command -v cc >/dev/null; then \
         (apt-get update && apt-get install -y --no-install-recommends gcc libc6-dev && rm -rf /var/lib/apt/lists/*) \
@@ -66,7 +67,9 @@ RUN suffix="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_con
  && { cc -O3 -std=c11 -ffp-contract=off -shared -fPIC -o "service/_fsrcnn$suffix" service/fsrcnn.c \
       || echo "the native kernels were not built: the image runs every model on ONNX Runtime"; } \
  && { cc -O3 -std=c11 -shared -fPIC -o "service/_rle_deflate$suffix" service/rle_deflate.c \
-      || echo "the PNG deflater was not built: the image deflates PNGs with ISA-L"; }
+      || echo "the PNG deflater was not built: the image deflates PNGs with ISA-L"; } \
+ && { cc -O3 -std=c11 -shared -fPIC -o "service/_png_unfilter$suffix" service/png_unfilter.c \
+      || echo "the PNG reader's unfilter was not built: the image reads every PNG with Pillow"; }
 # Compile now: the root filesystem may be read-only at run time (Kubernetes readOnlyRootFilesystem).
 RUN /opt/venv/bin/python -m compileall -q service /opt/venv/lib
 

@@ -1,10 +1,10 @@
 """Builds the compiled parts (everything else is in pyproject.toml): ``service/fsrcnn.c``, the CPU kernels, and
-``service/rle_deflate.c``, the PNG encoder's deflater.
+``service/rle_deflate.c``, the PNG encoder's deflater, and ``service/png_unfilter.c``, the PNG reader's last step.
 
 Each is a plain shared library that ``service.compiled`` loads with ctypes, named like an extension module so
-that pip builds it with the package (in place for ``pip install -e .``). Both are optional: where they cannot be
-compiled (no C compiler), pip installs the rest, the service runs every model on ONNX Runtime and deflates PNGs
-with ISA-L.
+that pip builds it with the package (in place for ``pip install -e .``). All are optional: where they cannot be
+compiled (no C compiler), pip installs the rest, the service runs every model on ONNX Runtime, deflates PNGs
+with ISA-L and reads them with Pillow.
 """
 
 from setuptools import Extension, setup
@@ -21,6 +21,12 @@ setup(
         Extension(
             "service._rle_deflate",
             sources=["service/rle_deflate.c"],
+            extra_compile_args=["-O3", "-std=c11"],
+            optional=True,
+        ),
+        Extension(
+            "service._png_unfilter",
+            sources=["service/png_unfilter.c"],
             extra_compile_args=["-O3", "-std=c11"],
             optional=True,
         ),

@@ -8,7 +8,8 @@ compares the deflaters of the default PNG level on what the service really
 encodes, images upscaled x2 (bicubic here): the run-length deflater
 (service/rle_deflate.c) against ISA-L's level 1, time and size, on the
 benchmarks' photo-like image, on drawn graphics (boxes and labels) and on each
-image of ``--data`` if it exists.
+image of ``--data`` if it exists. A third compares the service's decoding of PNG
+requests with its plain-PNG reader (service/png_reader.py) and with Pillow alone.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from PIL import Image, ImageDraw
 
 from bench.machine import RESULTS, timed, write_result
 from client.loadtest import make_payloads
-from service import png, rle_deflate
+from service import codecs, png, png_reader, rle_deflate
 from service.png import encode_png
 
 SET5 = RESULTS.parent.parent.parent / "shared" / "datasets" / "Set5"
@@ -103,6 +104,39 @@ def _upscaling_inputs(size: int, data: Path | None) -> dict[str, np.ndarray]:
     return images
 
 
+def png_decoding(files: dict[str, bytes], repeat: int) -> dict[str, dict[str, float]]:
+    """The service's decoding of PNG requests (``service.codecs.decode``) with the plain-PNG reader and, the
+    baseline, with the reader turned off so that Pillow reads every file."""
+    rows = {}
+    for name, data in files.items():
+
+        def decode(data=data):
+            return codecs.decode(data, scale=2, max_input_pixels=1 << 30, max_output_pixels=1 << 32)
+
+        reader = timed(decode, repeat=repeat)
+        with patch.object(png_reader, "parse", lambda data: None):
+            pillow = timed(decode, repeat=repeat)
+        rows[name] = {
+            "read_by_the_reader": png_reader.parse(data) is not None,
+            "reader_ms": reader * 1000,
+            "pillow_ms": pillow * 1000,
+            "speedup": pillow / reader,
+        }
+    return rows
+
+
+def _png_requests(img: np.ndarray, data: Path | None) -> dict[str, bytes]:
+    h, w = img.shape[:2]
+    files = {
+        "bench.service's request (512x512, Pillow level 6)": make_payloads([512])[0].data,
+        f"photo-like {w}x{h}, Pillow level 6": _pillow(img, "PNG"),
+        f"photo-like {w}x{h}, the service's own PNG (level 1)": encode_png(img, level=1),
+    }
+    for path in sorted(data.glob("*.png")) if data and data.is_dir() else []:
+        files[path.stem] = path.read_bytes()
+    return files
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--size", type=int, default=1024)
@@ -151,8 +185,18 @@ def main(argv: list[str] | None = None) -> None:
             f"ISA-L 1 {r['isal_level_1_ms']:5.1f} ms {r['isal_level_1_bytes'] / 1e6:5.2f} MB  "
             f"x{r['speedup']:.2f} faster, size x{r['size_ratio']:.3f}"
         )
+    decoding = png_decoding(_png_requests(img, None if args.quick else args.data), repeat)
+    for name, r in decoding.items():
+        print(
+            f"{name:50} decode: reader {r['reader_ms']:5.1f} ms  Pillow {r['pillow_ms']:5.1f} ms  x{r['speedup']:.2f}"
+        )
     if not args.quick:
-        result = {"image": f"{size}x{size} RGB photo-like", "formats": rows, "png_level_1_on_upscaled": upscaled}
+        result = {
+            "image": f"{size}x{size} RGB photo-like",
+            "formats": rows,
+            "png_level_1_on_upscaled": upscaled,
+            "png_decoding": decoding,
+        }
         print("wrote", write_result("codecs", result))
 
 

@@ -151,11 +151,14 @@ done
 [ "$health" = healthy ] || fail "HEALTHCHECK says $health"
 
 "$PYTHON" "$ROOT/deploy/docker-smoke-client.py" "http://127.0.0.1:$PORT" upscale
-# The image compiles the PNG deflater too; without it, level 1 would quietly fall back to ISA-L.
-deflater="$(docker exec "$CONTAINER" /opt/venv/bin/python -c \
-    'from service import rle_deflate; print(rle_deflate.unavailable() or "built")')"
-[ "$deflater" = built ] || fail "the image has no PNG deflater: $deflater"
-log "PNG deflater: built"
+# The image compiles the PNG deflater and reader too; without them, PNGs would quietly fall back to ISA-L's level 1
+# and to Pillow's reader.
+for part in rle_deflate:deflater png_reader:reader; do
+    built="$(docker exec "$CONTAINER" /opt/venv/bin/python -c \
+        "from service import ${part%%:*} as m; print(m.unavailable() or 'built')")"
+    [ "$built" = built ] || fail "the image has no PNG ${part#*:}: $built"
+    log "PNG ${part#*:}: built"
+done
 
 # --- graceful stop ------------------------------------------------------------------------------------------------
 log "docker stop (SIGTERM)"

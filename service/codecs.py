@@ -4,8 +4,10 @@ Decoding checks the image's declared size before any pixel is decoded
 (decompression bombs), applies the EXIF orientation, and keeps what users
 expect back: the alpha channel, the ICC profile, the EXIF block (orientation
 reset), grayscale stays grayscale and 16-bit PNGs stay 16-bit. Pillow reads
-16-bit RGB(A) PNGs as 8-bit, so those are decoded with pypng instead. PNG output is
-written by :mod:`service.png`, several times faster than Pillow's encoder.
+16-bit RGB(A) PNGs as 8-bit, so those are decoded with pypng instead. Plain 8-bit
+PNGs, the most common upload, are read by :mod:`service.png_reader`, twice as fast
+as Pillow. PNG output is written by :mod:`service.png`, several times faster than
+Pillow's encoder.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import numpy as np
 import png as pypng
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from service import png_reader
 from service.errors import BadParameter, TooLarge, UnsupportedImage
 from service.png import encode_png
 
@@ -72,8 +75,7 @@ def _open(data: bytes) -> Image.Image:
         raise UnsupportedImage(f"the image header could not be read ({type(exc).__name__})") from None
 
 
-def _check_size(im: Image.Image, scale: int, max_input_pixels: int, max_output_pixels: int) -> None:
-    w, h = im.size
+def _check_size(w: int, h: int, scale: int, max_input_pixels: int, max_output_pixels: int) -> None:
     if w < 1 or h < 1:
         raise UnsupportedImage(f"the image is {w}x{h}; it needs at least one pixel")
     if w * h > max_input_pixels:
@@ -83,6 +85,9 @@ def _check_size(im: Image.Image, scale: int, max_input_pixels: int, max_output_p
             f"x{scale} of {w}x{h} would be {w * h * scale * scale} pixels; "
             f"this server makes at most {max_output_pixels}; use a smaller scale or image"
         )
+
+
+def _check_frames(im: Image.Image) -> None:
     if getattr(im, "is_animated", False) or getattr(im, "n_frames", 1) > 1:
         raise UnsupportedImage("animated and multi-frame images are not supported; send a single frame")
 
@@ -130,8 +135,15 @@ def _sixteen_bit_colour(data: bytes) -> tuple[np.ndarray, Image.Image | None]:
 
 def decode(data: bytes, *, scale: int, max_input_pixels: int, max_output_pixels: int) -> Decoded:
     """Decode request bytes; raises UnsupportedImage (415) or TooLarge (413) with a clear message."""
+    plain = png_reader.parse(data)
+    if plain is not None:
+        _check_size(plain.width, plain.height, scale, max_input_pixels, max_output_pixels)
+        pixels = png_reader.read(plain)
+        if pixels is not None:
+            return _plain(pixels)
     im = _open(data)
-    _check_size(im, scale, max_input_pixels, max_output_pixels)
+    _check_size(*im.size, scale, max_input_pixels, max_output_pixels)
+    _check_frames(im)
     try:
         im.load()
         source_format = im.format
@@ -157,6 +169,22 @@ def decode(data: bytes, *, scale: int, max_input_pixels: int, max_output_pixels:
         source_format=source_format,
         icc_profile=icc,
         exif=exif,
+    )
+
+
+def _plain(pixels: np.ndarray) -> Decoded:
+    """What the Pillow path makes of a plain PNG (``png_reader``): no profile, no EXIF, alpha as an 'L' image."""
+    colour = pixels[:, :, :3] if pixels.shape[2] >= 3 else np.repeat(pixels[:, :, :1], 3, axis=2)
+    alpha = Image.fromarray(pixels[:, :, -1]) if pixels.shape[2] in (2, 4) else None
+    return Decoded(
+        rgb=np.ascontiguousarray(colour),
+        width=pixels.shape[1],
+        height=pixels.shape[0],
+        alpha=alpha,
+        grayscale=pixels.shape[2] < 3,
+        source_format="PNG",
+        icc_profile=None,
+        exif=None,
     )
 
 

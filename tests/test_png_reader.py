@@ -1,0 +1,205 @@
+"""The fast PNG reader gives exactly Pillow's pixels for plain PNGs, and leaves every other file to Pillow."""
+
+import io
+import struct
+import zlib
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image
+
+from service import codecs, png_reader
+from service.errors import TooLarge, UnsupportedImage
+from tests.conftest import smooth_image
+
+pytestmark = pytest.mark.skipif(png_reader.unavailable() is not None, reason=f"{png_reader.unavailable()}")
+
+COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type
+LIMITS = {"scale": 2, "max_input_pixels": 1 << 30, "max_output_pixels": 1 << 32}
+
+
+def chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def ihdr(width: int, height: int, channels: int = 3, depth: int = 8, interlace: int = 0) -> bytes:
+    return chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, COLOUR_TYPE[channels], 0, 0, interlace))
+
+
+def filtered(pixels: np.ndarray, filters: list[int]) -> bytes:
+    """PNG's filtered rows (specification, section 9), written independently of png_unfilter.c: each row's
+    prediction from the original pixels, the filter type first."""
+    h, w, c = pixels.shape
+    x = pixels.reshape(h, w * c).astype(np.int16)
+    up = np.vstack([np.zeros((1, w * c), np.int16), x[:-1]])
+    left = np.hstack([np.zeros((h, c), np.int16), x[:, :-c]])
+    upper_left = np.hstack([np.zeros((h, c), np.int16), up[:, :-c]])
+    p = left + up - upper_left
+    pa, pb, pc = abs(p - left), abs(p - up), abs(p - upper_left)
+    paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upper_left))
+    predictions = [np.zeros_like(x), left, up, (left + up) >> 1, paeth]
+    rows = [bytes([f]) + ((x[y] - predictions[f][y]) & 255).astype(np.uint8).tobytes() for y, f in enumerate(filters)]
+    return b"".join(rows)
+
+
+def plain_png(
+    pixels: np.ndarray, filters: list[int] | None = None, *, before: bytes = b"", after: bytes = b""
+) -> bytes:
+    """A plain 8-bit PNG of (H, W, C) pixels with the given filter per row (default: all Paeth)."""
+    h, w, c = pixels.shape
+    rows = filtered(pixels, filters if filters is not None else [4] * h)
+    return _png(ihdr(w, h, c) + before, zlib.compress(rows), after)
+
+
+def _png(head: bytes, stream: bytes, after: bytes = b"") -> bytes:
+    return b"\x89PNG\r\n\x1a\n" + head + chunk(b"IDAT", stream) + after + chunk(b"IEND", b"")
+
+
+def pillow_pixels(data: bytes) -> np.ndarray:
+    a = np.asarray(Image.open(io.BytesIO(data)))
+    return a[:, :, None] if a.ndim == 2 else a
+
+
+def fast_pixels(data: bytes) -> np.ndarray | None:
+    plain = png_reader.parse(data)
+    assert plain is not None, "the reader did not take a plain PNG"
+    return png_reader.read(plain)
+
+
+@pytest.mark.parametrize("channels", [1, 2, 3, 4], ids=["grey", "grey+alpha", "rgb", "rgba"])
+@pytest.mark.parametrize("filter_type", [0, 1, 2, 3, 4], ids=["none", "sub", "up", "average", "paeth"])
+def test_every_filter_type_reads_as_pillow_reads_it(filter_type, channels):
+    pixels = smooth_image(37, 29, channels, seed=filter_type)
+    data = plain_png(pixels, [filter_type] * 37)
+    assert np.array_equal(pillow_pixels(data), pixels)  # the test's own filters are right
+    assert np.array_equal(fast_pixels(data), pixels)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    height=st.integers(1, 12),
+    width=st.integers(1, 12),
+    channels=st.sampled_from([1, 2, 3, 4]),
+    seed=st.integers(0, 2**32 - 1),
+    data=st.data(),
+)
+def test_rows_of_any_filters_and_values_read_as_pillow_reads_them(height, width, channels, seed, data):
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
+    filters = data.draw(st.lists(st.integers(0, 4), min_size=height, max_size=height))
+    png = plain_png(pixels, filters)
+    assert np.array_equal(fast_pixels(png), pillow_pixels(png))
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
+def test_pillows_own_pngs_decode_to_what_pillow_decodes(mode, monkeypatch):
+    """codecs.decode gives the same Decoded whichever reader ran: pixels, alpha, grey flag, format, no metadata."""
+    channels = len(mode)
+    im = Image.fromarray(smooth_image(300, 211, channels, seed=3).squeeze(), mode)
+    buf = io.BytesIO()
+    im.save(buf, "PNG")  # Pillow chooses each row's filter
+    data = buf.getvalue()
+    assert png_reader.parse(data) is not None
+    fast = codecs.decode(data, **LIMITS)
+    monkeypatch.setattr(png_reader, "parse", lambda data: None)
+    slow = codecs.decode(data, **LIMITS)
+    assert np.array_equal(fast.rgb, slow.rgb) and fast.rgb.flags.c_contiguous
+    assert (fast.alpha is None) == (slow.alpha is None)
+    if slow.alpha is not None:
+        assert fast.alpha.mode == slow.alpha.mode and fast.alpha.tobytes() == slow.alpha.tobytes()
+    for field in ("width", "height", "grayscale", "source_format", "icc_profile", "exif"):
+        assert getattr(fast, field) == getattr(slow, field), field
+
+
+def test_chunks_that_hold_nothing_kept_are_skipped():
+    pixels = smooth_image(8, 8)
+    before = chunk(b"gAMA", struct.pack(">I", 45455)) + chunk(b"sRGB", b"\x00") + chunk(b"pHYs", bytes(9))
+    assert np.array_equal(fast_pixels(plain_png(pixels, before=before)), pixels)
+
+
+def test_image_data_split_over_several_idat_chunks():
+    pixels = smooth_image(40, 40, 4)
+    stream = zlib.compress(filtered(pixels, [2] * 40))
+    parts = [stream[i : i + 100] for i in range(0, len(stream), 100)]
+    data = b"\x89PNG\r\n\x1a\n" + ihdr(40, 40, 4) + b"".join(chunk(b"IDAT", p) for p in parts) + chunk(b"IEND", b"")
+    assert np.array_equal(fast_pixels(data), pixels)
+
+
+def _with_bad_crc(data: bytes) -> bytes:
+    at = data.index(b"IDAT") + 4  # first byte of IDAT's data
+    return data[:at] + bytes([data[at] ^ 1]) + data[at + 1 :]
+
+
+PIXELS = smooth_image(16, 12)
+PLAIN = plain_png(PIXELS)
+LEFT_TO_PILLOW = {
+    "16-bit": _png(ihdr(12, 16, depth=16), zlib.compress(bytes(16 * (1 + 12 * 6)))),
+    "palette": _png(
+        chunk(b"IHDR", struct.pack(">IIBBBBB", 12, 16, 8, 3, 0, 0, 0)) + chunk(b"PLTE", bytes(3)),
+        zlib.compress(bytes(16 * 13)),
+    ),
+    "interlaced": _png(ihdr(12, 16, interlace=1), b""),
+    "ICC profile": plain_png(PIXELS, before=chunk(b"iCCP", b"p\x00\x00" + zlib.compress(b"profile"))),
+    "EXIF": plain_png(PIXELS, before=chunk(b"eXIf", b"MM\x00*\x00\x00\x00\x08\x00\x00")),
+    "text": plain_png(PIXELS, before=chunk(b"tEXt", b"Comment\x00hello")),
+    "transparency": plain_png(PIXELS, before=chunk(b"tRNS", bytes(6))),
+    "unknown chunk": plain_png(PIXELS, before=chunk(b"abCd", b"")),
+    "chunk after the data": plain_png(PIXELS, after=chunk(b"tIME", bytes(7))),
+    "bad CRC": _with_bad_crc(PLAIN),
+    "no IEND": PLAIN[: PLAIN.index(b"IEND") - 4],
+    "IHDR not first": PLAIN[:8] + chunk(b"gAMA", bytes(4)) + PLAIN[8:],
+    "zero width": _png(ihdr(0, 16), zlib.compress(b"")),
+    "not a PNG": b"GIF89a" + bytes(40),
+}
+
+
+@pytest.mark.parametrize("data", LEFT_TO_PILLOW.values(), ids=LEFT_TO_PILLOW.keys())
+def test_files_that_are_not_plain_are_left_to_pillow(data):
+    assert png_reader.parse(data) is None
+
+
+GOOD_ROWS = filtered(PIXELS, [4] * 16)
+NOT_AS_PROMISED = {
+    "a row short": zlib.compress(GOOD_ROWS[:-13]),
+    "a row more": zlib.compress(GOOD_ROWS + GOOD_ROWS[-37:]),
+    "bytes after the stream": zlib.compress(GOOD_ROWS) + b"\x00",
+    "stream cut short": zlib.compress(GOOD_ROWS)[:-6],
+    "wrong checksum": zlib.compress(GOOD_ROWS)[:-1] + bytes([zlib.compress(GOOD_ROWS)[-1] ^ 1]),
+    "not deflate": b"\x78\x01" + bytes(40),
+    "filter type 5": zlib.compress(GOOD_ROWS[:37] + b"\x05" + GOOD_ROWS[38:]),
+}
+
+
+@pytest.mark.parametrize("stream", NOT_AS_PROMISED.values(), ids=NOT_AS_PROMISED.keys())
+def test_data_that_are_not_what_the_header_promises_are_left_to_pillow(stream):
+    assert png_reader.read(png_reader.parse(_png(ihdr(12, 16), stream))) is None
+
+
+def test_a_corrupt_plain_png_gets_pillows_error():
+    data = _png(ihdr(12, 16), NOT_AS_PROMISED["filter type 5"])
+    with pytest.raises(UnsupportedImage, match="corrupt or truncated"):
+        codecs.decode(data, **LIMITS)
+
+
+def test_the_size_limit_is_checked_before_the_data_are_inflated():
+    """A header that promises 2 gigapixels over a few bytes is refused as too large, not inflated."""
+    data = _png(ihdr(50_000, 40_000), zlib.compress(b""))
+    assert png_reader.parse(data) is not None
+    with pytest.raises(TooLarge, match="50000x40000"):
+        codecs.decode(data, scale=2, max_input_pixels=1 << 24, max_output_pixels=1 << 26)
+
+
+def test_threads_read_at_once():
+    images = [smooth_image(64 + i, 48, 1 + i % 4, seed=i) for i in range(8)]
+    files = [plain_png(im, [i % 5 for i in range(im.shape[0])]) for im in images]
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(fast_pixels, files * 4))
+    assert all(np.array_equal(g, im) for g, im in zip(got, images * 4, strict=True))
+
+
+def test_without_the_compiled_part_pillow_reads_every_png(monkeypatch):
+    monkeypatch.setattr(png_reader, "unavailable", lambda: "not built")
+    assert png_reader.parse(PLAIN) is None
+    assert np.array_equal(codecs.decode(PLAIN, **LIMITS).rgb, PIXELS)
