@@ -69,12 +69,12 @@ def measure(model: str, tile: int, batch: int, threads: int, repeat: int, sgemm_
     key = next(iter(engine.specs))
     peak = sgemm_gflops(sgemm_n, repeat=repeat)
     t_ort = timed(lambda: engine.run(key, x), repeat=repeat)
-    small = x[: default_max_batch(on_gpu=False)]  # the service's CPU batch size
-    layout, t_layout = {}, {}
+    layout, t_layout, small = {}, {}, {}
     for kernels in ("auto", "onnxruntime"):  # the service's layout: one single-threaded run per core
         layout[kernels] = Engine(path, tile=tile, prefer_gpu=False, cpu_kernels=kernels)
-        t_layout[kernels] = _concurrent_runs(layout[kernels], key, small, repeat)
-    layout_gflops = {k: layout[k].workers * flops * len(small) / batch / t / 1e9 for k, t in t_layout.items()}
+        small[kernels] = x[: default_max_batch(False, layout[kernels].native_only)]  # the service's batch size
+        t_layout[kernels] = _concurrent_runs(layout[kernels], key, small[kernels], repeat)
+    layout_gflops = {k: layout[k].workers * flops * len(small[k]) / batch / t / 1e9 for k, t in t_layout.items()}
     torch.set_num_threads(threads)
     xt = torch.from_numpy(x)
     with torch.inference_mode():
@@ -92,7 +92,7 @@ def measure(model: str, tile: int, batch: int, threads: int, repeat: int, sgemm_
         "onnxruntime_gflops": flops / t_ort / 1e9,
         "sgemm_gflops": peak,
         "onnxruntime_fraction_of_sgemm": flops / t_ort / 1e9 / peak,
-        "service_layout": f"{layout['auto'].workers} concurrent runs x 1 thread, {len(small)} tiles each",
+        "service_layout": f"{layout['auto'].workers} concurrent runs x 1 thread, {len(small['auto'])} tiles each",
         # What the service runs by default: the native kernels where they can run (service.native), else ORT.
         "service_layout_kernels": layout["auto"].kernels(key),
         "service_layout_gflops": layout_gflops["auto"],

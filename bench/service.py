@@ -159,7 +159,6 @@ def main(argv: list[str] | None = None) -> None:
     )
     p.add_argument("--quick", action="store_true", help="smoke run: tiny image, short steps, no result file")
     args = p.parse_args(argv)
-    args.batch = args.batch or default_max_batch(on_gpu=args.device == "cuda")
     parts = [v for v in (args.device, args.model) if v not in ("cpu", "fast")]
     name = "-".join(["service", *parts, *([f"p{args.processes}"] if args.processes else [])])
     size = 48 if args.quick else args.size
@@ -171,6 +170,8 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         model = MODELS / "fast_x2.onnx" if args.model == "fast" else write_nearest_model(Path(tmp))
         layouts = engine_layouts(model, args.tile, args.device)
+        service_layout = next(iter(layouts.values()))
+        args.batch = args.batch or default_max_batch(service_layout.on_gpu, service_layout.native_only)
         repeat = 1 if args.quick else 5
         before = engine_alone(layouts, size, args.batch, repeat)
         port = free_port()

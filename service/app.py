@@ -139,7 +139,7 @@ def _lifespan(state: ServiceState):
                 "set UPSCALER_PROCESSES=1 (or fix the GPU setup)",
                 s.processes,
             )
-        state.max_batch = s.max_batch or default_max_batch(state.engine.on_gpu)
+        state.max_batch = s.max_batch or default_max_batch(state.engine.on_gpu, state.engine.native_only)
         await asyncio.to_thread(state.engine.warmup, state.max_batch)
         codec_threads = s.codec_threads or default_codec_threads(state.engine.on_gpu, state.engine.cores)
         state.codec_pool = ThreadPoolExecutor(codec_threads, thread_name_prefix="codec", initializer=name_os_thread)

@@ -4,7 +4,9 @@ Each request becomes a :class:`Job`: its mirror-padded image, the grid of
 fixed-shape tiles to run, and an output array the results are written into.
 One scheduler task forms batches of up to ``max_batch`` tiles of one model,
 waiting at most ``max_wait`` for a batch to fill, so images of any size share
-batches. Within a model, tiles are taken round-robin from the waiting jobs in
+batches; while engine workers are idle, a batch takes no more than each one's
+share of the waiting tiles, so that one small image is still spread over all.
+Within a model, tiles are taken round-robin from the waiting jobs in
 arrival order: a huge image gets one tile per round like everyone else and
 cannot starve small ones. Tiles are cut (and converted to float) only when
 their batch is formed, and results are written straight into the job's
@@ -181,12 +183,16 @@ class Batcher:
         return min(waiting)[1] if waiting else None
 
     def _take(self, key: ModelKey) -> list[tuple[Job, int]]:
-        """Up to max_batch tiles of ``key``, one per job per round, oldest job first."""
+        """Tiles of ``key`` for one batch, one per job per round, oldest job first: up to max_batch, and while
+        engine workers are idle no more than each one's share of the waiting tiles, so that a small image alone
+        still keeps every worker busy."""
         picks: list[tuple[Job, int]] = []
         jobs = [j for j in self._jobs[key] if j.todo and not j.dead]
-        while jobs and len(picks) < self.max_batch:
+        idle = self.engine.workers - len(self._batches)
+        size = self.max_batch if idle <= 0 else min(self.max_batch, -(-sum(len(j.todo) for j in jobs) // idle))
+        while jobs and len(picks) < size:
             for job in jobs:
-                if len(picks) == self.max_batch:
+                if len(picks) == size:
                     break
                 picks.append((job, job.todo.popleft()))
                 job.running += 1

@@ -335,6 +335,11 @@ class Engine:
             *(len(specs), sorted(specs), self.provider, len(self.native), tile, self.workers, self.threads),
         )
 
+    @property
+    def native_only(self) -> bool:
+        """Whether the service's native kernels run every model (ONNX Runtime none)."""
+        return bool(self.native) and self.native.keys() == self.specs.keys()
+
     def kernels(self, key: ModelKey) -> str:
         """What runs model ``key``: "native" (``service.native``) or "onnxruntime"."""
         return "native" if key in self.native else "onnxruntime"

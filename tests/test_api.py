@@ -149,13 +149,20 @@ def test_models_reports_the_batch_size_in_use(client):
     assert client.get("/v1/models").json()["max_batch"] == 8  # as the test server is configured
 
 
-def test_without_a_batch_size_the_cpu_gets_small_batches(tmp_path):
+def test_without_a_batch_size_the_cpu_gets_small_batches_for_its_kernels(tmp_path):
+    """4 tiles where the native kernels run every model (they take a batch a tile at a time), 2 on ONNX Runtime."""
+    expected = 2 if kernels_unavailable() else 4
     with serving(tmp_path, tile=32, variants='["fast"]') as (srv, c):
-        assert c.get("/v1/models").json()["max_batch"] == 2
+        assert c.get("/v1/models").json()["max_batch"] == expected
         codec_threads = default_codec_threads(on_gpu=False, cores=engine_module.available_cores())
-        assert f"ready: batches of up to 2 tiles, {codec_threads} codec threads" in srv.log_path.read_text()
+        assert f"ready: batches of up to {expected} tiles, {codec_threads} codec threads" in srv.log_path.read_text()
         r = c.post("/v1/upscale", params={"scale": 2}, content=encode_image(Image.fromarray(smooth_image(70, 50))))
         assert r.status_code == 200 and decode_image(r.content).size == (100, 140)
+
+
+def test_on_onnx_runtime_the_cpu_gets_batches_of_two(tmp_path):
+    with serving(tmp_path, tile=32, variants='["fast"]', cpu_kernels="onnxruntime") as (srv, c):
+        assert c.get("/v1/models").json()["max_batch"] == 2
 
 
 @pytest.mark.parametrize(("on_gpu", "cores", "expected"), [(True, 16, 16), (False, 16, 4), (False, 2, 2), (True, 1, 2)])

@@ -23,6 +23,17 @@ def engine():
     return Engine(MODELS / "fast_x2.onnx", tile=16, prefer_gpu=False)  # the CPU path, on any machine
 
 
+@pytest.fixture(scope="module")
+def one_worker():
+    """One engine worker, as on a GPU: a batch takes up to max_batch tiles whatever the number of workers."""
+    return Engine(MODELS / "fast_x2.onnx", tile=16, prefer_gpu=False, workers=1)
+
+
+@pytest.fixture(scope="module")
+def two_workers():
+    return Engine(MODELS / "fast_x2.onnx", tile=16, prefer_gpu=False, workers=2)
+
+
 def run(coro):
     return asyncio.run(coro)
 
@@ -37,15 +48,31 @@ async def _with_batcher(engine, body, **options):
         await batcher.stop()
 
 
-def test_images_of_different_sizes_share_batches(engine):
+def test_images_of_different_sizes_share_batches(one_worker):
     async def body(batcher, batches):
         images = [smooth_image(h, w) for h, w in [(10, 12), (16, 5), (7, 7), (14, 9)]]  # one tile each
         jobs = await asyncio.gather(*(batcher.upscale(KEY, im, timeout=30) for im in images))
         assert [j.out.shape[:2] for j in jobs] == [(2 * im.shape[0], 2 * im.shape[1]) for im in images]
         return batches
 
-    batches = run(_with_batcher(engine, body, max_batch=8, max_wait=0.05))
+    batches = run(_with_batcher(one_worker, body, max_batch=8, max_wait=0.05))
     assert batches == [4]
+
+
+def test_a_small_image_alone_is_spread_over_the_idle_engine_workers(two_workers):
+    async def body(batcher, batches):
+        await batcher.upscale(KEY, smooth_image(32, 32), timeout=30)  # 4 tiles
+        return batches
+
+    assert run(_with_batcher(two_workers, body, max_batch=8, max_wait=0)) == [2, 2]
+
+
+def test_batches_are_full_once_every_engine_worker_has_one(two_workers):
+    async def body(batcher, batches):
+        await batcher.upscale(KEY, smooth_image(64, 64), timeout=30)  # 16 tiles
+        return batches
+
+    assert run(_with_batcher(two_workers, body, max_batch=4, max_wait=0)) == [4, 4, 4, 4]
 
 
 def test_a_huge_image_does_not_starve_small_ones(engine):
@@ -181,7 +208,7 @@ def test_float_input_gives_float_output_equal_to_engine(engine):
     assert np.abs(out - engine.upscale(KEY, img)).max() <= 1e-5
 
 
-def test_a_batch_of_eight_and_sixteen_bit_and_float_images_gives_each_its_own_pixels(engine):
+def test_a_batch_of_eight_and_sixteen_bit_and_float_images_gives_each_its_own_pixels(one_worker):
     """One batch, three output types: the engine returns float and each tile is converted to its job's type."""
     img8 = smooth_image(14, 15)
     images = [img8, img8.astype(np.uint16) * 257, img8.astype(np.float32) / 255]
@@ -190,9 +217,9 @@ def test_a_batch_of_eight_and_sixteen_bit_and_float_images_gives_each_its_own_pi
         jobs = await asyncio.gather(*(batcher.upscale(KEY, im, timeout=30) for im in images))
         return [j.out for j in jobs], batches
 
-    (out8, out16, outf), batches = run(_with_batcher(engine, body, max_batch=8, max_wait=0.05))
+    (out8, out16, outf), batches = run(_with_batcher(one_worker, body, max_batch=8, max_wait=0.05))
     assert batches == [3]
-    sr = engine.upscale(KEY, img8.astype(np.float32) / 255)
+    sr = one_worker.upscale(KEY, img8.astype(np.float32) / 255)
     assert out8.dtype == np.uint8 and np.array_equal(out8, to_pixels(sr, np.uint8))
     assert out16.dtype == np.uint16 and np.abs(out16.astype(int) - to_pixels(sr, np.uint16)).max() <= 1
     assert outf.dtype == np.float32 and np.abs(outf - sr).max() <= 1e-5
