@@ -2,14 +2,14 @@
 
     python -m bench.service [--size 512] [--concurrency 1,2,4,8] [--duration 15] [--device cuda]
                             [--model nearest] [--processes N] [--no-naive]
-                            [--client-processes N] [--rounds 5] [--quick]
+                            [--client-processes N] [--rounds 5] [--engine-seconds 3] [--quick]
 
 Starts the real service and bench/naive_server.py on 127.0.0.1, drives both
 with client.loadtest's closed loop (x2, PNG in, PNG out — the default
 format), and runs the engine alone on the same tiles (same tile size and
-batch size) in this process while no request runs. Each engine figure is
-the faster of two layouts: the service's (concurrent single-threaded runs)
-and one run on all cores.
+batch size, for ``--engine-seconds``) in this process while no request runs.
+Each engine figure is the faster of two layouts: the service's (concurrent
+single-threaded runs) and one run on all cores.
 
 The headline ``service_vs_engine`` comes from ``--rounds`` paired rounds:
 engine, service at its best concurrency, engine, service, ... engine; each
@@ -48,7 +48,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.machine import MODELS, RESULTS, timed, write_result
+from bench.machine import MODELS, RESULTS, write_result
 from bench.nearest_model import write_nearest_model
 from client.loadtest import LoadOptions, ProcessLoad, make_payloads, open_loop, write_results
 from service.engine import Engine
@@ -115,21 +115,33 @@ def engine_layouts(model: Path, tile: int, device: str) -> dict[str, Engine]:
     return {f"{name} ({engine.workers} x {engine.threads} threads)": engine for name, engine in layouts.items()}
 
 
-def engine_alone(layouts: dict[str, Engine], size: int, batch: int, repeat: int) -> dict[str, float]:
+def engine_alone(layouts: dict[str, Engine], size: int, batch: int, seconds: float) -> dict[str, float]:
     """Output MPix/s of each layout on the tiles of one size x size image, batched as the service batches."""
     img = np.random.default_rng(0).random((size, size, 3), dtype=np.float32)
-    return {name: _engine_mpix(engine, img, batch, repeat) for name, engine in layouts.items()}
+    return {name: _engine_mpix(engine, img, batch, seconds) for name, engine in layouts.items()}
 
 
-def _engine_mpix(engine: Engine, img: np.ndarray, batch: int, repeat: int) -> float:
+def _engine_mpix(engine: Engine, img: np.ndarray, batch: int, seconds: float) -> float:
+    """The image's tiles run again and again for ``seconds`` after one warm-up run: output pixels over the time
+    taken, as the service's figure is its output over a closed loop's duration. (The median of five runs of one
+    image, 0.25 s, swung with the machine's speed from second to second: paired rounds ranged 0.80-0.95.)"""
     key = next(iter(engine.specs))
     grid = engine.grid(key, img.shape[0], img.shape[1])
     padded = grid.pad(img)
     tiles = np.stack([grid.cut(padded, i).transpose(2, 0, 1) for i in range(len(grid))])
     batches = [np.ascontiguousarray(tiles[i : i + batch]) for i in range(0, len(tiles), batch)]
     with ThreadPoolExecutor(engine.workers) as pool:
-        seconds = timed(lambda: list(pool.map(lambda b: engine.run(key, b), batches)), repeat=repeat)
-    return img.shape[0] * img.shape[1] * grid.scale**2 / seconds / 1e6
+
+        def run() -> None:
+            list(pool.map(lambda b: engine.run(key, b), batches))
+
+        run()
+        runs, t0 = 0, time.perf_counter()
+        while not runs or time.perf_counter() - t0 < seconds:
+            run()
+            runs += 1
+        elapsed = time.perf_counter() - t0
+    return runs * img.shape[0] * img.shape[1] * grid.scale**2 / elapsed / 1e6
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -157,6 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--rounds", type=int, default=5, help="paired rounds of engine alone and service at its best concurrency"
     )
+    p.add_argument("--engine-seconds", type=float, default=3, help="how long each layout of the engine alone runs")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny image, short steps, no result file")
     args = p.parse_args(argv)
     parts = [v for v in (args.device, args.model) if v not in ("cpu", "fast")]
@@ -172,8 +185,8 @@ def main(argv: list[str] | None = None) -> None:
         layouts = engine_layouts(model, args.tile, args.device)
         service_layout = next(iter(layouts.values()))
         args.batch = args.batch or default_max_batch(service_layout.on_gpu, service_layout.native_only)
-        repeat = 1 if args.quick else 5
-        before = engine_alone(layouts, size, args.batch, repeat)
+        engine_seconds = 0 if args.quick else args.engine_seconds
+        before = engine_alone(layouts, size, args.batch, engine_seconds)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         env = {
@@ -194,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
                     raise SystemExit(f"no request to the service succeeded: {[r.errors for r in ours]}")
                 best = max(ours, key=lambda r: r.output_mpix_per_s)
                 rounds = paired_rounds(
-                    lambda: max(engine_alone(layouts, size, args.batch, repeat).values()),
+                    lambda: max(engine_alone(layouts, size, args.batch, engine_seconds).values()),
                     lambda: clients.closed_loop(url, payloads, int(best.level), load).output_mpix_per_s,
                     1 if args.quick else args.rounds,
                 )
@@ -204,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.model == "fast" and not args.no_naive:
             naive = naive_run(payloads, levels, load, args.device, args.client_processes)
         # Again after the servers ran: this machine's speed drifts, and the baseline is the best engine figure.
-        after = engine_alone(layouts, size, args.batch, repeat)
+        after = engine_alone(layouts, size, args.batch, engine_seconds)
     by_layout = {f"{k}, {when}": v for when, d in (("before", before), ("after", after)) for k, v in d.items()}
     engine_mpix = max(by_layout.values())
     ratios = [r["service_vs_engine"] for r in rounds]
