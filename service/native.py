@@ -25,7 +25,7 @@ import numpy as np
 
 from service.compiled import load_library
 
-__all__ = ["NATIVE_SUFFIX", "NativeNetwork", "kernels_unavailable"]
+__all__ = ["NATIVE_SUFFIX", "NativeNetwork", "kernels_unavailable", "planes_from_pixels"]
 
 NATIVE_SUFFIX = "_native"
 _BLOCKS = (14, 12, 9, 8, 4, 3, 2, 1)  # output channels per kernel call, as fsrcnn.c has them; largest first
@@ -59,6 +59,8 @@ def _load() -> ctypes.CDLL | None:
         *(ptr, ptr),  # float or 8-bit output
     ]
     lib.fsrcnn_forward.restype = ctypes.c_int
+    lib.fsrcnn_planes_from_u8.argtypes = [ptr, i64, i32, i32, ctypes.c_float, ptr]
+    lib.fsrcnn_planes_from_u8.restype = None
     _LIB = lib
     return lib
 
@@ -67,6 +69,21 @@ def kernels_unavailable() -> str | None:
     """Why the kernels cannot run in this process, or None when they can."""
     _load()
     return _WHY_NOT
+
+
+def planes_from_pixels(windows: list[np.ndarray], scale: float) -> np.ndarray:
+    """(n, n, C) uint8 windows (rows may be strided, each row's pixels contiguous) -> (N, C, n, n) float32, each
+    pixel times ``scale``: numpy's ``np.stack(windows).transpose(0, 3, 1, 2).astype(np.float32) * np.float32(scale)``
+    to the bit, in one pass instead of four. Needs the kernels (see :func:`kernels_unavailable`)."""
+    if _load() is None:
+        raise RuntimeError(f"the native kernels cannot run: {_WHY_NOT}")
+    n, _, c = windows[0].shape
+    out = np.empty((len(windows), c, n, n), np.float32)
+    for window, planes in zip(windows, out, strict=True):
+        if window.dtype != np.uint8 or window.shape != (n, n, c) or window.strides[1:] != (c, 1):
+            raise ValueError(f"expected ({n}, {n}, {c}) uint8 windows with contiguous rows, got {window.shape}")
+        _LIB.fsrcnn_planes_from_u8(window.ctypes.data, window.strides[0], n, c, scale, planes.ctypes.data)
+    return out
 
 
 class _Layer(ctypes.Structure):

@@ -93,6 +93,30 @@ def test_eight_bit_pixels_are_to_pixels_of_the_float_result_rounded_at_the_bound
 
 
 @needs_kernels
+@pytest.mark.parametrize("channels", [3, 1])
+def test_planes_from_pixels_are_numpys_cut_to_the_bit(channels):
+    """Windows of a larger image (rows strided), every byte value, the scale the batcher uses."""
+    image = np.random.default_rng(5).integers(0, 256, (50, 61, channels), dtype=np.uint8)
+    image[0, :, 0] = np.arange(61) * 4 + 15  # 15 ... 255
+    image[1, :, 0] = np.arange(61)
+    windows = [image[0:20, 0:20], image[7:27, 30:50], image[30:50, 41:61], image[0:40:2, 0:20]]  # any row step
+    expected = np.stack(windows).transpose(0, 3, 1, 2).astype(np.float32) * np.float32(1 / 255)
+    got = native.planes_from_pixels(windows, 1 / 255)
+    assert got.dtype == np.float32 and got.flags.c_contiguous and np.array_equal(got, expected)
+
+
+@needs_kernels
+def test_planes_from_pixels_refuses_windows_it_cannot_read():
+    image = np.zeros((20, 20, 3), np.uint8)
+    with pytest.raises(ValueError, match="uint8 windows"):
+        native.planes_from_pixels([image[:8, :8], image[:8, :9]], 1 / 255)  # not the first window's shape
+    with pytest.raises(ValueError, match="uint8 windows"):
+        native.planes_from_pixels([image[:8, :8], image[:8, :16:2]], 1 / 255)  # every other pixel of its rows
+    with pytest.raises(ValueError, match="uint8 windows"):
+        native.planes_from_pixels([image[:8, :8].astype(np.uint16)], 1 / 255)
+
+
+@needs_kernels
 def test_runs_in_threads_at_once_give_the_same_result():
     net = NativeNetwork(MODELS / "fast_x3_native.npz")
     x = np.random.default_rng(3).random((3, 3, 40, 40), dtype=np.float32)
