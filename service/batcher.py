@@ -189,7 +189,7 @@ class Batcher:
         still keeps every worker busy."""
         picks: list[tuple[Job, int]] = []
         jobs = [j for j in self._jobs[key] if j.todo and not j.dead]
-        idle = self.engine.workers - len(self._batches)
+        idle = self._idle_workers()
         size = self.max_batch if idle <= 0 else min(self.max_batch, -(-sum(len(j.todo) for j in jobs) // idle))
         while jobs and len(picks) < size:
             for job in jobs:
@@ -221,14 +221,22 @@ class Batcher:
         if key is None:
             self._wake.clear()
             return None, []
-        if sum(len(j.todo) for j in self._jobs[key]) < self.max_batch and self.max_wait > 0:
-            await asyncio.sleep(self.max_wait)  # let a partial batch fill up
+        # A partial batch waits a moment for more tiles, as long as that keeps no engine worker idle: with one
+        # worker (a GPU) fuller batches are worth the wait, but where idle workers could share the tiles now (on a
+        # CPU) waiting only delays them.
+        partial = sum(len(j.todo) for j in self._jobs[key]) < self.max_batch
+        if partial and self.max_wait > 0 and (self.engine.workers == 1 or self._idle_workers() <= 0):
+            await asyncio.sleep(self.max_wait)
             self._expire()
         picks = self._take(key)
         now = time.monotonic()
         for job, _ in picks:
             job.started = job.started or now
         return key, picks
+
+    def _idle_workers(self) -> int:
+        """Engine workers without a batch: each batch formed and not yet finished counts against one."""
+        return self.engine.workers - len(self._batches)
 
     async def _process(self, key: ModelKey, picks: list[tuple[Job, int]]) -> None:
         """Cut, run and place one batch; an engine failure fails the jobs in the batch, not the server."""

@@ -29,10 +29,19 @@ __all__ = ["PlainPng", "parse", "read", "unavailable"]
 
 _SIGNATURE = b"\x89PNG\r\n\x1a\n"
 _CHANNELS = {0: 1, 4: 2, 2: 3, 6: 4}  # PNG colour type -> samples per pixel
-# Chunks before the image data that hold nothing the service keeps: Pillow only lists them in ``info``. Any other
-# chunk sends the file to Pillow: iCCP and eXIf (kept in the output), text (may hold EXIF or XMP, with an
-# orientation), tRNS and PLTE (colours), APNG's frames, and what this reader does not know.
-_IGNORED = frozenset({b"gAMA", b"cHRM", b"sRGB", b"pHYs", b"sBIT", b"bKGD", b"tIME"})
+# Chunks before the image data that hold nothing the service keeps (Pillow only lists them in ``info``), at the
+# lengths the specification gives them: Pillow refuses some shorter ones (a gAMA of 0 bytes), and refusing is its
+# call. Any other chunk or length sends the file to Pillow: iCCP and eXIf (kept in the output), text (may hold EXIF
+# or XMP, with an orientation), tRNS and PLTE (colours), APNG's frames, and what this reader does not know.
+_IGNORED = {
+    b"gAMA": {4},
+    b"cHRM": {32},
+    b"sRGB": {1},
+    b"pHYs": {9},
+    b"tIME": {7},
+    b"sBIT": {1, 2, 3, 4},
+    b"bKGD": {1, 2, 6},
+}
 _MAX_SIDE = 2**31 - 1  # the PNG specification's limit
 
 
@@ -79,7 +88,7 @@ def parse(data: bytes) -> PlainPng | None:
             idat.append(body)
         elif kind == b"IEND":
             return PlainPng(*header, idat=tuple(idat)) if idat else None
-        elif idat or kind not in _IGNORED:  # only IDAT may follow IDAT, until IEND
+        elif idat or length not in _IGNORED.get(kind, ()):  # only IDAT may follow IDAT, until IEND
             return None
         pos += 12 + length
     return None  # no IEND: truncated

@@ -50,7 +50,9 @@ class Settings(BaseSettings):
     max_batch: int = Field(
         0, ge=0, le=256, description="most tiles in one model execution (0 = 8 on a GPU, 4 or 2 on a CPU)"
     )
-    max_wait_ms: float = Field(2.0, ge=0, description="how long a non-full batch waits for more tiles")
+    max_wait_ms: float = Field(
+        2.0, ge=0, description="how long a non-full batch waits for more tiles (several workers: only if none is idle)"
+    )
     max_queue_tiles: int = Field(4096, ge=1, description="tiles waiting across all requests before 503")
     request_timeout_s: float = Field(120.0, gt=0, description="deadline from arrival to inference done")
 

@@ -59,12 +59,15 @@ def test_images_of_different_sizes_share_batches(one_worker):
     assert batches == [4]
 
 
-def test_a_small_image_alone_is_spread_over_the_idle_engine_workers(two_workers):
+@pytest.mark.parametrize("max_wait", [0, 0.05])
+def test_a_small_image_alone_is_spread_over_the_idle_engine_workers_at_once(two_workers, max_wait):
+    """Its tiles do not wait for a batch to fill while a worker is idle (a wait would have split the rest 1 + 1)."""
+
     async def body(batcher, batches):
         await batcher.upscale(KEY, smooth_image(32, 32), timeout=30)  # 4 tiles
         return batches
 
-    assert run(_with_batcher(two_workers, body, max_batch=8, max_wait=0)) == [2, 2]
+    assert run(_with_batcher(two_workers, body, max_batch=8, max_wait=max_wait)) == [2, 2]
 
 
 def test_batches_are_full_once_every_engine_worker_has_one(two_workers):

@@ -146,6 +146,10 @@ LEFT_TO_PILLOW = {
     "text": plain_png(PIXELS, before=chunk(b"tEXt", b"Comment\x00hello")),
     "transparency": plain_png(PIXELS, before=chunk(b"tRNS", bytes(6))),
     "unknown chunk": plain_png(PIXELS, before=chunk(b"abCd", b"")),
+    "empty gAMA": plain_png(PIXELS, before=chunk(b"gAMA", b"")),  # Pillow refuses it
+    "short cHRM": plain_png(PIXELS, before=chunk(b"cHRM", bytes(31))),
+    "empty sRGB": plain_png(PIXELS, before=chunk(b"sRGB", b"")),
+    "long pHYs": plain_png(PIXELS, before=chunk(b"pHYs", bytes(10))),
     "chunk after the data": plain_png(PIXELS, after=chunk(b"tIME", bytes(7))),
     "bad CRC": _with_bad_crc(PLAIN),
     "no IEND": PLAIN[: PLAIN.index(b"IEND") - 4],
@@ -183,12 +187,23 @@ def test_a_corrupt_plain_png_gets_pillows_error():
         codecs.decode(data, **LIMITS)
 
 
-def test_the_size_limit_is_checked_before_the_data_are_inflated():
-    """A header that promises 2 gigapixels over a few bytes is refused as too large, not inflated."""
-    data = _png(ihdr(50_000, 40_000), zlib.compress(b""))
+def test_the_size_limit_is_checked_before_the_data_are_inflated(monkeypatch):
+    """A header that promises 2 gigapixels is refused as too large before the reader inflates anything."""
+    data = _png(ihdr(50_000, 40_000), zlib.compress(bytes(1 << 20)))
     assert png_reader.parse(data) is not None
+
+    def read(png):
+        raise AssertionError("inflated before the size check")
+
+    monkeypatch.setattr(png_reader, "read", read)
     with pytest.raises(TooLarge, match="50000x40000"):
         codecs.decode(data, scale=2, max_input_pixels=1 << 24, max_output_pixels=1 << 26)
+
+
+def test_a_broken_chunk_gets_pillows_answer():
+    data = plain_png(PIXELS, before=chunk(b"gAMA", b""))
+    with pytest.raises(UnsupportedImage, match="header could not be read"):
+        codecs.decode(data, **LIMITS)
 
 
 def test_threads_read_at_once():
