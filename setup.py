@@ -1,4 +1,4 @@
-"""Builds the compiled parts (everything else is in pyproject.toml): ``service/fsrcnn.c``, the CPU kernels, and
+"""Builds the compiled parts (everything else is in pyproject.toml): ``service/fsrcnn.c``, the CPU kernels,
 ``service/rle_deflate.c``, the PNG encoder's deflater, and ``service/png_unfilter.c``, the PNG reader's last step.
 
 Each is a plain shared library that ``service.compiled`` loads with ctypes, named like an extension module so
