@@ -17,13 +17,20 @@ __all__ = ["load_library"]
 _HERE = Path(__file__).parent
 
 
-def load_library(name: str) -> tuple[ctypes.CDLL | None, str | None]:
-    """``service/_<name>*.so`` loaded, or None and why it could not be."""
+Signature = tuple[list, type | None]  # a C function's argument types and its return type, as ctypes takes them
+
+
+def load_library(name: str, functions: dict[str, Signature]) -> tuple[ctypes.CDLL | None, str | None]:
+    """``service/_<name>*.so`` loaded with the signatures of its ``functions`` set, or None and why it could not
+    be loaded."""
     found = [_HERE / f"_{name}{suffix}" for suffix in importlib.machinery.EXTENSION_SUFFIXES]
     found = [p for p in found if p.exists()]
     if not found:
         return None, f"{_HERE / f'_{name}*.so'} was not built (pip install -e . builds it; it needs a C compiler)"
     try:
-        return ctypes.CDLL(str(found[0])), None
+        lib = ctypes.CDLL(str(found[0]))
     except OSError as exc:  # a library built for another machine or left half-written
         return None, f"{found[0]} cannot be loaded ({exc}); rebuild it with pip install -e ."
+    for function, (argtypes, restype) in functions.items():
+        getattr(lib, function).argtypes, getattr(lib, function).restype = argtypes, restype
+    return lib, None

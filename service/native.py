@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -29,60 +30,66 @@ __all__ = ["NATIVE_SUFFIX", "NativeNetwork", "kernels_unavailable", "planes_from
 
 NATIVE_SUFFIX = "_native"
 _BLOCKS = (14, 12, 9, 8, 4, 3, 2, 1)  # output channels per kernel call, as fsrcnn.c has them; largest first
-_LIB: ctypes.CDLL | None = None
-_WHY_NOT: str | None = None
 
 
-def _load() -> ctypes.CDLL | None:
-    global _LIB, _WHY_NOT
-    if _LIB is not None or _WHY_NOT is not None:
-        return _LIB
-    lib, _WHY_NOT = load_library("fsrcnn")
-    if lib is None:
-        return None
-    if not lib.fsrcnn_supported():
-        _WHY_NOT = "this CPU has no AVX-512 (or is not x86-64)"
-        return None
+@cache
+def _library() -> tuple[ctypes.CDLL | None, str | None]:
     ptr, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
-    lib.fsrcnn_conv.argtypes = [
-        *(ptr, i32, i64, i64),  # input, its channels, plane and row strides (in floats)
-        *(ptr, ptr, ptr),  # packed weights, bias, slopes or NULL
-        *(i32, i32, i32),  # output channels, channels per block, kernel size
-        *(ptr, i32, i32),  # output, its height and width
-    ]
-    lib.fsrcnn_conv.restype = ctypes.c_int
-    lib.fsrcnn_forward.argtypes = [
-        ctypes.POINTER(_Layer),  # the body, the phases, then the skip of each colour
-        *(i32, i32, i32, i32, ptr),  # body layers, colour channels, scale, skip crop, lag
-        *(ptr, i32, i32),  # the tile (channels, h, w)
-        *(ptr, ptr, ptr),  # two workspace buffers and the skip's
-        *(ptr, ptr),  # float or 8-bit output
-    ]
-    lib.fsrcnn_forward.restype = ctypes.c_int
-    lib.fsrcnn_planes_from_u8.argtypes = [ptr, i64, i32, i32, ctypes.c_float, ptr]
-    lib.fsrcnn_planes_from_u8.restype = None
-    _LIB = lib
+    lib, why_not = load_library(
+        "fsrcnn",
+        {
+            "fsrcnn_supported": ([], i32),
+            "fsrcnn_conv": (
+                [
+                    *(ptr, i32, i64, i64),  # input, its channels, plane and row strides (in floats)
+                    *(ptr, ptr, ptr),  # packed weights, bias, slopes or NULL
+                    *(i32, i32, i32),  # output channels, channels per block, kernel size
+                    *(ptr, i32, i32),  # output, its height and width
+                ],
+                i32,
+            ),
+            "fsrcnn_forward": (
+                [
+                    ctypes.POINTER(_Layer),  # the body, the phases, then the skip of each colour
+                    *(i32, i32, i32, i32, ptr),  # body layers, colour channels, scale, skip crop, lag
+                    *(ptr, i32, i32),  # the tile (channels, h, w)
+                    *(ptr, ptr, ptr),  # two workspace buffers and the skip's
+                    *(ptr, ptr),  # float or 8-bit output
+                ],
+                i32,
+            ),
+            "fsrcnn_planes_from_u8": ([ptr, i64, i32, i32, ctypes.c_float, ptr], None),
+        },
+    )
+    if lib is not None and not lib.fsrcnn_supported():
+        return None, "this CPU has no AVX-512 (or is not x86-64)"
+    return lib, why_not
+
+
+def _kernels() -> ctypes.CDLL:
+    """The library, or RuntimeError saying why the kernels cannot run."""
+    lib, why_not = _library()
+    if lib is None:
+        raise RuntimeError(f"the native kernels cannot run: {why_not}")
     return lib
 
 
 def kernels_unavailable() -> str | None:
     """Why the kernels cannot run in this process, or None when they can."""
-    _load()
-    return _WHY_NOT
+    return _library()[1]
 
 
 def planes_from_pixels(windows: list[np.ndarray], scale: float) -> np.ndarray:
     """(n, n, C) uint8 windows (rows may be strided, each row's pixels contiguous) -> (N, C, n, n) float32, each
     pixel times ``scale``: numpy's ``np.stack(windows).transpose(0, 3, 1, 2).astype(np.float32) * np.float32(scale)``
     to the bit, in one pass instead of four. Needs the kernels (see :func:`kernels_unavailable`)."""
-    if _load() is None:
-        raise RuntimeError(f"the native kernels cannot run: {_WHY_NOT}")
+    lib = _kernels()
     n, _, c = windows[0].shape
     out = np.empty((len(windows), c, n, n), np.float32)
     for window, planes in zip(windows, out, strict=True):
         if window.dtype != np.uint8 or window.shape != (n, n, c) or window.strides[1:] != (c, 1):
             raise ValueError(f"expected ({n}, {n}, {c}) uint8 windows with contiguous rows, got {window.shape}")
-        _LIB.fsrcnn_planes_from_u8(window.ctypes.data, window.strides[0], n, c, scale, planes.ctypes.data)
+        lib.fsrcnn_planes_from_u8(window.ctypes.data, window.strides[0], n, c, scale, planes.ctypes.data)
     return out
 
 
@@ -121,7 +128,7 @@ class _Conv:
         plane, row = x.strides[0] // 4, x.strides[1] // 4
         slope = None if self.slope is None else self.slope.ctypes.data
         args = (self.weight.ctypes.data, self.bias.ctypes.data, slope, self.cout, self.block, self.k)
-        if _LIB.fsrcnn_conv(x.ctypes.data, self.cin, plane, row, *args, out.ctypes.data, *shape[1:]):
+        if _kernels().fsrcnn_conv(x.ctypes.data, self.cin, plane, row, *args, out.ctypes.data, *shape[1:]):
             raise RuntimeError(f"fsrcnn_conv has no kernel for blocks of {self.block} channels")
         return out
 
@@ -139,8 +146,7 @@ class NativeNetwork:
     """
 
     def __init__(self, path: Path):
-        if _load() is None:
-            raise RuntimeError(f"the native kernels cannot run: {_WHY_NOT}")
+        self._lib = _kernels()
         with np.load(path, allow_pickle=False) as f:
             arrays = dict(f)
         self.scale, self.context = int(arrays["scale"]), int(arrays["context"])
@@ -210,7 +216,7 @@ class NativeNetwork:
         buffers = [_WORKSPACE.take(slot, size) for slot, size in enumerate(self._buffer_sizes(*x.shape[1:]))]
         outputs = (None if f32 is None else f32.ctypes.data, None if u8 is None else u8.ctypes.data)
         args = (len(self.body), self.channels, self.scale, self.crop, self.lag.ctypes.data)
-        if _LIB.fsrcnn_forward(
+        if self._lib.fsrcnn_forward(
             self._layers, *args, x.ctypes.data, *x.shape[1:], *(b.ctypes.data for b in buffers), *outputs
         ):
             raise RuntimeError("fsrcnn_forward has no kernel for one of the layers")

@@ -57,11 +57,8 @@ class PlainPng:
 
 @cache
 def _library() -> tuple[ctypes.CDLL | None, str | None]:
-    lib, why_not = load_library("png_unfilter")
-    if lib is not None:
-        lib.png_unfilter.argtypes = [ctypes.c_char_p, ctypes.c_long, ctypes.c_long, ctypes.c_long, ctypes.c_void_p]
-        lib.png_unfilter.restype = ctypes.c_long
-    return lib, why_not
+    long = ctypes.c_long
+    return load_library("png_unfilter", {"png_unfilter": ([ctypes.c_char_p, long, long, long, ctypes.c_void_p], long)})
 
 
 def unavailable() -> str | None:

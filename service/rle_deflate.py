@@ -29,13 +29,11 @@ ISAL_RECHECK_BITS_PER_BYTE = 1.5
 
 @cache
 def _library() -> tuple[ctypes.CDLL | None, str | None]:
-    lib, why_not = load_library("rle_deflate")
-    if lib is not None:
-        lib.rle_deflate_bound.argtypes = [ctypes.c_long]
-        lib.rle_deflate_bound.restype = ctypes.c_long
-        lib.rle_deflate.argtypes = [ctypes.c_void_p, ctypes.c_long, ctypes.c_int, ctypes.c_void_p]
-        lib.rle_deflate.restype = ctypes.c_long
-    return lib, why_not
+    ptr, long = ctypes.c_void_p, ctypes.c_long
+    return load_library(
+        "rle_deflate",
+        {"rle_deflate_bound": ([long], long), "rle_deflate": ([ptr, long, ctypes.c_int, ptr], long)},
+    )
 
 
 def unavailable() -> str | None:
