@@ -22,7 +22,7 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service import png_reader
 from service.errors import BadParameter, TooLarge, UnsupportedImage
-from service.png import encode_png
+from service.png import SIGNATURE, encode_png
 
 __all__ = ["Decoded", "decode", "encode", "OUTPUT_FORMATS", "MEDIA_TYPES"]
 
@@ -122,7 +122,7 @@ def _split(im: Image.Image) -> tuple[np.ndarray, Image.Image | None, bool]:
 
 def _is_sixteen_bit_colour_png(data: bytes) -> bool:
     """IHDR says 16 bits per sample and RGB or RGBA (Pillow would read it as 8-bit)."""
-    return data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR" and data[24] == 16 and data[25] in (2, 6)
+    return data[:8] == SIGNATURE and data[12:16] == b"IHDR" and data[24] == 16 and data[25] in (2, 6)
 
 
 def _sixteen_bit_colour(data: bytes) -> tuple[np.ndarray, Image.Image | None]:

@@ -32,10 +32,10 @@ from isal import isal_zlib
 
 from service import rle_deflate
 
-__all__ = ["encode_png"]
+__all__ = ["COLOR_TYPE", "SIGNATURE", "encode_png"]
 
-_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_COLOR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
+COLOR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type (grey, grey + alpha, RGB, RGBA)
 _BLOCK_BYTES = 1 << 20  # raw bytes filtered and deflated per step
 _UP = 2  # PNG filter type 'Up'
 _ISAL_LEVELS = range(1, 4)
@@ -78,7 +78,7 @@ def encode_png(
     h, w, c = color.shape
     channels = c + (alpha is not None)
     depth = 16 if color.dtype == np.uint16 else 8
-    out = [_SIGNATURE, *_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, _COLOR_TYPE[channels], 0, 0, 0))]
+    out = [SIGNATURE, *_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, COLOR_TYPE[channels], 0, 0, 0))]
     if icc_profile:
         out += _chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile))
     if exif:

@@ -24,11 +24,11 @@ import numpy as np
 from isal import isal_zlib
 
 from service.compiled import load_library
+from service.png import COLOR_TYPE, SIGNATURE
 
 __all__ = ["PlainPng", "parse", "read", "unavailable"]
 
-_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-_CHANNELS = {0: 1, 4: 2, 2: 3, 6: 4}  # PNG colour type -> samples per pixel
+_CHANNELS = {colour_type: channels for channels, colour_type in COLOR_TYPE.items()}  # samples per pixel
 # Chunks before the image data that hold nothing the service keeps (Pillow only lists them in ``info``), at the
 # lengths the specification gives them: Pillow refuses some shorter ones (a gAMA of 0 bytes), and refusing is its
 # call. Any other chunk or length sends the file to Pillow: iCCP and eXIf (kept in the output), text (may hold EXIF
@@ -68,9 +68,9 @@ def unavailable() -> str | None:
 
 def parse(data: bytes) -> PlainPng | None:
     """The header and image data of ``data`` if it is a plain PNG that :func:`read` can decode, else None."""
-    if not data.startswith(_SIGNATURE) or unavailable() is not None:
+    if not data.startswith(SIGNATURE) or unavailable() is not None:
         return None
-    view, pos, header, idat = memoryview(data), len(_SIGNATURE), None, []
+    view, pos, header, idat = memoryview(data), len(SIGNATURE), None, []
     while pos + 12 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, pos)
         body = view[pos + 8 : pos + 8 + length]
