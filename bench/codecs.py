@@ -97,11 +97,14 @@ def _graphics(size: int) -> np.ndarray:
     return np.asarray(picture)
 
 
+def _data_pngs(data: Path | None) -> dict[str, bytes]:
+    """The PNG files of ``--data`` by name, if it is there."""
+    return {path.stem: path.read_bytes() for path in sorted(data.glob("*.png"))} if data and data.is_dir() else {}
+
+
 def _upscaling_inputs(size: int, data: Path | None) -> dict[str, np.ndarray]:
     images = {"photo-like": _decode(make_payloads([size])[0].data), "graphics": _graphics(size)}
-    for path in sorted(data.glob("*.png")) if data and data.is_dir() else []:
-        images[path.stem] = _decode(path.read_bytes())
-    return images
+    return images | {name: _decode(png) for name, png in _data_pngs(data).items()}
 
 
 def png_decoding(files: dict[str, bytes], repeat: int) -> dict[str, dict[str, float]]:
@@ -127,14 +130,11 @@ def png_decoding(files: dict[str, bytes], repeat: int) -> dict[str, dict[str, fl
 
 def _png_requests(img: np.ndarray, data: Path | None) -> dict[str, bytes]:
     h, w = img.shape[:2]
-    files = {
+    return {
         "bench.service's request (512x512, Pillow level 6)": make_payloads([512])[0].data,
         f"photo-like {w}x{h}, Pillow level 6": _pillow(img, "PNG"),
         f"photo-like {w}x{h}, the service's own PNG (level 1)": encode_png(img, level=1),
-    }
-    for path in sorted(data.glob("*.png")) if data and data.is_dir() else []:
-        files[path.stem] = path.read_bytes()
-    return files
+    } | _data_pngs(data)
 
 
 def main(argv: list[str] | None = None) -> None:
