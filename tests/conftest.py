@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import os
 import socket
+import struct
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -120,6 +122,11 @@ def smooth_image(h: int, w: int, channels: int = 3, seed: int = 0) -> np.ndarray
     base = [np.sin(6 * xx + 3 * c) * np.cos(5 * yy - c) for c in range(channels)]
     img = 0.5 + 0.35 * np.stack(base, axis=-1) + 0.05 * rng.standard_normal((h, w, channels))
     return (np.clip(img, 0, 1) * 255).astype(np.uint8)
+
+
+def png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk, written independently of the service's encoder: length, type, data, CRC."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
 def encode_image(im: Image.Image, fmt: str = "PNG", **params) -> bytes:

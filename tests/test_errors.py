@@ -9,7 +9,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from .conftest import encode_image, smooth_image, start_server, stop_server
+from .conftest import encode_image, png_chunk, smooth_image, start_server, stop_server
 
 KEY = "s3cret-key"
 BIG = encode_image(Image.new("RGB", (1000, 1000), (120, 60, 30)))  # 1 MP, a few kB
@@ -17,12 +17,8 @@ BIG = encode_image(Image.new("RGB", (1000, 1000), (120, 60, 30)))  # 1 MP, a few
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose IHDR claims width x height, followed by one tiny IDAT and IEND."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 16)) + chunk(b"IEND", b"")
+    ihdr = png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0))
+    return b"\x89PNG\r\n\x1a\n" + ihdr + png_chunk(b"IDAT", zlib.compress(b"\0" * 16)) + png_chunk(b"IEND", b"")
 
 
 def assert_error(r: httpx.Response, status: int, code: str) -> dict:

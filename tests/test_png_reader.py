@@ -13,7 +13,7 @@ from PIL import Image
 
 from service import codecs, png_reader
 from service.errors import TooLarge, UnsupportedImage
-from tests.conftest import smooth_image
+from tests.conftest import png_chunk, smooth_image
 
 pytestmark = pytest.mark.skipif(png_reader.unavailable() is not None, reason=f"{png_reader.unavailable()}")
 
@@ -21,12 +21,8 @@ COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type
 LIMITS = {"scale": 2, "max_input_pixels": 1 << 30, "max_output_pixels": 1 << 32}
 
 
-def chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
 def ihdr(width: int, height: int, channels: int = 3, depth: int = 8, interlace: int = 0) -> bytes:
-    return chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, COLOUR_TYPE[channels], 0, 0, interlace))
+    return png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, COLOUR_TYPE[channels], 0, 0, interlace))
 
 
 def filtered(pixels: np.ndarray, filters: list[int]) -> bytes:
@@ -55,7 +51,7 @@ def plain_png(
 
 
 def _png(head: bytes, stream: bytes, after: bytes = b"") -> bytes:
-    return b"\x89PNG\r\n\x1a\n" + head + chunk(b"IDAT", stream) + after + chunk(b"IEND", b"")
+    return b"\x89PNG\r\n\x1a\n" + head + png_chunk(b"IDAT", stream) + after + png_chunk(b"IEND", b"")
 
 
 def pillow_pixels(data: bytes) -> np.ndarray:
@@ -115,7 +111,7 @@ def test_pillows_own_pngs_decode_to_what_pillow_decodes(mode, monkeypatch):
 
 def test_chunks_that_hold_nothing_kept_are_skipped():
     pixels = smooth_image(8, 8)
-    before = chunk(b"gAMA", struct.pack(">I", 45455)) + chunk(b"sRGB", b"\x00") + chunk(b"pHYs", bytes(9))
+    before = png_chunk(b"gAMA", struct.pack(">I", 45455)) + png_chunk(b"sRGB", b"\x00") + png_chunk(b"pHYs", bytes(9))
     assert np.array_equal(fast_pixels(plain_png(pixels, before=before)), pixels)
 
 
@@ -123,7 +119,8 @@ def test_image_data_split_over_several_idat_chunks():
     pixels = smooth_image(40, 40, 4)
     stream = zlib.compress(filtered(pixels, [2] * 40))
     parts = [stream[i : i + 100] for i in range(0, len(stream), 100)]
-    data = b"\x89PNG\r\n\x1a\n" + ihdr(40, 40, 4) + b"".join(chunk(b"IDAT", p) for p in parts) + chunk(b"IEND", b"")
+    idat = b"".join(png_chunk(b"IDAT", p) for p in parts)
+    data = b"\x89PNG\r\n\x1a\n" + ihdr(40, 40, 4) + idat + png_chunk(b"IEND", b"")
     assert np.array_equal(fast_pixels(data), pixels)
 
 
@@ -137,23 +134,23 @@ PLAIN = plain_png(PIXELS)
 LEFT_TO_PILLOW = {
     "16-bit": _png(ihdr(12, 16, depth=16), zlib.compress(bytes(16 * (1 + 12 * 6)))),
     "palette": _png(
-        chunk(b"IHDR", struct.pack(">IIBBBBB", 12, 16, 8, 3, 0, 0, 0)) + chunk(b"PLTE", bytes(3)),
+        png_chunk(b"IHDR", struct.pack(">IIBBBBB", 12, 16, 8, 3, 0, 0, 0)) + png_chunk(b"PLTE", bytes(3)),
         zlib.compress(bytes(16 * 13)),
     ),
     "interlaced": _png(ihdr(12, 16, interlace=1), b""),
-    "ICC profile": plain_png(PIXELS, before=chunk(b"iCCP", b"p\x00\x00" + zlib.compress(b"profile"))),
-    "EXIF": plain_png(PIXELS, before=chunk(b"eXIf", b"MM\x00*\x00\x00\x00\x08\x00\x00")),
-    "text": plain_png(PIXELS, before=chunk(b"tEXt", b"Comment\x00hello")),
-    "transparency": plain_png(PIXELS, before=chunk(b"tRNS", bytes(6))),
-    "unknown chunk": plain_png(PIXELS, before=chunk(b"abCd", b"")),
-    "empty gAMA": plain_png(PIXELS, before=chunk(b"gAMA", b"")),  # Pillow refuses it
-    "short cHRM": plain_png(PIXELS, before=chunk(b"cHRM", bytes(31))),
-    "empty sRGB": plain_png(PIXELS, before=chunk(b"sRGB", b"")),
-    "long pHYs": plain_png(PIXELS, before=chunk(b"pHYs", bytes(10))),
-    "chunk after the data": plain_png(PIXELS, after=chunk(b"tIME", bytes(7))),
+    "ICC profile": plain_png(PIXELS, before=png_chunk(b"iCCP", b"p\x00\x00" + zlib.compress(b"profile"))),
+    "EXIF": plain_png(PIXELS, before=png_chunk(b"eXIf", b"MM\x00*\x00\x00\x00\x08\x00\x00")),
+    "text": plain_png(PIXELS, before=png_chunk(b"tEXt", b"Comment\x00hello")),
+    "transparency": plain_png(PIXELS, before=png_chunk(b"tRNS", bytes(6))),
+    "unknown chunk": plain_png(PIXELS, before=png_chunk(b"abCd", b"")),
+    "empty gAMA": plain_png(PIXELS, before=png_chunk(b"gAMA", b"")),  # Pillow refuses it
+    "short cHRM": plain_png(PIXELS, before=png_chunk(b"cHRM", bytes(31))),
+    "empty sRGB": plain_png(PIXELS, before=png_chunk(b"sRGB", b"")),
+    "long pHYs": plain_png(PIXELS, before=png_chunk(b"pHYs", bytes(10))),
+    "chunk after the data": plain_png(PIXELS, after=png_chunk(b"tIME", bytes(7))),
     "bad CRC": _with_bad_crc(PLAIN),
     "no IEND": PLAIN[: PLAIN.index(b"IEND") - 4],
-    "IHDR not first": PLAIN[:8] + chunk(b"gAMA", bytes(4)) + PLAIN[8:],
+    "IHDR not first": PLAIN[:8] + png_chunk(b"gAMA", bytes(4)) + PLAIN[8:],
     "zero width": _png(ihdr(0, 16), zlib.compress(b"")),
     "not a PNG": b"GIF89a" + bytes(40),
 }
@@ -201,7 +198,7 @@ def test_the_size_limit_is_checked_before_the_data_are_inflated(monkeypatch):
 
 
 def test_a_broken_chunk_gets_pillows_answer():
-    data = plain_png(PIXELS, before=chunk(b"gAMA", b""))
+    data = plain_png(PIXELS, before=png_chunk(b"gAMA", b""))
     with pytest.raises(UnsupportedImage, match="header could not be read"):
         codecs.decode(data, **LIMITS)
 
