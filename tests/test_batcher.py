@@ -87,7 +87,8 @@ def test_a_huge_image_does_not_starve_small_ones(engine):
 
     async def body(batcher, batches):
         huge = asyncio.ensure_future(batcher.upscale(KEY, smooth_image(320, 320), timeout=60))  # 400 tiles
-        await asyncio.sleep(0.05)  # the huge job is being served
+        while not batches:  # the huge job is being served (a fixed sleep let it finish first on a fast CPU)
+            await asyncio.sleep(0.001)
         waits = []
         for i in range(3):
             before = len(batches)
