@@ -14,11 +14,11 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 # Serving needs no torch.
-$(VENV)/.serve-$(ORT_EXTRA): pyproject.toml setup.py service/fsrcnn.c service/rle_deflate.c service/png_unfilter.c | $(PY)
+$(VENV)/.serve-$(ORT_EXTRA): pyproject.toml setup.py $(wildcard service/*.c service/*.h) | $(PY)
 	$(PY) -m pip install --quiet -e ".[$(ORT_EXTRA)]"
 	touch $@
 
-$(VENV)/.test-$(ORT_EXTRA): pyproject.toml setup.py service/fsrcnn.c service/rle_deflate.c service/png_unfilter.c | $(PY)
+$(VENV)/.test-$(ORT_EXTRA): pyproject.toml setup.py $(wildcard service/*.c service/*.h) | $(PY)
 	$(PY) -m pip install --quiet -e ".[$(ORT_EXTRA),train,dev]"
 	touch $@
 

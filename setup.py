@@ -1,8 +1,9 @@
 """Builds the compiled parts (everything else is in pyproject.toml): ``service/fsrcnn.c``, the CPU kernels,
 ``service/rle_deflate.c``, the PNG encoder's deflater, and ``service/png_unfilter.c``, the PNG reader's last step.
 
-Each is a plain shared library that ``service.compiled`` loads with ctypes, named like an extension module so
-that pip builds it with the package (in place for ``pip install -e .``). All are optional: where they cannot be
+Each is a plain shared library that ``service.compiled`` loads with cffi through the part's header (its interface,
+declared once), named like an extension module so that pip builds it with the package (in place for
+``pip install -e .``). All are optional: where they cannot be
 compiled (no C compiler), pip installs the rest, the service runs every model on ONNX Runtime, deflates PNGs
 with ISA-L and reads them with Pillow.
 """
@@ -14,6 +15,7 @@ setup(
         Extension(
             "service._fsrcnn",
             sources=["service/fsrcnn.c"],
+            depends=["service/fsrcnn.h"],
             # No fused multiply-add where C has two operations: 8-bit pixels are rounded as numpy rounds them.
             extra_compile_args=["-O3", "-std=c11", "-ffp-contract=off"],
             optional=True,
@@ -21,12 +23,14 @@ setup(
         Extension(
             "service._rle_deflate",
             sources=["service/rle_deflate.c"],
+            depends=["service/rle_deflate.h"],
             extra_compile_args=["-O3", "-std=c11"],
             optional=True,
         ),
         Extension(
             "service._png_unfilter",
             sources=["service/png_unfilter.c"],
+            depends=["service/png_unfilter.h"],
             extra_compile_args=["-O3", "-std=c11"],
             optional=True,
         ),

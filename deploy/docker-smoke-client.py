@@ -75,14 +75,18 @@ def upscale(url: str) -> None:
 
 
 def check_kernels(url: str) -> None:
-    """The image compiles the native kernels: on a host CPU with AVX-512 they must run the models."""
+    """The image compiles the native kernels: on a host CPU with AVX2 + FMA or AVX-512 they must run the models."""
     with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as r:
-        kernels = {m["kernels"] for m in json.load(r)["models"]}
-    print(f"models run on: {', '.join(sorted(kernels))}", file=sys.stderr)
+        models = json.load(r)["models"]
+    kernels = {m["kernels"] for m in models}
+    isas = {m.get("instruction_set") for m in models} - {None}
+    print(f"models run on: {', '.join(sorted(kernels))} {sorted(isas)}", file=sys.stderr)
     with open("/proc/cpuinfo") as f:
-        avx512 = " avx512f " in f.read().replace("\n", " ")
-    if avx512 and kernels != {"native"}:
-        raise SystemExit(f"this CPU has AVX-512 but the image runs models on {kernels}: were the kernels built?")
+        flags = set(f.read().split())
+    if ({"avx2", "fma"} <= flags or "avx512f" in flags) and kernels != {"native"}:
+        raise SystemExit(
+            f"this CPU has AVX2 or AVX-512 but the image runs models on {kernels}: were the kernels built?"
+        )
 
 
 if __name__ == "__main__":

@@ -294,6 +294,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[], None] | 
                 set5=spec.card.get("set5"),
                 precision="fp16" if eng.fp16 else "fp32",
                 kernels=eng.kernels((v, sc)),
+                instruction_set=eng.instruction_set((v, sc)),
             )
             for (v, sc), spec in sorted(eng.specs.items())
         ]

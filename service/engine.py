@@ -9,7 +9,7 @@ stem. Twins beside it compute the same function for one target:
 see ``export.cpu``), which the CPU provider runs whenever it exists, and
 ``<variant>_x<scale>_native.npz``, the weights for the service's own CPU
 kernels (``service.native``), which run the model instead of ONNX Runtime on
-a CPU with AVX-512 unless ``cpu_kernels="onnxruntime"``. A twin is used only
+a CPU with AVX2 + FMA or AVX-512 unless ``cpu_kernels="onnxruntime"``. A twin is used only
 if the SHA-256 it records of its model matches the model file beside it; a
 twin left behind by a replaced model is ignored with a warning.
 """
@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from service.native import NATIVE_SUFFIX, NativeNetwork, kernels_unavailable
+from service.native import ISA_NAMES, NATIVE_SUFFIX, NativeNetwork, instruction_sets, kernels_unavailable
 from service.tiling import TileGrid
 
 __all__ = [
@@ -259,9 +259,17 @@ def _open_sessions(
     return sessions
 
 
+CPU_KERNELS = ("auto", *ISA_NAMES, "onnxruntime")  # what may run the models on a CPU (Engine's cpu_kernels)
+
+
 def _native_networks(specs: dict[ModelKey, ModelSpec], cpu_kernels: str, threads: int) -> dict[ModelKey, NativeNetwork]:
-    """The models that the service's own CPU kernels run; the others stay on ONNX Runtime."""
-    if cpu_kernels != "auto" or not any(spec.native_path for spec in specs.values()):
+    """The models that the service's own CPU kernels run; the others stay on ONNX Runtime. An instruction set asked
+    for by name that this CPU cannot run is an error, not a quiet fallback."""
+    isa = None if cpu_kernels == "auto" else cpu_kernels
+    if isa is not None and isa not in instruction_sets():
+        why = kernels_unavailable() or f"this CPU runs them on {instruction_sets()} only"
+        raise ValueError(f"cpu_kernels={isa!r}: the native kernels cannot run on {isa}: {why}")
+    if not any(spec.native_path for spec in specs.values()):
         return {}
     why_not = kernels_unavailable()
     if why_not is None and threads > 1:
@@ -274,7 +282,7 @@ def _native_networks(specs: dict[ModelKey, ModelSpec], cpu_kernels: str, threads
         if spec.native_path is None:
             continue
         try:
-            networks[key] = NativeNetwork(spec.native_path)
+            networks[key] = NativeNetwork(spec.native_path, isa=isa)
         except (KeyError, ValueError) as exc:  # a twin missing arrays, or with shapes that do not fit together
             log.warning("ignoring %s; ONNX Runtime runs %s: %s", spec.native_path.name, spec.path.name, exc)
     return networks
@@ -299,9 +307,11 @@ class Engine:
     ):
         """``cores``: the CPUs this engine and its caller plan for (0 = all this process may use; a share of them
         where several server processes divide the machine). ``cpu_kernels``: "auto" runs models with a native twin
-        on the service's own kernels where they can run (see the module docstring), "onnxruntime" never."""
-        if cpu_kernels not in ("auto", "onnxruntime"):
-            raise ValueError(f"cpu_kernels must be 'auto' or 'onnxruntime', not {cpu_kernels!r}")
+        on the service's own kernels, on the best instruction set this CPU has, where they can run (see the module
+        docstring); "avx512" or "avx2" on that instruction set (ValueError where this CPU lacks it); "onnxruntime"
+        never."""
+        if cpu_kernels not in CPU_KERNELS:
+            raise ValueError(f"cpu_kernels must be one of {CPU_KERNELS}, not {cpu_kernels!r}")
         self.tile = tile
         specs = discover_models(models)
         if variants:
@@ -326,13 +336,17 @@ class Engine:
         # How many batches the caller should run at once (``run`` is thread-safe).
         self.workers: int = (workers or 1) if self.on_gpu else cpu_workers
         self.threads: int = (threads or 1) if self.on_gpu else cpu_threads
-        self.native = {} if self.on_gpu else _native_networks(specs, cpu_kernels, self.threads)
+        self.native = (
+            {} if self.on_gpu or cpu_kernels == "onnxruntime" else _native_networks(specs, cpu_kernels, self.threads)
+        )
         for key in self.native:  # not needed, and each holds its own copy of the weights and optimised graph
             del self.sessions[key], self._outputs[key]
         log.info(
-            "engine ready: %d models %s on %s, %s of them on the native kernels (tile %d, %d concurrent runs x %d "
+            "engine ready: %d models %s on %s, %s of them on the native kernels%s (tile %d, %d concurrent runs x %d "
             "threads)",
-            *(len(specs), sorted(specs), self.provider, len(self.native), tile, self.workers, self.threads),
+            *(len(specs), sorted(specs), self.provider, len(self.native)),
+            "".join(sorted({f" ({net.isa})" for net in self.native.values()})),
+            *(tile, self.workers, self.threads),
         )
 
     @property
@@ -343,6 +357,10 @@ class Engine:
     def kernels(self, key: ModelKey) -> str:
         """What runs model ``key``: "native" (``service.native``) or "onnxruntime"."""
         return "native" if key in self.native else "onnxruntime"
+
+    def instruction_set(self, key: ModelKey) -> str | None:
+        """The instruction set the native kernels run model ``key`` on ("avx512", "avx2"), or None off them."""
+        return self.native[key].isa if key in self.native else None
 
     def grid(self, key: ModelKey, height: int, width: int) -> TileGrid:
         spec = self.specs[key]

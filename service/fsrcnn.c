@@ -1,137 +1,201 @@
-/* Fused CPU kernels for the FSRCNN family (service/native.py drives them through ctypes).
+/* Fused CPU kernels for the FSRCNN family (interface and contracts: service/fsrcnn.h; service/native.py drives
+ * them through cffi).
  *
- * ONNX Runtime's CPU convolutions cannot fuse a PReLU with a slope per channel,
- * and they compute channels in blocks of 16, so FSRCNN's 12-channel mapping
- * layers cost as much as 16-channel ones. These kernels do neither: a
- * convolution vectorises along the image row (16 output pixels per AVX-512
- * register), keeps a block of output channels for two rows in registers, and
+ * ONNX Runtime's CPU convolutions cannot fuse a PReLU with a slope per channel, and they compute channels in
+ * blocks of 16, so FSRCNN's 12-channel mapping layers cost as much as 16-channel ones. These kernels do neither: a
+ * convolution vectorises along the image row, keeps a block of output channels for two rows in registers, and
  * applies bias and PReLU to them before they are stored once.
  *
- * Layout: planar float32, a channel's rows one after another. Convolutions are
- * 'valid' and unpadded, like the network's (model/network.py).
+ * One source for every instruction set: the convolution below is written once against a handful of vector
+ * operations (load, masked load, broadcast, fused multiply-add, PReLU, store) and instantiated per instruction
+ * set with that set's operations and register budget: AVX-512F (16 floats a vector, 32 registers) and AVX2 + FMA
+ * (8 floats, 16 registers). Each instantiation is compiled for its target function by function, with no -march
+ * flags, so one build serves every x86-64 CPU; the caller picks the instruction set at run time
+ * (fsrcnn_isa_supported). Elsewhere than on x86-64 the library builds with no convolutions.
  *
- * Built by setup.py as service/_fsrcnn*.so with no -march flags: the AVX-512
- * code is compiled for that target function by function, and fsrcnn_supported()
- * tells at run time whether this CPU can run it. Elsewhere than on x86-64 the
- * library builds with no kernels and fsrcnn_supported() is 0.
- *
- * The callers (service/native.py) check every shape; these functions trust them.
+ * Layout: planar float32, a channel's rows one after another. Convolutions are 'valid' and unpadded, like the
+ * network's (model/network.py). The callers (service/native.py) check every shape; these functions trust them.
  */
+#include <stddef.h>
 #include <stdint.h>
+
+#include "fsrcnn.h"
+
+typedef void (*BlockKernel)(const float *in, int cin, long in_plane, long in_row, const float *wp, const float *bias,
+                            const float *slope, int k, float *out, int oh, int ow, int y, int rb);
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 
-#define AVX512 __attribute__((target("avx512f,fma")))
-
-/* 1 where this CPU runs AVX-512F (the only instruction set these kernels are written for), else 0. */
-int fsrcnn_supported(void) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+/* ---- AVX-512F: 16 floats a vector; a mask register selects the lanes of a row's last, partial vector ---- */
+#define avx512_TARGET __attribute__((target("avx512f,fma")))
+#define avx512_WIDTH 16
+typedef __m512 avx512_vec;
+typedef __mmask16 avx512_lanes;
+avx512_TARGET static inline avx512_lanes avx512_first(int n) { return (__mmask16)((1u << n) - 1); } /* n < 16 */
+#define avx512_load_all(p, m) _mm512_loadu_ps(p)
+#define avx512_store_all(p, m, v) _mm512_storeu_ps(p, v)
+avx512_TARGET static inline avx512_vec avx512_load_part(const float *p, avx512_lanes m) {
+    return _mm512_maskz_loadu_ps(m, p);
+}
+avx512_TARGET static inline void avx512_store_part(float *p, avx512_lanes m, avx512_vec v) {
+    _mm512_mask_storeu_ps(p, m, v);
+}
+avx512_TARGET static inline avx512_vec avx512_set1(float f) { return _mm512_set1_ps(f); }
+avx512_TARGET static inline avx512_vec avx512_fmadd(avx512_vec a, avx512_vec b, avx512_vec c) {
+    return _mm512_fmadd_ps(a, b, c);
+}
+avx512_TARGET static inline avx512_vec avx512_prelu(avx512_vec v, avx512_vec slope) { /* v < 0 ? v * slope : v */
+    return _mm512_mask_mul_ps(v, _mm512_cmp_ps_mask(v, _mm512_setzero_ps(), _CMP_LT_OQ), v, slope);
 }
 
-/* Rows y and y + 1 of one block of CB output channels. Two rows share every weight broadcast; 2 * CB accumulators
- * + 3 registers fit the 32 of AVX-512 for CB <= 14. When only row y is left (rb == 1), the second row of
- * accumulators computes row y again and is not stored: simpler than a one-row variant, and one row per layer. */
-#define DEFINE_BLOCK(CB)                                                                                           \
-    AVX512 static void block##CB(const float *in, int cin, long in_plane, long in_row, const float *wp,            \
-                                 const float *bias, const float *slope, int k, float *out, int oh, int ow, int y,    \
-                                 int rb) {                                                                           \
-        const long op = (long)oh * ow, down = rb > 1 ? in_row : 0;                                                   \
-        for (int x = 0; x < ow; x += 16) {                                                                           \
-            const __mmask16 m = ow - x >= 16 ? 0xFFFF : (__mmask16)((1u << (ow - x)) - 1);                          \
-            __m512 a0[CB], a1[CB];                                                                                   \
-            _Pragma("GCC unroll 16") for (int c = 0; c < CB; c++) a0[c] = a1[c] = _mm512_set1_ps(bias[c]);         \
-            const float *w = wp;                                                                                     \
-            for (int ci = 0; ci < cin; ci++) {                                                                       \
-                for (int ky = 0; ky < k; ky++) {                                                                     \
-                    const float *row = in + ci * in_plane + (y + ky) * in_row + x;                                   \
-                    for (int kx = 0; kx < k; kx++, w += CB) {                                                        \
-                        const __m512 v0 = _mm512_maskz_loadu_ps(m, row + kx);                                        \
-                        const __m512 v1 = _mm512_maskz_loadu_ps(m, row + down + kx);                                 \
-                        _Pragma("GCC unroll 16") for (int c = 0; c < CB; c++) {                                      \
-                            const __m512 wc = _mm512_set1_ps(w[c]);                                                  \
-                            a0[c] = _mm512_fmadd_ps(v0, wc, a0[c]);                                                  \
-                            a1[c] = _mm512_fmadd_ps(v1, wc, a1[c]);                                                  \
-                        }                                                                                            \
+/* ---- AVX2 + FMA: 8 floats a vector; a lane mask (all ones or zero per lane) for the partial vector ---- */
+#define avx2_TARGET __attribute__((target("avx2,fma")))
+#define avx2_WIDTH 8
+typedef __m256 avx2_vec;
+typedef __m256i avx2_lanes;
+static const int32_t avx2_lane_table[16] = {-1, -1, -1, -1, -1, -1, -1, -1, 0, 0, 0, 0, 0, 0, 0, 0};
+avx2_TARGET static inline avx2_lanes avx2_first(int n) { /* n < 8 */
+    return _mm256_loadu_si256((const __m256i *)(avx2_lane_table + 8 - n));
+}
+#define avx2_load_all(p, m) _mm256_loadu_ps(p)
+#define avx2_store_all(p, m, v) _mm256_storeu_ps(p, v)
+avx2_TARGET static inline avx2_vec avx2_load_part(const float *p, avx2_lanes m) { return _mm256_maskload_ps(p, m); }
+avx2_TARGET static inline void avx2_store_part(float *p, avx2_lanes m, avx2_vec v) { _mm256_maskstore_ps(p, m, v); }
+avx2_TARGET static inline avx2_vec avx2_set1(float f) { return _mm256_set1_ps(f); }
+avx2_TARGET static inline avx2_vec avx2_fmadd(avx2_vec a, avx2_vec b, avx2_vec c) { return _mm256_fmadd_ps(a, b, c); }
+avx2_TARGET static inline avx2_vec avx2_prelu(avx2_vec v, avx2_vec slope) {
+    return _mm256_blendv_ps(v, _mm256_mul_ps(v, slope), _mm256_cmp_ps(v, _mm256_setzero_ps(), _CMP_LT_OQ));
+}
+
+/* One step of a block kernel: CB output channels of rows y and y + 1 at columns x .. x + WIDTH - 1. Two rows
+ * share every weight broadcast, so a block needs 2 * CB accumulators + 3 registers (the two rows' inputs and the
+ * weight): CB <= 14 on AVX-512, CB <= 6 on AVX2. When only row y is left (rb == 1), the second row of accumulators
+ * computes row y again and is not stored: simpler than a one-row variant, and one row per layer. LOAD(p, m) and
+ * STORE(p, m, v) move whole vectors inside the row (m unused), or lanes m of the row's last, partial vector. */
+#define BLOCK_STEP(ISA, CB, LOAD, STORE, m)                                                                            \
+    do {                                                                                                             \
+        ISA##_vec a0[CB], a1[CB];                                                                                    \
+        _Pragma("GCC unroll 16") for (int c = 0; c < CB; c++) a0[c] = a1[c] = ISA##_set1(bias[c]);                \
+        const float *w = wp;                                                                                         \
+        for (int ci = 0; ci < cin; ci++) {                                                                           \
+            for (int ky = 0; ky < k; ky++) {                                                                         \
+                const float *row = in + ci * in_plane + (y + ky) * in_row + x;                                       \
+                for (int kx = 0; kx < k; kx++, w += CB) {                                                            \
+                    const ISA##_vec v0 = LOAD(row + kx, m), v1 = LOAD(row + down + kx, m);                                 \
+                    _Pragma("GCC unroll 16") for (int c = 0; c < CB; c++) {                                          \
+                        const ISA##_vec wc = ISA##_set1(w[c]);                                                       \
+                        a0[c] = ISA##_fmadd(v0, wc, a0[c]);                                                          \
+                        a1[c] = ISA##_fmadd(v1, wc, a1[c]);                                                          \
                     }                                                                                                \
                 }                                                                                                    \
             }                                                                                                        \
-            _Pragma("GCC unroll 16") for (int c = 0; c < CB; c++) {                                                  \
-                __m512 r0 = a0[c], r1 = a1[c];                                                                       \
-                if (slope) { /* PReLU: negative values times the channel's slope */                                 \
-                    const __m512 s = _mm512_set1_ps(slope[c]), zero = _mm512_setzero_ps();                           \
-                    r0 = _mm512_mask_mul_ps(r0, _mm512_cmp_ps_mask(r0, zero, _CMP_LT_OQ), r0, s);                   \
-                    r1 = _mm512_mask_mul_ps(r1, _mm512_cmp_ps_mask(r1, zero, _CMP_LT_OQ), r1, s);                   \
-                }                                                                                                    \
-                _mm512_mask_storeu_ps(out + c * op + (long)y * ow + x, m, r0);                                       \
-                if (rb > 1) _mm512_mask_storeu_ps(out + c * op + (long)(y + 1) * ow + x, m, r1);                     \
+        }                                                                                                            \
+        _Pragma("GCC unroll 16") for (int c = 0; c < CB; c++) {                                                      \
+            ISA##_vec r0 = a0[c], r1 = a1[c];                                                                        \
+            if (slope) {                                                                                             \
+                const ISA##_vec s = ISA##_set1(slope[c]);                                                            \
+                r0 = ISA##_prelu(r0, s);                                                                             \
+                r1 = ISA##_prelu(r1, s);                                                                             \
             }                                                                                                        \
+            STORE(out + c * op + (long)y * ow + x, m, r0);                                                           \
+            if (rb > 1) STORE(out + c * op + (long)(y + 1) * ow + x, m, r1);                                         \
+        }                                                                                                            \
+    } while (0)
+
+/* Rows y and y + 1 (or y alone, rb == 1) of one block of CB output channels, whole vectors then the last part. */
+#define DEFINE_BLOCK(ISA, CB)                                                                                        \
+    ISA##_TARGET static void ISA##_block##CB(const float *in, int cin, long in_plane, long in_row, const float *wp,  \
+                                             const float *bias, const float *slope, int k, float *out, int oh,       \
+                                             int ow, int y, int rb) {                                                \
+        const long op = (long)oh * ow, down = rb > 1 ? in_row : 0;                                                   \
+        int x = 0;                                                                                                   \
+        for (; x + ISA##_WIDTH <= ow; x += ISA##_WIDTH) BLOCK_STEP(ISA, CB, ISA##_load_all, ISA##_store_all, 0);     \
+        if (x < ow) {                                                                                                \
+            const ISA##_lanes lanes = ISA##_first(ow - x);                                                           \
+            BLOCK_STEP(ISA, CB, ISA##_load_part, ISA##_store_part, lanes);                                           \
         }                                                                                                            \
     }
 
-DEFINE_BLOCK(1)
-DEFINE_BLOCK(2)
-DEFINE_BLOCK(3)
-DEFINE_BLOCK(4)
-DEFINE_BLOCK(8)
-DEFINE_BLOCK(9)
-DEFINE_BLOCK(12)
-DEFINE_BLOCK(14)
+/* The blocks each instruction set has kernels for, largest first (service/native.py packs weights for them). */
+DEFINE_BLOCK(avx512, 14)
+DEFINE_BLOCK(avx512, 12)
+DEFINE_BLOCK(avx512, 9)
+DEFINE_BLOCK(avx512, 8)
+DEFINE_BLOCK(avx512, 4)
+DEFINE_BLOCK(avx512, 3)
+DEFINE_BLOCK(avx512, 2)
+DEFINE_BLOCK(avx512, 1)
+static const int avx512_sizes[] = {14, 12, 9, 8, 4, 3, 2, 1};
+static const BlockKernel avx512_kernels[] = {avx512_block14, avx512_block12, avx512_block9, avx512_block8,
+                                             avx512_block4,  avx512_block3,  avx512_block2, avx512_block1};
 
-/* out[co][y][x] = prelu(bias[co] + sum over ci, ky, kx of w[co][ci][ky][kx] * in[ci][y + ky][x + kx])
- *
- * in:    cin planes, in_plane floats apart, rows in_row floats apart (a crop of a larger plane is fine);
- * wp:    the weights packed as [cout / cb][cin][k][k][cb] (service/native.py packs them);
- * slope: cout PReLU slopes, or NULL for none;
- * out:   cout contiguous planes of oh x ow.
- * Returns 0, or -1 for a block size cb it has no kernel for (nothing is written then). */
-int fsrcnn_conv(const float *in, int cin, long in_plane, long in_row, const float *wp, const float *bias,
-                const float *slope, int cout, int cb, int k, float *out, int oh, int ow) {
-    if (cb < 1 || cout % cb) return -1;
-    switch (cb) {
-    case 1: case 2: case 3: case 4: case 8: case 9: case 12: case 14: break;
-    default: return -1;
+DEFINE_BLOCK(avx2, 6)
+DEFINE_BLOCK(avx2, 4)
+DEFINE_BLOCK(avx2, 3)
+DEFINE_BLOCK(avx2, 2)
+DEFINE_BLOCK(avx2, 1)
+static const int avx2_sizes[] = {6, 4, 3, 2, 1};
+static const BlockKernel avx2_kernels[] = {avx2_block6, avx2_block4, avx2_block3, avx2_block2, avx2_block1};
+
+int fsrcnn_isa_supported(int isa) {
+    __builtin_cpu_init();
+    switch (isa) {
+    case FSRCNN_AVX512: return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+    case FSRCNN_AVX2: return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+    default: return 0;
     }
+}
+
+/* The block sizes and kernels of `isa`; returns how many (0 for none). */
+static int kernels_of(int isa, const int **sizes, const BlockKernel **kernels) {
+    switch (isa) {
+    case FSRCNN_AVX512: *sizes = avx512_sizes, *kernels = avx512_kernels; return sizeof avx512_sizes / sizeof(int);
+    case FSRCNN_AVX2: *sizes = avx2_sizes, *kernels = avx2_kernels; return sizeof avx2_sizes / sizeof(int);
+    default: return 0;
+    }
+}
+
+/* For the 8-bit cut below: one copy per instruction set, picked by the loader at the first call. */
+#define PER_ISA __attribute__((target_clones("avx512f", "avx2", "default")))
+
+#else /* not x86-64: no convolutions; service/native.py sees fsrcnn_isa_supported() == 0 and never calls them */
+int fsrcnn_isa_supported(int isa) { return 0; }
+static int kernels_of(int isa, const int **sizes, const BlockKernel **kernels) { return 0; }
+#define PER_ISA
+#endif
+
+int fsrcnn_block_sizes(int isa, int *sizes, int capacity) {
+    const int *own;
+    const BlockKernel *kernels;
+    const int n = kernels_of(isa, &own, &kernels);
+    for (int i = 0; i < n && i < capacity; i++) sizes[i] = own[i];
+    return n;
+}
+
+/* The kernel for blocks of cb on `isa`, or NULL. */
+static BlockKernel kernel_for(int isa, int cb) {
+    const int *sizes;
+    const BlockKernel *kernels;
+    const int n = kernels_of(isa, &sizes, &kernels);
+    for (int i = 0; i < n; i++)
+        if (sizes[i] == cb) return kernels[i];
+    return NULL;
+}
+
+int fsrcnn_conv(int isa, const float *in, int cin, long in_plane, long in_row, const float *wp, const float *bias,
+                const float *slope, int cout, int cb, int k, float *out, int oh, int ow) {
+    const BlockKernel block = cb >= 1 && cout % cb == 0 && fsrcnn_isa_supported(isa) ? kernel_for(isa, cb) : NULL;
+    if (!block) return -1;
     for (int y = 0; y < oh; y += 2) { /* every block of channels, then the next two rows: their input stays in cache */
         const int rb = oh - y < 2 ? 1 : 2;
-        for (int b = 0; b < cout / cb; b++) {
-            const float *w = wp + (long)b * cin * k * k * cb, *bb = bias + b * cb, *s = slope ? slope + b * cb : 0;
-            float *o = out + (long)b * cb * oh * ow;
-#define CALL(CB) block##CB(in, cin, in_plane, in_row, w, bb, s, k, o, oh, ow, y, rb)
-            switch (cb) {
-            case 1: CALL(1); break;
-            case 2: CALL(2); break;
-            case 3: CALL(3); break;
-            case 4: CALL(4); break;
-            case 8: CALL(8); break;
-            case 9: CALL(9); break;
-            case 12: CALL(12); break;
-            case 14: CALL(14); break;
-            }
-#undef CALL
-        }
+        for (int b = 0; b < cout / cb; b++)
+            block(in, cin, in_plane, in_row, wp + (long)b * cin * k * k * cb, bias + b * cb, slope ? slope + b * cb : 0,
+                  k, out + (long)b * cb * oh * ow, oh, ow, y, rb);
     }
     return 0;
 }
 
-#else /* not x86-64: no kernels; service/native.py sees fsrcnn_supported() == 0 and never calls the others */
-int fsrcnn_supported(void) { return 0; }
-int fsrcnn_conv(const float *in, int cin, long in_plane, long in_row, const float *wp, const float *bias,
-                const float *slope, int cout, int cb, int k, float *out, int oh, int ow) {
-    return -1;
-}
-#endif
-
-/* The output image of a tile from its s*s phases: channel c * s * s + ry * s + rx of each holds output pixels
- * (s * y + ry, s * x + rx) of colour c, as PyTorch's pixel shuffle orders them.
- *
- *   value = skip[phase][y][x] + learned[phase][y + lag[ry]][x + lag[rx]]
- *
- * skip:    c*s*s planes of h x w (the bicubic path); learned: c*s*s planes of lh x lw (the transposed
- *          convolution's phases, whose windows start lag[r] pixels later for phase r).
- * Writes either out_f32, (c, s*h, s*w) floats, or out_u8, (s*h, s*w, c) pixels rounded as
- * service.engine.to_pixels rounds them: clip(value * 255 + 0.5, 0, 255), truncated. */
 void fsrcnn_assemble(const float *skip, const float *learned, int c, int s, int h, int w, int lh, int lw,
                      const int *lag, float *out_f32, uint8_t *out_u8) {
     const long sw = (long)s * w, out_plane = (long)s * h * sw;
@@ -159,14 +223,9 @@ void fsrcnn_assemble(const float *skip, const float *learned, int c, int s, int 
             }
 }
 
-/* A tile of 8-bit pixels as the network reads it: the (size, size, c) window at src, its rows row_stride bytes
- * apart, becomes c planes of size x size floats at dst, each pixel times scale (rounded as numpy rounds
- * astype(float32) * float32(scale)). What the batcher's numpy cut did in four passes over the tile, in one; for RGB
- * the compiler vectorises the three planes' loop (12 us a 142-px tile, against 28 us unvectorised). */
-#ifdef AVX512
-AVX512
-#endif
-void fsrcnn_planes_from_u8(const uint8_t *src, long row_stride, int size, int c, float scale, float *dst) {
+/* What the batcher's numpy cut did in four passes over the tile, in one; for RGB the compiler vectorises the three
+ * planes' loop. */
+PER_ISA void fsrcnn_planes_from_u8(const uint8_t *src, long row_stride, int size, int c, float scale, float *dst) {
     const long plane = (long)size * size;
     for (int y = 0; y < size; y++) {
         const uint8_t *row = src + y * row_stride;
@@ -184,20 +243,7 @@ void fsrcnn_planes_from_u8(const uint8_t *src, long row_stride, int size, int c,
     }
 }
 
-/* One layer as fsrcnn_conv takes it: weights packed in blocks of `block` output channels, slope NULL for none. */
-typedef struct {
-    const float *weight, *bias, *slope;
-    int cin, cout, block, k;
-} FsrcnnLayer;
-
-/* A whole tile in one call (one release of Python's GIL instead of one per layer):
- *
- *   layer[0 .. body)      the body, from x (channels, h, w) through ws0, ws1, ws0, ... in turn;
- *   layer[body]           the transposed convolution's phases, into the buffer after the last body layer's;
- *   layer[body + 1 + c]   the skip's s*s phases of colour c, from x cropped by `crop`, into `skip`;
- *
- * then fsrcnn_assemble into out_f32 or out_u8. Returns fsrcnn_conv's -1 if a layer has no kernel. */
-int fsrcnn_forward(const FsrcnnLayer *layer, int body, int channels, int scale, int crop, const int *lag,
+int fsrcnn_forward(int isa, const FsrcnnLayer *layer, int body, int channels, int scale, int crop, const int *lag,
                    const float *x, int h, int w, float *ws0, float *ws1, float *skip, float *out_f32,
                    uint8_t *out_u8) {
     float *ws[2] = {ws0, ws1};
@@ -206,7 +252,7 @@ int fsrcnn_forward(const FsrcnnLayer *layer, int body, int channels, int scale, 
     for (int i = 0; i <= body; i++) {
         const FsrcnnLayer *l = &layer[i];
         const int oh = ih - l->k + 1, ow = iw - l->k + 1;
-        if (fsrcnn_conv(in, l->cin, (long)ih * iw, iw, l->weight, l->bias, l->slope, l->cout, l->block, l->k,
+        if (fsrcnn_conv(isa, in, l->cin, (long)ih * iw, iw, l->weight, l->bias, l->slope, l->cout, l->block, l->k,
                         ws[i % 2], oh, ow))
             return -1;
         in = ws[i % 2];
@@ -216,7 +262,7 @@ int fsrcnn_forward(const FsrcnnLayer *layer, int body, int channels, int scale, 
     const FsrcnnLayer *sk = &layer[body + 1];
     const int th = h - 2 * crop - sk->k + 1, tw = w - 2 * crop - sk->k + 1;
     for (int c = 0; c < channels; c++, sk++)
-        if (fsrcnn_conv(x + (long)c * h * w + (long)crop * w + crop, 1, (long)h * w, w, sk->weight, sk->bias,
+        if (fsrcnn_conv(isa, x + (long)c * h * w + (long)crop * w + crop, 1, (long)h * w, w, sk->weight, sk->bias,
                         sk->slope, sk->cout, sk->block, sk->k, skip + (long)c * sk->cout * th * tw, th, tw))
             return -1;
     fsrcnn_assemble(skip, in, channels, scale, th, tw, ih, iw, lag, out_f32, out_u8);

@@ -1,77 +1,74 @@
-"""The service's own CPU kernels for the FSRCNN family (``service/fsrcnn.c``), run through ctypes.
+"""The service's own CPU kernels for the FSRCNN family (``service/fsrcnn.c``, declared in ``service/fsrcnn.h``).
 
 ONNX Runtime's CPU convolutions run a PReLU with a slope per channel as extra
 passes over memory, and compute 12-channel layers as 16-channel ones. The
 kernels fuse bias and PReLU into each convolution and vectorise along image
-rows instead, so no channel is padded: in the service's layout (one run per
-core) the default ``fast`` x2 network ran 1.7-1.9x faster than its ONNX Runtime
-twin, at 79-81% of the machine's SGEMM rate (``bench/results/engine.json``).
+rows instead, so no channel is padded (``bench/results/engine*.json`` compares
+them with ONNX Runtime and OpenVINO on the same tiles).
 
-A model runs here when its ``<stem>_native.npz`` twin (``export.native``) was
-written from its model file, the library was built (``pip install`` builds it
-from setup.py) and the CPU has AVX-512; otherwise the engine keeps ONNX Runtime.
-ctypes releases the GIL for each call, so concurrent runs use the cores; a whole
-tile is one call (``fsrcnn_forward``), so the GIL is taken back once a tile.
-Single layers run through ``_Conv``, which the tests use to check every kernel.
+One C source is compiled for two instruction sets, AVX-512F and AVX2 + FMA;
+:func:`instruction_sets` says which this CPU runs, and a :class:`NativeNetwork`
+packs its weights for one of them (the best, unless told otherwise). A model
+runs here when its ``<stem>_native.npz`` twin (``export.native``) was written
+from its model file, the library was built (``pip install`` builds it from
+setup.py) and the CPU has one of the two; otherwise the engine keeps ONNX
+Runtime. cffi releases the GIL for each call, so concurrent runs use the cores;
+a whole tile is one call (``fsrcnn_forward``), so the GIL is taken back once a
+tile. Single layers run through ``_Conv``, which the tests use to check every
+kernel.
 """
 
 from __future__ import annotations
 
-import ctypes
 import threading
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import numpy as np
 
-from service.compiled import load_library
+from service.compiled import Library, load_library
 
-__all__ = ["NATIVE_SUFFIX", "NativeNetwork", "kernels_unavailable", "planes_from_pixels"]
+__all__ = [
+    "ISA_NAMES",
+    "NATIVE_SUFFIX",
+    "NativeNetwork",
+    "instruction_sets",
+    "kernels_unavailable",
+    "planes_from_pixels",
+]
 
 NATIVE_SUFFIX = "_native"
-_BLOCKS = (14, 12, 9, 8, 4, 3, 2, 1)  # output channels per kernel call, as fsrcnn.c has them; largest first
+ISA_NAMES = ("avx512", "avx2")  # the instruction sets fsrcnn.c is compiled for, best first (FSRCNN_<NAME>)
 
 
 @cache
-def _library() -> tuple[ctypes.CDLL | None, str | None]:
-    ptr, i32, i64 = ctypes.c_void_p, ctypes.c_int, ctypes.c_long
-    lib, why_not = load_library(
-        "fsrcnn",
-        {
-            "fsrcnn_supported": ([], i32),
-            "fsrcnn_conv": (
-                [
-                    *(ptr, i32, i64, i64),  # input, its channels, plane and row strides (in floats)
-                    *(ptr, ptr, ptr),  # packed weights, bias, slopes or NULL
-                    *(i32, i32, i32),  # output channels, channels per block, kernel size
-                    *(ptr, i32, i32),  # output, its height and width
-                ],
-                i32,
-            ),
-            "fsrcnn_forward": (
-                [
-                    ctypes.POINTER(_Layer),  # the body, the phases, then the skip of each colour
-                    *(i32, i32, i32, i32, ptr),  # body layers, colour channels, scale, skip crop, lag
-                    *(ptr, i32, i32),  # the tile (channels, h, w)
-                    *(ptr, ptr, ptr),  # two workspace buffers and the skip's
-                    *(ptr, ptr),  # float or 8-bit output
-                ],
-                i32,
-            ),
-            "fsrcnn_planes_from_u8": ([ptr, i64, i32, i32, ctypes.c_float, ptr], None),
-        },
-    )
-    if lib is not None and not lib.fsrcnn_supported():
-        return None, "this CPU has no AVX-512 (or is not x86-64)"
-    return lib, why_not
+def _library() -> tuple[Library | None, str | None]:
+    library, why_not = load_library("fsrcnn")
+    if library is not None and not _supported(library):
+        return None, "this CPU has neither AVX2 + FMA nor AVX-512 (or is not x86-64)"
+    return library, why_not
 
 
-def _kernels() -> ctypes.CDLL:
+def _supported(library: Library) -> list[str]:
+    return [name for name in ISA_NAMES if library.lib.fsrcnn_isa_supported(_isa_code(library, name))]
+
+
+def _isa_code(library: Library, name: str) -> int:
+    return getattr(library.lib, f"FSRCNN_{name.upper()}")
+
+
+def _kernels() -> Library:
     """The library, or RuntimeError saying why the kernels cannot run."""
-    lib, why_not = _library()
-    if lib is None:
+    library, why_not = _library()
+    if library is None:
         raise RuntimeError(f"the native kernels cannot run: {why_not}")
-    return lib
+    return library
+
+
+def instruction_sets() -> list[str]:
+    """The instruction sets the kernels can run on this CPU, best first (empty where they cannot run at all)."""
+    library = _library()[0]
+    return [] if library is None else _supported(library)
 
 
 def kernels_unavailable() -> str | None:
@@ -83,31 +80,26 @@ def planes_from_pixels(windows: list[np.ndarray], scale: float) -> np.ndarray:
     """(n, n, C) uint8 windows (rows may be strided, each row's pixels contiguous) -> (N, C, n, n) float32, each
     pixel times ``scale``: numpy's ``np.stack(windows).transpose(0, 3, 1, 2).astype(np.float32) * np.float32(scale)``
     to the bit, in one pass instead of four. Needs the kernels (see :func:`kernels_unavailable`)."""
-    lib = _kernels()
+    library = _kernels()
     n, _, c = windows[0].shape
     out = np.empty((len(windows), c, n, n), np.float32)
     for window, planes in zip(windows, out, strict=True):
         if window.dtype != np.uint8 or window.shape != (n, n, c) or window.strides[1:] != (c, 1):
             raise ValueError(f"expected ({n}, {n}, {c}) uint8 windows with contiguous rows, got {window.shape}")
-        lib.fsrcnn_planes_from_u8(window.ctypes.data, window.strides[0], n, c, scale, planes.ctypes.data)
+        library.lib.fsrcnn_planes_from_u8(
+            library.address(window), window.strides[0], n, c, scale, library.address(planes)
+        )
     return out
 
 
-class _Layer(ctypes.Structure):
-    """fsrcnn.c's FsrcnnLayer: one convolution as fsrcnn_conv takes it."""
-
-    _fields_ = [
-        *((name, ctypes.c_void_p) for name in ("weight", "bias", "slope")),
-        *((name, ctypes.c_int) for name in ("cin", "cout", "block", "k")),
-    ]
-
-
 class _Conv:
-    """One convolution (+ PReLU) with its weights packed as fsrcnn_conv reads them."""
+    """One convolution (+ PReLU) with its weights packed as fsrcnn_conv reads them on instruction set ``isa``."""
 
-    def __init__(self, weight: np.ndarray, bias: np.ndarray, slope: np.ndarray | None):
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, slope: np.ndarray | None, isa: str):
+        self._library = _kernels()
+        self.isa = _isa_code(self._library, isa)
         self.cout, self.cin, self.k, _ = weight.shape
-        self.block = next(b for b in _BLOCKS if self.cout % b == 0)
+        self.block = next(b for b in _block_sizes(self._library, self.isa) if self.cout % b == 0)
         packed = weight.reshape(self.cout // self.block, self.block, self.cin, self.k, self.k)
         self.weight = np.ascontiguousarray(packed.transpose(0, 2, 3, 4, 1), np.float32)  # [cout/b][cin][k][k][b]
         self.bias = np.ascontiguousarray(bias, np.float32)
@@ -126,42 +118,60 @@ class _Conv:
         if out.shape != shape or out.dtype != np.float32 or not out.flags.c_contiguous:
             raise ValueError(f"expected a C-contiguous float32 output of {shape}")
         plane, row = x.strides[0] // 4, x.strides[1] // 4
-        slope = None if self.slope is None else self.slope.ctypes.data
-        args = (self.weight.ctypes.data, self.bias.ctypes.data, slope, self.cout, self.block, self.k)
-        if _kernels().fsrcnn_conv(x.ctypes.data, self.cin, plane, row, *args, out.ctypes.data, *shape[1:]):
+        address = self._library.address
+        weights = (address(self.weight), address(self.bias), address(self.slope), self.cout, self.block, self.k)
+        args = (self.isa, address(x), self.cin, plane, row, *weights, address(out), *shape[1:])
+        if self._library.lib.fsrcnn_conv(*args):
             raise RuntimeError(f"fsrcnn_conv has no kernel for blocks of {self.block} channels")
         return out
 
-    def as_layer(self) -> _Layer:
-        """What fsrcnn_forward reads (pointers into this object's arrays: keep it alive as long)."""
-        slope = None if self.slope is None else self.slope.ctypes.data
-        return _Layer(self.weight.ctypes.data, self.bias.ctypes.data, slope, self.cin, self.cout, self.block, self.k)
+    def fill(self, layer) -> None:
+        """Write this convolution into ``layer``, an FsrcnnLayer that fsrcnn_forward reads (it points into this
+        object's arrays: keep the object alive as long)."""
+        address = self._library.address
+        layer.weight, layer.bias, layer.slope = address(self.weight), address(self.bias), address(self.slope)
+        layer.cin, layer.cout, layer.block, layer.k = self.cin, self.cout, self.block, self.k
+
+
+def _block_sizes(library: Library, isa: int) -> list[int]:
+    """The output channels per kernel call that fsrcnn.c has for ``isa``, largest first."""
+    sizes = library.ffi.new("int[]", 16)
+    count = library.lib.fsrcnn_block_sizes(isa, sizes, len(sizes))
+    return list(sizes)[:count]
 
 
 class NativeNetwork:
     """An SRNet's forward pass on the kernels: (N, 3, T + 2c, T + 2c) float32 tiles -> (N, 3, sT, sT).
 
-    Raises ValueError for a file that is not a consistent native twin (``export.native``): the kernels trust the
-    shapes they are given, so every one is checked here or before each call.
+    ``isa``: the instruction set to run on (one of :func:`instruction_sets`; None = the best this CPU has). Raises
+    ValueError for a file that is not a consistent native twin (``export.native``), or for an instruction set this
+    CPU does not run: the kernels trust the shapes they are given, so every one is checked here or before each call.
     """
 
-    def __init__(self, path: Path):
-        self._lib = _kernels()
+    def __init__(self, path: Path, isa: str | None = None):
+        self._library = _kernels()
+        supported = _supported(self._library)
+        self.isa = supported[0] if isa is None else isa
+        if self.isa not in supported:
+            raise ValueError(f"this CPU cannot run the native kernels on {self.isa!r}; it runs {supported}")
         with np.load(path, allow_pickle=False) as f:
             arrays = dict(f)
         self.scale, self.context = int(arrays["scale"]), int(arrays["context"])
         n = sum(1 for k in arrays if k.startswith("conv") and k.endswith(".weight"))
-        self.body = [_Conv(*(arrays[f"conv{i}.{p}"] for p in ("weight", "bias", "slope"))) for i in range(n)]
-        self.phases = _Conv(arrays["phases.weight"], arrays["phases.bias"], None)
+        conv = partial(_Conv, isa=self.isa)
+        self.body = [conv(*(arrays[f"conv{i}.{p}"] for p in ("weight", "bias", "slope"))) for i in range(n)]
+        self.phases = conv(arrays["phases.weight"], arrays["phases.bias"], None)
         self.lag = np.ascontiguousarray(arrays["phases.lag"], np.int32)
         skip = arrays["skip.weight"]  # (C*s*s, 1, 5, 5): a group of s*s phases per colour
         self.channels = skip.shape[0] // self.scale**2
         s2 = self.scale**2
-        self.skips = [_Conv(skip[c * s2 : (c + 1) * s2], np.zeros(s2, np.float32), None) for c in range(self.channels)]
+        self.skips = [conv(skip[c * s2 : (c + 1) * s2], np.zeros(s2, np.float32), None) for c in range(self.channels)]
         self.crop = int(arrays["skip.crop"])
         self._check_geometry(path)
         convs = [*self.body, self.phases, *self.skips]
-        self._layers = (_Layer * len(convs))(*(conv.as_layer() for conv in convs))
+        self._layers = self._library.ffi.new("FsrcnnLayer[]", len(convs))
+        for layer, conv in zip(self._layers, convs, strict=True):
+            conv.fill(layer)
 
     def _check_geometry(self, path: Path) -> None:
         """Each layer takes what the one before gives, and every tile's output reads inside the maps it is made
@@ -214,11 +224,10 @@ class NativeNetwork:
         if x.shape[0] != self.channels or x.dtype != np.float32 or not x.flags.c_contiguous:
             raise ValueError(f"expected a C-contiguous ({self.channels}, h, w) float32 tile, got {x.shape} {x.dtype}")
         buffers = [_WORKSPACE.take(slot, size) for slot, size in enumerate(self._buffer_sizes(*x.shape[1:]))]
-        outputs = (None if f32 is None else f32.ctypes.data, None if u8 is None else u8.ctypes.data)
-        args = (len(self.body), self.channels, self.scale, self.crop, self.lag.ctypes.data)
-        if self._lib.fsrcnn_forward(
-            self._layers, *args, x.ctypes.data, *x.shape[1:], *(b.ctypes.data for b in buffers), *outputs
-        ):
+        address = self._library.address
+        network = (self._layers, len(self.body), self.channels, self.scale, self.crop, address(self.lag))
+        tile = (address(x), *x.shape[1:], *(address(b) for b in buffers), address(f32), address(u8))
+        if self._library.lib.fsrcnn_forward(_isa_code(self._library, self.isa), *network, *tile):
             raise RuntimeError("fsrcnn_forward has no kernel for one of the layers")
 
     def _buffer_sizes(self, height: int, width: int) -> tuple[int, int, int]:

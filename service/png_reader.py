@@ -15,7 +15,6 @@ not. So every file gets the same answer as before, only plain ones sooner.
 
 from __future__ import annotations
 
-import ctypes
 import struct
 from dataclasses import dataclass
 from functools import cache
@@ -23,7 +22,7 @@ from functools import cache
 import numpy as np
 from isal import isal_zlib
 
-from service.compiled import load_library
+from service.compiled import Library, load_library
 from service.png import COLOR_TYPE, SIGNATURE
 
 __all__ = ["PlainPng", "parse", "read", "unavailable"]
@@ -56,9 +55,8 @@ class PlainPng:
 
 
 @cache
-def _library() -> tuple[ctypes.CDLL | None, str | None]:
-    long = ctypes.c_long
-    return load_library("png_unfilter", {"png_unfilter": ([ctypes.c_char_p, long, long, long, ctypes.c_void_p], long)})
+def _library() -> tuple[Library | None, str | None]:
+    return load_library("png_unfilter")
 
 
 def unavailable() -> str | None:
@@ -118,6 +116,8 @@ def read(png: PlainPng) -> np.ndarray | None:
     if len(rows) != size or not inflater.eof or inflater.unused_data:
         return None
     pixels = np.empty((png.height, png.width, png.channels), np.uint8)
-    if _library()[0].png_unfilter(rows, png.height, stride, png.channels, pixels.ctypes.data) != -1:
+    unfilter = _library()[0]
+    src = unfilter.ffi.from_buffer("uint8_t[]", rows)
+    if unfilter.lib.png_unfilter(src, png.height, stride, png.channels, unfilter.address(pixels)) != -1:
         return None  # a row with an unknown filter type
     return pixels

@@ -10,6 +10,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "png_unfilter.h"
+
 /* Paeth's predictor without branches: of a (left), b (above) and c (upper left), the one nearest to a + b - c,
  * ties going to a, then b. pa, pb and pc are the spec's |p - a|, |p - b| and |p - c|. */
 static inline int paeth(int a, int b, int c) {
@@ -19,9 +21,6 @@ static inline int paeth(int a, int b, int c) {
     return distance <= pc ? nearer : c;
 }
 
-/* Undo the filters of height rows of stride bytes with bpp bytes per pixel (1-4 for 8-bit samples).
- * Returns -1 when every row was done, or the index of the first row whose filter type is not 0-4 (the rows above it
- * are done, the rest of dst is untouched). On the first row, the row above is taken as zeros, as the spec says. */
 long png_unfilter(const uint8_t *src, long height, long stride, long bpp, uint8_t *dst) {
     long first = bpp < stride ? bpp : stride; /* the bytes of the first pixel, which have nothing to their left */
     for (long y = 0; y < height; y++) {

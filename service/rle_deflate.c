@@ -16,6 +16,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rle_deflate.h"
+
 #if defined(__x86_64__) || defined(_M_X64)
 #include <emmintrin.h>
 #endif
@@ -368,13 +370,10 @@ static void block(Writer *w, const uint8_t *s, size_t n, int final, Runs *r) {
 
 /* ---- public ---- */
 
-/* The most bytes rle_deflate writes for n input bytes, slack included. */
 long rle_deflate_bound(long n) {
     return n + 5 * (n / STORED_MAX + 2) + 8 * (n / BLOCK_BYTES + 1) + 16;
 }
 
-/* Deflate s[0 .. n) into dst (rle_deflate_bound(n) bytes) as whole blocks; the last one is final when `final`,
- * otherwise an empty stored block follows. Returns the bytes written, or -1 when out of memory. */
 long rle_deflate(const uint8_t *s, long n, int final, uint8_t *dst) {
     Writer w = {dst, 0, 0};
     if (n == 0) { /* nothing to add: a final empty block with the fixed code (BFINAL, BTYPE 01, end of block), or

@@ -10,14 +10,13 @@ and ``service.png`` keeps ISA-L for everything.
 
 from __future__ import annotations
 
-import ctypes
 import struct
 from functools import cache
 
 import numpy as np
 from isal import isal_zlib
 
-from service.compiled import load_library
+from service.compiled import Library, load_library
 
 __all__ = ["RunLengthDeflate", "unavailable"]
 
@@ -28,12 +27,8 @@ ISAL_RECHECK_BITS_PER_BYTE = 1.5
 
 
 @cache
-def _library() -> tuple[ctypes.CDLL | None, str | None]:
-    ptr, long = ctypes.c_void_p, ctypes.c_long
-    return load_library(
-        "rle_deflate",
-        {"rle_deflate_bound": ([long], long), "rle_deflate": ([ptr, long, ctypes.c_int, ptr], long)},
-    )
+def _library() -> tuple[Library | None, str | None]:
+    return load_library("rle_deflate")
 
 
 def unavailable() -> str | None:
@@ -65,9 +60,11 @@ class RunLengthDeflate:
     def _part(self, data: np.ndarray, final: bool) -> bytes:
         data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
         head, self._pending = self._pending, b""
-        out = np.empty(len(head) + self._lib.rle_deflate_bound(data.size), np.uint8)
+        out = np.empty(len(head) + self._lib.lib.rle_deflate_bound(data.size), np.uint8)
         out[: len(head)] = np.frombuffer(head, np.uint8)
-        written = self._lib.rle_deflate(data.ctypes.data, data.size, final, out.ctypes.data + len(head))
+        written = self._lib.lib.rle_deflate(
+            self._lib.address(data), data.size, final, self._lib.address(out[len(head) :])
+        )
         if written < 0:
             raise MemoryError("rle_deflate could not allocate its run tables")
         self._adler = isal_zlib.adler32(data, self._adler)

@@ -26,6 +26,9 @@ class ModelInfo(BaseModel):
     set5: dict[str, float] | None = Field(None, description="Set5 Y-PSNR/SSIM of the model and of bicubic")
     precision: str
     kernels: str = Field(description="what runs the model: 'native' (the service's own CPU kernels) or 'onnxruntime'")
+    instruction_set: str | None = Field(
+        None, description="the CPU instruction set the native kernels run on ('avx512', 'avx2'); null off them"
+    )
 
 
 class ModelsResponse(BaseModel):

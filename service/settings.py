@@ -32,9 +32,10 @@ class Settings(BaseSettings):
     )
     cpu_kernels: str = Field(
         "auto",
-        pattern="^(auto|onnxruntime)$",
-        description="auto: on a CPU with AVX-512, models with a native twin run on the service's own kernels "
-        "(service/fsrcnn.c); onnxruntime: ONNX Runtime runs every model",
+        pattern="^(auto|avx512|avx2|onnxruntime)$",
+        description="auto: on a CPU with AVX-512 or AVX2 + FMA, models with a native twin run on the service's own "
+        "kernels (service/fsrcnn.c), on the best of the two; avx512, avx2: on that one (start-up fails where the "
+        "CPU lacks it); onnxruntime: ONNX Runtime runs every model",
     )
     processes: int = Field(
         0, ge=0, description="server processes sharing the port (0 = one per 2 cores with a GPU, 1 without)"

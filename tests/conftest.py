@@ -20,13 +20,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.native import kernels_unavailable
+from service.native import instruction_sets, kernels_unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "export" / "models"
 DATASETS = ROOT.parent / "shared" / "datasets"
-# Tests of the native CPU kernels skip where they cannot run (no compiler at install, no AVX-512), saying why.
+# Tests of the native CPU kernels skip where they cannot run (no compiler at install, neither AVX2 nor AVX-512),
+# saying why; where they can, each test that takes ``isa`` runs once on every instruction set this CPU has.
 needs_kernels = pytest.mark.skipif(kernels_unavailable() is not None, reason=f"{kernels_unavailable()}")
+on_every_isa = pytest.mark.parametrize(
+    "isa", instruction_sets() or [pytest.param(None, marks=pytest.mark.skip(reason=f"{kernels_unavailable()}"))]
+)
+
+
+def pytest_report_header() -> str:
+    """Which code path the kernel tests run, in the first lines of every test run."""
+    isas = instruction_sets()
+    return f"native kernels: {', '.join(isas)}" if isas else f"native kernels: none ({kernels_unavailable()})"
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ from PIL import Image, ImageCms
 
 from service import engine as engine_module
 from service.engine import Engine
-from service.native import kernels_unavailable
+from service.native import instruction_sets, kernels_unavailable
 from service.settings import default_codec_threads
 
 from .conftest import MODELS, assert_same_pixels, decode_image, encode_image, serving, smooth_image
@@ -143,6 +143,15 @@ def test_models_lists_every_scale_with_card_facts_and_provider(client):
     assert {(m["variant"], m["scale"]) for m in body["models"]} >= {("fast", 2), ("fast", 3), ("fast", 4)}
     assert all(m["parameters"] and m["macs_per_input_pixel"] for m in body["models"])
     assert {m["kernels"] for m in body["models"]} == {"onnxruntime" if kernels_unavailable() else "native"}
+    assert {m["instruction_set"] for m in body["models"]} == {instruction_sets()[0] if instruction_sets() else None}
+
+
+@pytest.mark.skipif("avx2" not in instruction_sets(), reason=f"no AVX2 kernels here: {kernels_unavailable()}")
+def test_the_kernels_run_on_the_instruction_set_asked_for(tmp_path):
+    with serving(tmp_path, tile=32, variants='["fast"]', cpu_kernels="avx2") as (srv, c):
+        assert {m["instruction_set"] for m in c.get("/v1/models").json()["models"]} == {"avx2"}
+        r = c.post("/v1/upscale", params={"scale": 2}, content=encode_image(Image.fromarray(smooth_image(40, 30))))
+        assert r.status_code == 200 and decode_image(r.content).size == (60, 80)
 
 
 def test_models_reports_the_batch_size_in_use(client):

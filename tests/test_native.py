@@ -1,5 +1,6 @@
 """The service's own CPU kernels (service/fsrcnn.c through service.native): exact against plain numpy and against
-ONNX Runtime on the shipped models, and chosen by the engine only where they can run."""
+ONNX Runtime on the shipped models, on every instruction set this CPU runs (the test ids name it), and chosen by
+the engine only where they can run."""
 
 import logging
 import shutil
@@ -14,7 +15,7 @@ from service import native
 from service.engine import Engine, to_pixels
 from service.native import NativeNetwork, kernels_unavailable
 
-from .conftest import MODELS, needs_kernels
+from .conftest import MODELS, needs_kernels, on_every_isa
 
 SHIPPED = [f"{v}_x{s}" for v in ("fast", "turbo") for s in (2, 3, 4)]
 
@@ -30,46 +31,63 @@ def conv_reference(x: np.ndarray, w: np.ndarray, b: np.ndarray, slope: np.ndarra
     return out if slope is None else np.where(out < 0, out * slope[:, None, None], out)
 
 
-@needs_kernels
-@pytest.mark.parametrize(
-    ("cin", "cout", "k", "h", "w"),
-    [
-        (3, 56, 5, 21, 40),  # 14 channels per block; a row tail of 4 pixels
-        (56, 12, 1, 7, 16),  # 12 per block; an odd number of rows (the last row alone)
-        (12, 12, 3, 5, 9),  # rows narrower than one register
-        (12, 27, 3, 12, 35),  # 9 per block
-        (1, 16, 5, 9, 20),  # 8 per block
-        (2, 4, 2, 3, 3),  # 4 per block
-        (4, 6, 4, 10, 33),  # 3 per block
-        (3, 10, 3, 6, 18),  # 2 per block
-        (5, 7, 3, 4, 17),  # 1 per block
-    ],
-)
-def test_conv_with_prelu_is_the_plain_definition(cin, cout, k, h, w):
+def assert_conv_is_the_plain_definition(isa: str, cin: int, cout: int, k: int, h: int, w: int) -> None:
     rng = np.random.default_rng(cin * cout + k)
     x = rng.standard_normal((cin, h + k - 1, w + k - 1)).astype(np.float32)
     weight = rng.standard_normal((cout, cin, k, k)).astype(np.float32)
     bias, slope = rng.standard_normal(cout).astype(np.float32), rng.uniform(-0.5, 1.5, cout).astype(np.float32)
-    got = native._Conv(weight, bias, slope)(x)
+    got = native._Conv(weight, bias, slope, isa)(x)
     assert got.shape == (cout, h, w)
     np.testing.assert_allclose(got, conv_reference(x, weight, bias, slope), rtol=1e-5, atol=1e-5)
 
 
-@needs_kernels
-def test_conv_reads_a_crop_of_a_larger_array_in_place():
+@on_every_isa
+@pytest.mark.parametrize(
+    ("cin", "cout", "k", "h", "w"),
+    [
+        (3, 56, 5, 21, 40),  # the first layer's shape; a row tail of 8 pixels on AVX-512
+        (56, 12, 1, 7, 16),  # an odd number of rows (the last row alone)
+        (12, 12, 3, 5, 9),  # rows narrower than one AVX-512 register, a tail of 1 on AVX2
+        (12, 27, 3, 12, 35),  # the x3 phases' channels
+        (1, 16, 5, 9, 20),  # the x4 skip's
+        (2, 4, 2, 3, 3),  # rows narrower than one AVX2 register
+        (4, 6, 4, 10, 33),
+        (3, 10, 3, 6, 18),
+        (5, 7, 3, 4, 17),  # a prime number of channels: blocks of 1
+    ],
+)
+def test_conv_with_prelu_is_the_plain_definition(isa, cin, cout, k, h, w):
+    assert_conv_is_the_plain_definition(isa, cin, cout, k, h, w)
+
+
+@on_every_isa
+def test_every_block_size_of_the_instruction_set_is_the_plain_definition(isa):
+    """Each kernel fsrcnn.c has for ``isa`` (a layer of that many channels), rows with and without a tail."""
+    sizes = native._block_sizes(native._kernels(), native._isa_code(native._kernels(), isa))
+    assert sizes and sizes == sorted(sizes, reverse=True)
+    for block in sizes:
+        conv = native._Conv(np.zeros((block, 3, 3, 3), np.float32), np.zeros(block, np.float32), None, isa)
+        assert conv.block == block
+        for width in (16, 21):
+            assert_conv_is_the_plain_definition(isa, 3, block, 3, 5, width)
+
+
+@on_every_isa
+def test_conv_reads_a_crop_of_a_larger_array_in_place(isa):
     rng = np.random.default_rng(1)
     big = rng.standard_normal((3, 30, 41)).astype(np.float32)
     weight, bias = rng.standard_normal((4, 1, 5, 5)).astype(np.float32), np.zeros(4, np.float32)
     crop = big[1:2, 3:25, 6:38]  # one channel of three, rows and columns cut on both sides
     np.testing.assert_allclose(
-        native._Conv(weight, bias, None)(crop), conv_reference(crop, weight, bias, None), rtol=1e-5, atol=1e-5
+        native._Conv(weight, bias, None, isa)(crop), conv_reference(crop, weight, bias, None), rtol=1e-5, atol=1e-5
     )
 
 
-@needs_kernels
+@on_every_isa
 @pytest.mark.parametrize("model", SHIPPED)
-def test_shipped_native_twins_compute_the_shipped_model(model):
-    net = NativeNetwork(MODELS / f"{model}_native.npz")
+def test_shipped_native_twins_compute_the_shipped_model(isa, model):
+    net = NativeNetwork(MODELS / f"{model}_native.npz", isa=isa)
+    assert net.isa == isa
     session = ort.InferenceSession(str(MODELS / f"{model}.onnx"), providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
     for h, w in ((16, 16), (45, 31)):  # square and not; sides that leave row tails
@@ -80,9 +98,9 @@ def test_shipped_native_twins_compute_the_shipped_model(model):
         assert np.abs(got - expected).max() < 1e-5
 
 
-@needs_kernels
-def test_eight_bit_pixels_are_to_pixels_of_the_float_result_rounded_at_the_boundaries():
-    net = NativeNetwork(MODELS / "fast_x2_native.npz")
+@on_every_isa
+def test_eight_bit_pixels_are_to_pixels_of_the_float_result_rounded_at_the_boundaries(isa):
+    net = NativeNetwork(MODELS / "fast_x2_native.npz", isa=isa)
     x = np.random.default_rng(2).random((2, 3, 30, 27), dtype=np.float32)
     x[0, :, 10:20, 10:20] = 0  # a dark patch: outputs below 0 clip
     x[1, :, 5:25, 5:25] = 1  # a bright one: above 1 clips
@@ -116,9 +134,9 @@ def test_planes_from_pixels_refuses_windows_it_cannot_read():
         native.planes_from_pixels([image[:8, :8].astype(np.uint16)], 1 / 255)
 
 
-@needs_kernels
-def test_runs_in_threads_at_once_give_the_same_result():
-    net = NativeNetwork(MODELS / "fast_x3_native.npz")
+@on_every_isa
+def test_runs_in_threads_at_once_give_the_same_result(isa):
+    net = NativeNetwork(MODELS / "fast_x3_native.npz", isa=isa)
     x = np.random.default_rng(3).random((3, 3, 40, 40), dtype=np.float32)
     expected = net.run(x)
     with ThreadPoolExecutor(4) as pool:
@@ -127,9 +145,10 @@ def test_runs_in_threads_at_once_give_the_same_result():
 
 
 @needs_kernels
-def test_the_engine_runs_every_shipped_model_natively_on_this_cpu():
+def test_the_engine_runs_every_shipped_model_natively_on_the_best_instruction_set_of_this_cpu():
     engine = Engine(MODELS, prefer_gpu=False, tile=16)
     assert {engine.kernels(key) for key in engine.specs} == {"native"}
+    assert {engine.instruction_set(key) for key in engine.specs} == {native.instruction_sets()[0]}
     assert all(engine.has_pixels(key, np.uint8) and not engine.has_pixels(key, np.uint16) for key in engine.specs)
 
 
@@ -139,6 +158,7 @@ def test_models_on_the_native_kernels_keep_no_onnxruntime_session():
     assert engine.kernels(("fast", 2)) == "native" and ("fast", 2) not in engine.sessions
 
 
+@needs_kernels
 def test_a_native_twin_with_shapes_that_do_not_fit_together_is_refused(tmp_path):
     with np.load(MODELS / "fast_x2_native.npz") as f:
         arrays = dict(f)
@@ -193,6 +213,26 @@ def test_a_native_twin_left_behind_by_a_replaced_model_is_not_used(tmp_path, cap
     (key,) = engine.specs
     assert engine.specs[key].native_path is None and engine.kernels(key) == "onnxruntime"
     assert "ignoring fast_x2_native.npz" in caplog.text
+
+
+@on_every_isa
+def test_an_instruction_set_can_be_asked_for(isa):
+    engine = Engine(MODELS / "fast_x2.onnx", prefer_gpu=False, tile=16, cpu_kernels=isa)
+    assert engine.kernels(("fast", 2)) == "native" and engine.instruction_set(("fast", 2)) == isa
+
+
+@pytest.mark.parametrize("isa", [isa for isa in native.ISA_NAMES if isa not in native.instruction_sets()] or ["-"])
+def test_an_instruction_set_this_cpu_lacks_is_an_error_not_a_fallback(isa):
+    if isa == "-":
+        pytest.skip("this CPU runs every instruction set the kernels are compiled for")
+    with pytest.raises(ValueError, match=f"cannot run on {isa}"):
+        Engine(MODELS / "fast_x2.onnx", prefer_gpu=False, tile=16, cpu_kernels=isa)
+
+
+@needs_kernels
+def test_a_network_for_an_instruction_set_this_cpu_lacks_is_refused():
+    with pytest.raises(ValueError, match="cannot run the native kernels on 'sse2'"):
+        NativeNetwork(MODELS / "fast_x2_native.npz", isa="sse2")
 
 
 def test_an_unknown_kernel_choice_is_refused():
