@@ -13,14 +13,30 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-__all__ = ["describe", "timed", "sgemm_gflops", "write_result", "RESULTS", "MODELS"]
+__all__ = ["describe", "machine_class", "timed", "sgemm_gflops", "write_result", "RESULTS", "MODELS"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = RESULTS.parent.parent / "export" / "models"  # the shipped models
 
 
+def machine_class() -> str:
+    """The class of CPU a figure holds for: "avx512" (x86-64 with AVX-512F), "avx2" (x86-64 with AVX2 + FMA and
+    without AVX-512), or the architecture's name (``platform.machine()``) elsewhere."""
+    flags: set[str] = set()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.exists():
+        flags = next(
+            (set(line.split()) for line in cpuinfo.read_text().splitlines() if line.startswith("flags")), set()
+        )
+    if "avx512f" in flags:
+        return "avx512"
+    if {"avx2", "fma"} <= flags:
+        return "avx2"
+    return platform.machine() or "unknown"
+
+
 def describe() -> dict:
-    """CPU model, core count, library versions."""
+    """CPU model, its class, core count, library versions."""
     cpu = "unknown"
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
@@ -30,6 +46,7 @@ def describe() -> dict:
                 break
     return {
         "cpu": cpu,
+        "machine_class": machine_class(),
         "cores": os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,
