@@ -19,7 +19,7 @@ $(VENV)/.serve-$(ORT_EXTRA): pyproject.toml setup.py $(wildcard service/*.c serv
 	touch $@
 
 $(VENV)/.test-$(ORT_EXTRA): pyproject.toml setup.py $(wildcard service/*.c service/*.h) | $(PY)
-	$(PY) -m pip install --quiet -e ".[$(ORT_EXTRA),train,dev]"
+	$(PY) -m pip install --quiet -e ".[$(ORT_EXTRA),train,dev,bench]"
 	touch $@
 
 install-serve: $(VENV)/.serve-$(ORT_EXTRA)

@@ -1,13 +1,15 @@
-"""Service benchmark: end-to-end throughput vs the engine alone and vs the naive baseline.
+"""Service benchmark: end-to-end throughput vs the engine alone, the naive baseline and the LitServe peer.
 
     python -m bench.service [--size 512] [--concurrency 1,2,4,8] [--duration 15] [--device cuda]
                             [--model nearest] [--processes N] [--no-naive]
                             [--client-processes N] [--rounds 5] [--engine-seconds 3] [--quick]
 
-Starts the real service and bench/naive_server.py on 127.0.0.1, drives both
-with client.loadtest's closed loop (x2, PNG in, PNG out — the default
-format), and runs the engine alone on the same tiles (same tile size and
-batch size, for ``--engine-seconds``) in this process while no request runs.
+Starts the real service, bench/naive_server.py and, where LitServe is installed
+(``pip install -e .[bench]``), bench/litserve_server.py on 127.0.0.1, drives
+each with client.loadtest's closed loop (x2, PNG in, PNG out — the default
+format; a multipart upload for LitServe, as its documentation has it), and runs
+the engine alone on the same tiles (same tile size and batch size, for
+``--engine-seconds``) in this process while no request runs.
 Each engine figure is the faster of two layouts: the service's (concurrent
 single-threaded runs) and one run on all cores.
 
@@ -25,7 +27,9 @@ its throughput is the ceiling that HTTP, codecs, tiling and batching put on
 the service whatever the engine's speed (``service-nearest``).
 ``--processes N`` runs the service with N server processes instead of its
 default for the device (``UPSCALER_PROCESSES``; the result name gains ``-pN``);
-``--no-naive`` skips the naive baseline when only settings are compared;
+``--no-naive`` skips the naive baseline and the LitServe peer when only settings are compared;
+``--cpu-kernels`` runs service and engine on ``UPSCALER_CPU_KERNELS`` (``avx2`` on an AVX-512 CPU stands in
+for an AVX2 machine; the result name gains it).
 ``--client-processes N`` drives the closed loops from N client processes.
 """
 
@@ -48,9 +52,9 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.machine import MODELS, RESULTS, write_result
+from bench.machine import MODELS, RESULTS, machine_class, write_result
 from bench.nearest_model import write_nearest_model
-from client.loadtest import LoadOptions, ProcessLoad, make_payloads, open_loop, write_results
+from client.loadtest import LoadOptions, Payload, ProcessLoad, make_payloads, open_loop, write_results
 from service.engine import Engine
 from service.settings import default_max_batch
 
@@ -106,12 +110,12 @@ def _process_metrics(text: str) -> dict[str, int]:
     return {k: int(float(v)) for k, v in re.findall(r"^(upscaler_processes(?:_ready)?) (\S+)$", text, re.M)}
 
 
-def engine_layouts(model: Path, tile: int, device: str) -> dict[str, Engine]:
+def engine_layouts(model: Path, tile: int, device: str, cpu_kernels: str = "auto") -> dict[str, Engine]:
     """The engine in the service's layout (``engine.workers`` batches at once) and, on a CPU, also as one run at a
     time on all cores; the faster of the two is the baseline the service is held to. Built once, measured often."""
-    layouts = {"service layout": Engine(model, tile=tile, prefer_gpu=device == "cuda")}
+    layouts = {"service layout": Engine(model, tile=tile, prefer_gpu=device == "cuda", cpu_kernels=cpu_kernels)}
     if device == "cpu":
-        layouts["one run on all cores"] = Engine(model, tile=tile, prefer_gpu=False, workers=1)
+        layouts["one run on all cores"] = Engine(model, tile=tile, prefer_gpu=False, workers=1, cpu_kernels=cpu_kernels)
     return {f"{name} ({engine.workers} x {engine.threads} threads)": engine for name, engine in layouts.items()}
 
 
@@ -159,7 +163,13 @@ def main(argv: list[str] | None = None) -> None:
         help="nearest: a near-free model (bench/nearest_model.py) to measure the service's own ceiling; no naive run",
     )
     p.add_argument("--processes", type=int, default=0, help="server processes (default: the service's default)")
-    p.add_argument("--no-naive", action="store_true", help="skip the naive baseline")
+    p.add_argument("--no-naive", action="store_true", help="skip the naive baseline and the LitServe peer")
+    p.add_argument(
+        "--cpu-kernels",
+        default="auto",
+        choices=["auto", "avx512", "avx2", "onnxruntime"],
+        help="what runs the model on a CPU (UPSCALER_CPU_KERNELS)",
+    )
     p.add_argument(
         "--client-processes",
         type=int,
@@ -172,7 +182,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--engine-seconds", type=float, default=3, help="how long each layout of the engine alone runs")
     p.add_argument("--quick", action="store_true", help="smoke run: tiny image, short steps, no result file")
     args = p.parse_args(argv)
-    parts = [v for v in (args.device, args.model) if v not in ("cpu", "fast")]
+    parts = [v for v in (args.device, args.model, args.cpu_kernels) if v not in ("cpu", "fast", "auto")]
     name = "-".join(["service", *parts, *([f"p{args.processes}"] if args.processes else [])])
     size = 48 if args.quick else args.size
     duration, max_requests = (1, 4) if args.quick else (args.duration, 10_000)
@@ -182,7 +192,7 @@ def main(argv: list[str] | None = None) -> None:
 
     with tempfile.TemporaryDirectory() as tmp:
         model = MODELS / "fast_x2.onnx" if args.model == "fast" else write_nearest_model(Path(tmp))
-        layouts = engine_layouts(model, args.tile, args.device)
+        layouts = engine_layouts(model, args.tile, args.device, args.cpu_kernels)
         service_layout = next(iter(layouts.values()))
         args.batch = args.batch or default_max_batch(service_layout.on_gpu, service_layout.native_only)
         engine_seconds = 0 if args.quick else args.engine_seconds
@@ -198,6 +208,7 @@ def main(argv: list[str] | None = None) -> None:
             "UPSCALER_MODEL_DIR": str(model.parent),
             "UPSCALER_DEFAULT_MODEL": args.model,
             "UPSCALER_PROCESSES": str(args.processes),
+            "UPSCALER_CPU_KERNELS": args.cpu_kernels,
         }
         with running([sys.executable, "-m", "service"], env, url):
             processes = _process_metrics(httpx.get(f"{url}/metrics").text).get("upscaler_processes")
@@ -213,9 +224,11 @@ def main(argv: list[str] | None = None) -> None:
                 )
             half_rate = max(r.requests_per_s for r in ours) / 2  # open loop at half the peak: the latency promise
             half = open_loop(url, payloads, half_rate, load)
-        naive = []
+        naive, litserve = [], []
         if args.model == "fast" and not args.no_naive:
             naive = naive_run(payloads, levels, load, args.device, args.client_processes)
+            if args.device == "cpu":
+                litserve = litserve_run(payloads, levels, load, args.client_processes)
         # Again after the servers ran: this machine's speed drifts, and the baseline is the best engine figure.
         after = engine_alone(layouts, size, args.batch, engine_seconds)
     by_layout = {f"{k}, {when}": v for when, d in (("before", before), ("after", after)) for k, v in d.items()}
@@ -244,7 +257,12 @@ def main(argv: list[str] | None = None) -> None:
     if naive:
         ratio = ours[-1].output_mpix_per_s / naive[-1].output_mpix_per_s
         result |= {f"service_vs_naive_at_concurrency_{levels[-1]}": ratio, "naive": [asdict(r) for r in naive]}
-    for r in ours + [half] + naive:
+    if litserve:
+        ratio = best.output_mpix_per_s / max(r.output_mpix_per_s for r in litserve)
+        result |= {"service_vs_litserve_best_to_best": ratio, "litserve": [asdict(r) for r in litserve]}
+    if litserve or naive:
+        result["peers_machine_class"] = machine_class()
+    for r in ours + [half] + naive + litserve:
         print(f"{r.level:>3} {r.output_mpix_per_s:7.2f} MPix/s p50 {r.p50_ms:7.1f} p99 {r.p99_ms:7.1f} {r.errors}")
     print(
         f"engine alone {engine_mpix:.2f} MPix/s; best service / best engine {result['service_vs_best_engine']:.2f}; "
@@ -284,6 +302,33 @@ def naive_run(payloads: list, levels: list[int], load: LoadOptions, device: str,
     with running([sys.executable, "-m", "bench.naive_server", "--port", str(port), "--device", device], {}, url):
         with ProcessLoad(client_processes) as clients:
             return [clients.closed_loop(url, payloads, c, load) for c in levels]
+
+
+def litserve_run(payloads: list[Payload], levels: list[int], load: LoadOptions, client_processes: int) -> list:
+    """The LitServe peer (bench/litserve_server.py) under the same closed-loop levels, each image sent as the
+    multipart upload its documentation reads; none where LitServe is not installed."""
+    try:
+        import litserve  # noqa: F401
+    except ImportError:
+        print("litserve is not installed (pip install -e .[bench]); no LitServe peer", file=sys.stderr)
+        return []
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    uploads = [_multipart(p) for p in payloads]
+    with running([sys.executable, "-m", "bench.litserve_server", "--port", str(port)], {}, url):
+        with ProcessLoad(client_processes) as clients:
+            return [clients.closed_loop(url, uploads, c, load) for c in levels]
+
+
+def _multipart(payload: Payload) -> Payload:
+    """The payload as a multipart/form-data body with one ``file`` field."""
+    boundary = "upscaler-bench-boundary"
+    head = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="image.png"\r\n'
+        f"Content-Type: {payload.content_type}\r\n\r\n"
+    ).encode()
+    body = head + payload.data + f"\r\n--{boundary}--\r\n".encode()
+    return Payload(body, f"multipart/form-data; boundary={boundary}", payload.width, payload.height)
 
 
 if __name__ == "__main__":

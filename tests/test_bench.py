@@ -1,12 +1,19 @@
 """Smoke tests of the benchmarks: each runs end to end in --quick mode (tiny inputs, no result files)."""
 
 import json
+import sys
 
+import httpx
+import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from PIL import Image
 
 from bench import codecs, engine, int8, memory, service, threads
+from service.native import instruction_sets
+
+from .conftest import MODELS, decode_image, encode_image, smooth_image
 
 
 @pytest.mark.parametrize("bench", [engine, codecs, service, memory, int8, threads], ids=lambda m: m.__name__)
@@ -18,11 +25,37 @@ def test_benchmark_runs_quick(bench, capsys):
     assert out.strip() and "wrote" not in out
 
 
-def test_engine_benchmark_counts_flops_and_both_runtimes(capsys):
+def test_engine_benchmark_times_every_peer_against_its_instruction_sets_sgemm(capsys):
     engine.main(["--quick", "--models", "fast_x2"])
     result = json.loads(capsys.readouterr().out)["models"]["fast_x2"]
-    assert result["gflop_per_batch"] > 0 and result["onnxruntime_ms"] > 0 and result["pytorch_eager_ms"] > 0
-    assert set(result["graph_optimization_ms"]) == {"model", "cpu_twin"} and result["cpu_twin_speedup"] > 0
+    layout = result["service_layout"]
+    peers = {f"native_{isa}" for isa in instruction_sets()} | {"onnxruntime_cpu_twin", "onnxruntime_shipped_graph"}
+    assert peers <= set(layout["gflops"]) and layout["fastest"] in layout["gflops"]
+    assert layout["service_default"] == (
+        f"native_{instruction_sets()[0]}" if instruction_sets() else "onnxruntime_cpu_twin"
+    )
+    assert all(layout["fraction_of_sgemm"][p] > 0 for p in layout["gflops"])
+    assert layout["sgemm_gflops"]["machine"] > 0 and layout["sgemm_gflops"]["avx2"] > 0
+    threads = result["all_threads"]
+    assert result["gflop_per_tile"] > 0 and threads["onnxruntime_ms"] > 0 and threads["pytorch_eager_ms"] > 0
+    assert set(threads["graph_optimization_ms"]) == {"model", "cpu_twin"} and threads["cpu_twin_speedup"] > 0
+
+
+def test_the_litserve_peer_serves_the_shipped_model(tmp_path):
+    pytest.importorskip("litserve", reason="the LitServe peer needs pip install -e .[bench]")
+    port = service.free_port()
+    url = f"http://127.0.0.1:{port}"
+    image = smooth_image(40, 30)
+    with service.running([sys.executable, "-m", "bench.litserve_server", "--port", str(port)], {}, url):
+        files = {"file": ("image.png", encode_image(Image.fromarray(image)), "image/png")}
+        r = httpx.post(f"{url}/v1/upscale", files=files, timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    session = ort.InferenceSession(str(MODELS / "fast_x2.onnx"), providers=["CPUExecutionProvider"])
+    c = int(session.get_modelmeta().custom_metadata_map["context"])
+    x = np.pad(image.astype(np.float32) / 255, ((c, c), (c, c), (0, 0)), mode="symmetric").transpose(2, 0, 1)[None]
+    expected = np.clip(session.run(None, {"lr": x})[0][0].transpose(1, 2, 0), 0, 1) * 255 + 0.5
+    got = np.asarray(decode_image(r.content), np.float32)
+    assert got.shape == (80, 60, 3) and np.abs(got - expected.astype(np.uint8)).max() <= 1
 
 
 def test_thread_benchmark_finds_the_service_threads_by_name(capsys):
