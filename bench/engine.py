@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +39,7 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from bench.machine import MODELS, machine_class, sgemm_gflops, timed, write_result
+from bench.machine import MODELS, avx2_sgemm_gflops, machine_class, sgemm_gflops, timed, write_result
 from model.network import SRNet
 from service.engine import Engine
 from service.native import instruction_sets
@@ -69,15 +68,6 @@ def conv_flops(net: SRNet, x: torch.Tensor) -> int:
     for h in hooks:
         h.remove()
     return 2 * total
-
-
-def avx2_sgemm_gflops(n: int, repeat: int) -> float:
-    """SGEMM with OpenBLAS held to its AVX2 (Haswell) kernel, in a child process: OpenBLAS reads the choice once."""
-    code = f"from bench.machine import sgemm_gflops; print(sgemm_gflops({n}, repeat={repeat}))"
-    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell"}
-    root = Path(__file__).resolve().parent.parent
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
-    return float(out.stdout.strip().splitlines()[-1])
 
 
 def measure(model: str, tile: int, batch: int, threads: int, repeat: int, sgemm_n: int) -> dict:

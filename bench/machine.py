@@ -6,6 +6,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -13,7 +15,16 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-__all__ = ["describe", "machine_class", "timed", "sgemm_gflops", "write_result", "RESULTS", "MODELS"]
+__all__ = [
+    "describe",
+    "machine_class",
+    "timed",
+    "sgemm_gflops",
+    "avx2_sgemm_gflops",
+    "write_result",
+    "RESULTS",
+    "MODELS",
+]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = RESULTS.parent.parent / "export" / "models"  # the shipped models
@@ -73,6 +84,15 @@ def sgemm_gflops(n: int = 2048, repeat: int = 5) -> float:
     rng = np.random.default_rng(0)
     a, b = rng.random((n, n), dtype=np.float32), rng.random((n, n), dtype=np.float32)
     return 2 * n**3 / timed(lambda: a @ b, repeat=repeat) / 1e9
+
+
+def avx2_sgemm_gflops(n: int, repeat: int) -> float:
+    """SGEMM with OpenBLAS held to its AVX2 (Haswell) kernel, in a child process: OpenBLAS reads the choice once."""
+    code = f"from bench.machine import sgemm_gflops; print(sgemm_gflops({n}, repeat={repeat}))"
+    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell"}
+    root = RESULTS.parent.parent
+    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
+    return float(out.stdout.strip().splitlines()[-1])
 
 
 def write_result(name: str, data: dict) -> Path:

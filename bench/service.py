@@ -36,6 +36,7 @@ for an AVX2 machine; the result name gains it).
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import statistics
@@ -52,7 +53,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 
-from bench.machine import MODELS, RESULTS, machine_class, write_result
+from bench.machine import MODELS, RESULTS, avx2_sgemm_gflops, machine_class, sgemm_gflops, write_result
 from bench.nearest_model import write_nearest_model
 from client.loadtest import LoadOptions, Payload, ProcessLoad, make_payloads, open_loop, write_results
 from service.engine import Engine
@@ -212,6 +213,8 @@ def main(argv: list[str] | None = None) -> None:
         }
         with running([sys.executable, "-m", "service"], env, url):
             processes = _process_metrics(httpx.get(f"{url}/metrics").text).get("upscaler_processes")
+            served = httpx.get(f"{url}/v1/models").json()["models"]
+            kernels = sorted({f"{m['kernels']} {m.get('instruction_set') or ''}".strip() for m in served})
             with ProcessLoad(args.client_processes) as clients:
                 ours = [clients.closed_loop(url, payloads, c, load) for c in levels]
                 if not any(r.ok for r in ours):
@@ -240,6 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         "tile": args.tile,
         "batch": args.batch,
         "processes": processes,  # as the service reports it
+        "kernels": kernels,  # what ran the model in the service, as /v1/models says
         "client_processes": args.client_processes,
         "engine_alone_output_mpix_per_s": engine_mpix,
         "engine_alone_by_layout": by_layout,
@@ -262,6 +266,8 @@ def main(argv: list[str] | None = None) -> None:
         result |= {"service_vs_litserve_best_to_best": ratio, "litserve": [asdict(r) for r in litserve]}
     if litserve or naive:
         result["peers_machine_class"] = machine_class()
+    if args.device == "cpu" and args.model == "fast" and not args.quick:
+        result |= arithmetic_rate(best.output_mpix_per_s, model, args.cpu_kernels)
     for r in ours + [half] + naive + litserve:
         print(f"{r.level:>3} {r.output_mpix_per_s:7.2f} MPix/s p50 {r.p50_ms:7.1f} p99 {r.p99_ms:7.1f} {r.errors}")
     print(
@@ -302,6 +308,16 @@ def naive_run(payloads: list, levels: list[int], load: LoadOptions, device: str,
     with running([sys.executable, "-m", "bench.naive_server", "--port", str(port), "--device", device], {}, url):
         with ProcessLoad(client_processes) as clients:
             return [clients.closed_loop(url, payloads, c, load) for c in levels]
+
+
+def arithmetic_rate(output_mpix_per_s: float, model: Path, cpu_kernels: str) -> dict:
+    """The service's output as multiply-adds per second, against SGEMM for the instruction set it ran on (AVX2
+    kernels' SGEMM where the service was held to AVX2), measured now."""
+    scale = int(model.stem.rsplit("_x", 1)[1])
+    macs = json.loads(model.with_suffix(".json").read_text())["macs_per_input_pixel"]
+    gflops = output_mpix_per_s * 1e6 / scale**2 * macs * 2 / 1e9
+    sgemm = avx2_sgemm_gflops(2048, repeat=5) if cpu_kernels == "avx2" else sgemm_gflops(2048, repeat=5)
+    return {"service_gflops": gflops, "sgemm_gflops": sgemm, "service_fraction_of_sgemm": gflops / sgemm}
 
 
 def litserve_run(payloads: list[Payload], levels: list[int], load: LoadOptions, client_processes: int) -> list:
