@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # onnxruntime-gpu only where an NVIDIA GPU answers; the CPU build everywhere else (they cannot share a venv).
 ORT_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: serve test lint install-serve install-test install-browser install-docker docker-smoke clean
+.PHONY: serve test test-without-avx512 lint install-serve install-test install-browser install-docker docker-smoke clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,6 +39,13 @@ serve: install-serve
 test: install-test install-browser
 	$(PY) -m ruff check .
 	$(PY) -m pytest -q
+
+# The kernel tests on an emulated CPU with AVX2 and without AVX-512 (qemu in user mode; its "max" CPU has every feature
+# qemu emulates, AVX2 and FMA but no AVX-512): checks that such a CPU runs the AVX2 code. Slow (minutes: every
+# instruction is emulated), so not part of `make test`.
+test-without-avx512: install-test
+	@command -v qemu-x86_64 >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user >/dev/null)
+	qemu-x86_64 -cpu max $(PY) -m pytest -q -p no:cacheprovider tests/test_native.py tests/test_compiled.py
 
 # Build the CPU image, run it, wait for /readyz and the HEALTHCHECK, upscale one image, stop it with SIGTERM
 # (deploy/docker-smoke.sh). Needs a Docker engine, or root with docker.io + debootstrap; prints SKIP otherwise.

@@ -215,11 +215,10 @@ def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:
 def cpu_layout(threads: int = 0, workers: int = 0, cores: int | None = None) -> tuple[int, int]:
     """(ORT threads per run, concurrent runs) on a CPU; 0 means "fill the cores with the other".
 
-    By default every core runs its own batch with one ORT thread: on 2 cores two
-    single-threaded runs gave 7.5% more than one run on two threads, and in the
-    service, where codec threads take turns on the same cores, 15% more
-    (``bench/results/engine.json``, ``service.json``): one thread never waits for
-    the other at the end of each operator.
+    By default every core runs its own batch with one ORT thread: one thread never
+    waits for the other at the end of each operator, which matters most in the
+    service, where codec threads take turns on the same cores (figures in
+    docs/performance.md).
     """
     cores = cores or available_cores()
     workers = workers or (max(1, cores // threads) if threads else cores)
@@ -229,7 +228,7 @@ def cpu_layout(threads: int = 0, workers: int = 0, cores: int | None = None) -> 
 def _session_options(on_cpu: bool, threads: int, cpu_twin: bool = False) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     # On CPU, "all" adds ORT's blocked NCHWc layout. CPU twins are written for it (export/cpu.py); the shipped
-    # graphs gain nothing from it (fast x2 ran 10% slower with it than with "extended": bench/results/engine.json).
+    # graphs gain nothing consistent from it, faster on one machine and slower on another (docs/performance.md).
     level = "ORT_ENABLE_EXTENDED" if on_cpu and not cpu_twin else "ORT_ENABLE_ALL"
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     # With CUDA, ORT's CPU threads run only the shape operators: one is enough unless asked for more.
