@@ -33,10 +33,19 @@ on_every_isa = pytest.mark.parametrize(
 )
 
 
-def pytest_report_header() -> str:
-    """Which code path the kernel tests run, in the first lines of every test run."""
+def _kernel_paths() -> str:
     isas = instruction_sets()
-    return f"native kernels: {', '.join(isas)}" if isas else f"native kernels: none ({kernels_unavailable()})"
+    return f"native kernels tested on: {', '.join(isas)}" if isas else f"native kernels: none ({kernels_unavailable()})"
+
+
+def pytest_report_header() -> str:
+    """Which code paths the kernel tests run, in the first lines of a test run (not shown with -q)..."""
+    return _kernel_paths()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """... and in the last ones, whatever the verbosity."""
+    terminalreporter.write_line(_kernel_paths())
 
 
 def free_port() -> int:
