@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.batcher import Batcher
 from service.codecs import MEDIA_TYPES
+from service.decoder_pool import DecoderPool
 from service.engine import Engine, available_cores
 from service.errors import BadParameter, NotReady, Unauthorized, UpscalerError
 from service.libc import name_os_thread
@@ -74,6 +75,7 @@ class ServiceState:
     engine: Engine | None = None
     batcher: Batcher | None = None
     codec_pool: ThreadPoolExecutor | None = None
+    decoders: DecoderPool | None = None
     pipeline: Pipeline | None = None
     max_batch: int = 0  # UPSCALER_MAX_BATCH, or the default for the device in use
     ready: bool = False
@@ -104,8 +106,12 @@ async def get_state(request: Request) -> ServiceState:
 State = Annotated[ServiceState, Depends(get_state)]
 
 
-def _error_response(status: int, code: str, message: str, retry_after: int | None = None) -> JSONResponse:
-    headers = {"Retry-After": str(retry_after)} if retry_after else None
+def _error_response(
+    status: int, code: str, message: str, retry_after: int | None = None, close: bool = False
+) -> JSONResponse:
+    headers = {"Retry-After": str(retry_after)} if retry_after else {}
+    if close:
+        headers["Connection"] = "close"
     return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
 
 
@@ -143,6 +149,11 @@ def _lifespan(state: ServiceState):
         await asyncio.to_thread(state.engine.warmup, state.max_batch)
         codec_threads = s.codec_threads or default_codec_threads(state.engine.on_gpu, state.engine.cores)
         state.codec_pool = ThreadPoolExecutor(codec_threads, thread_name_prefix="codec", initializer=name_os_thread)
+        # Twice the codec threads may decode at once, so that two uploads taking their whole time budget leave room
+        # for the others; the cores are shared, and an honest decode is short.
+        state.decoders = DecoderPool(
+            2 * codec_threads, s.decode_budget_s, max_abandoned=codec_threads, initializer=name_os_thread
+        )
         state.batcher = Batcher(
             state.engine,
             max_batch=state.max_batch,
@@ -151,7 +162,7 @@ def _lifespan(state: ServiceState):
             on_batch=lambda *batch: _on_batch(state, *batch),
         )
         state.batcher.start()
-        state.pipeline = Pipeline(state.batcher, state.codec_pool, s)
+        state.pipeline = Pipeline(state.batcher, state.decoders, state.codec_pool, s)
         state.set_ready()
         log.info("ready: batches of up to %d tiles, %d codec threads", state.max_batch, codec_threads)
         try:
@@ -160,6 +171,7 @@ def _lifespan(state: ServiceState):
             state.set_draining()
             await state.batcher.stop()
             state.codec_pool.shutdown(wait=True)
+            state.decoders.shutdown()
             log.info("stopped")
 
     return lifespan
@@ -257,7 +269,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[], None] | 
         disconnected = _DisconnectWatch(request)
         try:
             result = await state.pipeline.run(
-                lambda: read_upload(request, state.settings.max_body_bytes),
+                lambda: read_upload(request, state.settings.max_body_bytes, state.settings.body_timeout_s),
                 disconnected,
                 key=key,
                 fmt=format,
@@ -338,7 +350,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[], None] | 
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(UpscalerError)
     async def _service_error(request: Request, exc: UpscalerError) -> JSONResponse:
-        return _error_response(exc.status, exc.code, exc.message, exc.retry_after)
+        return _error_response(exc.status, exc.code, exc.message, exc.retry_after, exc.close_connection)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

@@ -1,37 +1,54 @@
 """Decoding request bytes into pixels and encoding results, with the checks that keep it safe.
 
-Decoding checks the image's declared size before any pixel is decoded
-(decompression bombs), applies the EXIF orientation, and keeps what users
-expect back: the alpha channel, the ICC profile, the EXIF block (orientation
-reset), grayscale stays grayscale and 16-bit PNGs stay 16-bit. Pillow reads
-16-bit RGB(A) PNGs as 8-bit, so those are decoded with pypng instead. Plain 8-bit
-PNGs, the most common upload, are read by :mod:`service.png_reader`, twice as fast
-as Pillow. PNG output is written by :mod:`service.png`, several times faster than
-Pillow's encoder.
+Every upload pays for itself before it is decoded: only the formats the settings allow are opened
+(``UPSCALER_INPUT_FORMATS``, passed to Pillow), the image's declared size is checked against the pixel limits
+before any pixel is decoded (and Pillow's own decompression-bomb guard is set to the same limit, for containers
+that decode a frame while they are opened), a multi-frame file is refused from its header, a JPEG with more scans
+than any encoder writes is refused from its markers, and the output's size is checked against the output
+format's own limits before any tile runs (:func:`check_output`).
+
+Decoding applies the EXIF orientation and keeps what users expect back: the alpha channel, the ICC profile, the
+EXIF block (orientation reset), grayscale stays grayscale and 16-bit PNGs stay 16-bit. PNGs of 8 or 16 bits are
+read by :mod:`service.png_reader` (compiled, about twice as fast as Pillow; Pillow reads 16-bit colour as 8-bit),
+everything else by Pillow. PNG output is written by :mod:`service.png`, several times faster than Pillow's encoder.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import png as pypng
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service import png_reader
 from service.errors import BadParameter, TooLarge, UnsupportedImage
 from service.png import SIGNATURE, encode_png
 
-__all__ = ["Decoded", "decode", "encode", "OUTPUT_FORMATS", "MEDIA_TYPES"]
+__all__ = [
+    "Decoded",
+    "decode",
+    "encode",
+    "check_output",
+    "INPUT_FORMATS",
+    "MAX_JPEG_SCANS",
+    "OUTPUT_FORMATS",
+    "MEDIA_TYPES",
+]
 
 log = logging.getLogger("service.codecs")
 
-# Our own pixel limits are checked before decoding, so Pillow's global bomb check is redundant.
-Image.MAX_IMAGE_PIXELS = None
+# Pillow warns above its pixel limit and refuses above twice it; ``decode`` sets the limit to half the service's, so
+# that Pillow refuses exactly what the service would. The warning says nothing the 413 does not.
+warnings.simplefilter("ignore", Image.DecompressionBombWarning)
 
+INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # Pillow's names; the default allow-list
+MAX_JPEG_SCANS = 100  # progressive encoders write about 10 scans; each scan costs a pass over the whole image
+_MAX_JPEG_SEGMENTS = 4096  # markers before the first frame's data ends: far more than any encoder writes
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
+_MAX_SIDE = {"png": 2**31 - 1, "jpeg": 65535, "webp": 16383}  # each format's largest width or height
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 _PIL_FORMAT = {"jpeg": "JPEG", "webp": "WEBP"}
 _ORIENTATION = 0x0112  # the EXIF tag
@@ -62,17 +79,63 @@ class Decoded:
         return fmt if fmt in OUTPUT_FORMATS else "png"
 
 
-def _open(data: bytes) -> Image.Image:
+def _open(data: bytes, formats: tuple[str, ...], max_input_pixels: int) -> Image.Image:
     if not data:
         raise UnsupportedImage("the request body is empty; send the image bytes")
+    if data.startswith(b"\xff\xd8") and "JPEG" in formats:
+        _check_jpeg_scans(data)
+    # Pillow refuses above twice its limit, before a container (ICO, ICNS) decodes a frame in open(). One process
+    # serves one set of limits, so the global is the same on every call.
+    Image.MAX_IMAGE_PIXELS = max(1, max_input_pixels // 2)
     try:
-        return Image.open(io.BytesIO(data))
+        return Image.open(io.BytesIO(data), formats=formats)
     except UnidentifiedImageError:
-        raise UnsupportedImage(
-            "the body is not an image format we can decode (PNG, JPEG, WebP, BMP, GIF, TIFF)"
-        ) from None
+        raise UnsupportedImage(f"the body is not an image format this server decodes ({', '.join(formats)})") from None
+    except Image.DecompressionBombError:
+        raise TooLarge(f"the image holds more than {max_input_pixels} pixels, the most this server accepts") from None
     except Exception as exc:  # Pillow raises many types on hostile headers
         raise UnsupportedImage(f"the image header could not be read ({type(exc).__name__})") from None
+
+
+def _check_jpeg_scans(data: bytes) -> None:
+    """Refuse a JPEG with more than MAX_JPEG_SCANS scans, counted from its markers before anything is decoded: each
+    scan of a progressive JPEG makes the decoder walk every block of the image again, and an empty one is 10 bytes."""
+    scans, segments, pos, end = 0, 0, 2, len(data)
+    while pos + 4 <= end and segments < _MAX_JPEG_SEGMENTS:
+        if data[pos] != 0xFF:
+            return  # not where a marker should be: Pillow decides what the file is
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker == 0xD9:  # end of image
+            return
+        segments += 1
+        pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")  # the segment's length counts its own 2 bytes
+        if marker != 0xDA:
+            continue
+        scans += 1
+        if scans > MAX_JPEG_SCANS:
+            raise UnsupportedImage(
+                f"the JPEG has more than {MAX_JPEG_SCANS} scans, the most this server decodes; "
+                "re-save it with a standard encoder"
+            )
+        pos = _after_entropy_coded_data(data, pos)
+    if segments >= _MAX_JPEG_SEGMENTS:
+        raise UnsupportedImage(
+            f"the JPEG has more than {_MAX_JPEG_SEGMENTS} segments; re-save it with a standard encoder"
+        )
+
+
+def _after_entropy_coded_data(data: bytes, pos: int) -> int:
+    """The position of the first marker after a scan's data: 0xFF followed by a byte that is not 0 (a stuffed 0xFF)
+    nor a restart marker (0xD0-0xD7)."""
+    while (pos := data.find(b"\xff", pos)) != -1 and pos + 1 < len(data):
+        following = data[pos + 1]
+        if following != 0 and not 0xD0 <= following <= 0xD7 and following != 0xFF:
+            return pos
+        pos += 1 if following == 0xFF else 2
+    return len(data)
 
 
 def _check_size(w: int, h: int, scale: int, max_input_pixels: int, max_output_pixels: int) -> None:
@@ -88,7 +151,8 @@ def _check_size(w: int, h: int, scale: int, max_input_pixels: int, max_output_pi
 
 
 def _check_frames(im: Image.Image) -> None:
-    if getattr(im, "is_animated", False) or getattr(im, "n_frames", 1) > 1:
+    # is_animated looks for a second frame only; n_frames would walk every frame of the file (a TIFF's IFD chain).
+    if getattr(im, "is_animated", False):
         raise UnsupportedImage("animated and multi-frame images are not supported; send a single frame")
 
 
@@ -125,36 +189,46 @@ def _is_sixteen_bit_colour_png(data: bytes) -> bool:
     return data[:8] == SIGNATURE and data[12:16] == b"IHDR" and data[24] == 16 and data[25] in (2, 6)
 
 
-def _sixteen_bit_colour(data: bytes) -> tuple[np.ndarray, Image.Image | None]:
-    """Decode a 16-bit RGB(A) PNG with pypng: uint16 RGB and, if present, the alpha as a float ('F') image."""
-    width, height, rows, info = pypng.Reader(bytes=data).asDirect()
-    pixels = np.vstack([np.asarray(row, np.uint16) for row in rows]).reshape(height, width, info["planes"])
-    alpha = Image.fromarray(pixels[:, :, 3].astype(np.float32)) if info["planes"] == 4 else None
-    return np.ascontiguousarray(pixels[:, :, :3]), alpha
+def _sixteen_bit_colour(data: bytes) -> Decoded:
+    """A 16-bit RGB(A) PNG with metadata: the pixels from the reader, which skips the metadata chunks."""
+    png = png_reader.parse(data, metadata=True)
+    pixels = None if png is None else png_reader.read(png)
+    if pixels is None:
+        raise UnsupportedImage("the 16-bit PNG's data is corrupt or truncated")
+    return _plain(pixels)
 
 
-def decode(data: bytes, *, scale: int, max_input_pixels: int, max_output_pixels: int) -> Decoded:
-    """Decode request bytes; raises UnsupportedImage (415) or TooLarge (413) with a clear message."""
-    plain = png_reader.parse(data)
+def decode(
+    data: bytes,
+    *,
+    scale: int,
+    max_input_pixels: int,
+    max_output_pixels: int,
+    formats: tuple[str, ...] = INPUT_FORMATS,
+) -> Decoded:
+    """Decode request bytes of one of ``formats`` (Pillow's names); raises UnsupportedImage (415) or TooLarge (413)
+    with a clear message."""
+    plain = png_reader.parse(data) if "PNG" in formats else None
     if plain is not None:
         _check_size(plain.width, plain.height, scale, max_input_pixels, max_output_pixels)
         pixels = png_reader.read(plain)
         if pixels is not None:
             return _plain(pixels)
-    im = _open(data)
+    im = _open(data, formats, max_input_pixels)
     _check_size(*im.size, scale, max_input_pixels, max_output_pixels)
     _check_frames(im)
     try:
+        if _is_sixteen_bit_colour_png(data) and im.getexif().get(_ORIENTATION, 1) == 1:
+            decoded = _sixteen_bit_colour(data)  # Pillow has read the chunks before the pixels, not the pixels
+            decoded.icc_profile, decoded.exif = im.info.get("icc_profile"), im.info.get("exif")
+            return decoded
         im.load()
         source_format = im.format
         icc = im.info.get("icc_profile")
         if im.mode == "CMYK":
             icc = None  # a CMYK profile does not describe the RGB result
-        if _is_sixteen_bit_colour_png(data) and im.getexif().get(_ORIENTATION, 1) == 1:
-            (rgb, alpha), gray = _sixteen_bit_colour(data), False
-        else:
-            im = _oriented(im)
-            rgb, alpha, gray = _split(im)
+        im = _oriented(im)
+        rgb, alpha, gray = _split(im)
         exif = im.info.get("exif") or (im.getexif().tobytes() if len(im.getexif()) else None)
     except (TooLarge, UnsupportedImage):
         raise
@@ -173,9 +247,13 @@ def decode(data: bytes, *, scale: int, max_input_pixels: int, max_output_pixels:
 
 
 def _plain(pixels: np.ndarray) -> Decoded:
-    """What the Pillow path makes of a plain PNG (``png_reader``): no profile, no EXIF, alpha as an 'L' image."""
+    """What the Pillow path makes of a PNG that ``png_reader`` read: no profile, no EXIF, alpha as an 'L' image (a
+    float 'F' image for 16 bits, which the encoder resamples and rounds back)."""
     colour = pixels[:, :, :3] if pixels.shape[2] >= 3 else np.repeat(pixels[:, :, :1], 3, axis=2)
-    alpha = Image.fromarray(pixels[:, :, -1]) if pixels.shape[2] in (2, 4) else None
+    alpha = None
+    if pixels.shape[2] in (2, 4):
+        plane = pixels[:, :, -1]
+        alpha = Image.fromarray(plane.astype(np.float32) if plane.dtype == np.uint16 else plane)
     return Decoded(
         rgb=np.ascontiguousarray(colour),
         width=pixels.shape[1],
@@ -186,6 +264,18 @@ def _plain(pixels: np.ndarray) -> Decoded:
         icc_profile=None,
         exif=None,
     )
+
+
+def check_output(width: int, height: int, scale: int, fmt: str) -> None:
+    """Refuse, before any tile runs, an output that ``fmt`` cannot hold (WebP 16383 and JPEG 65535 pixels a side)."""
+    side = max(width, height) * scale
+    if side > _MAX_SIDE[fmt]:
+        others = [f for f in OUTPUT_FORMATS if _MAX_SIDE[f] >= side]
+        instead = f"ask for format={others[0]}" if others else "ask for a smaller scale"
+        raise TooLarge(
+            f"x{scale} of {width}x{height} is {width * scale}x{height * scale}; {fmt.upper()} holds at most "
+            f"{_MAX_SIDE[fmt]} pixels a side; {instead}, or a smaller scale"
+        )
 
 
 def _color_planes(sr: np.ndarray, decoded: Decoded, fmt: str) -> np.ndarray:

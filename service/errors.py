@@ -8,8 +8,10 @@ server paths.
     UpscalerError                 500 internal
     ├── BadParameter              400 bad_parameter      (a value the schema allows but we cannot serve)
     ├── Unauthorized              401 unauthorized
-    ├── TooLarge                  413 too_large          (body bytes, input or output pixels)
-    ├── UnsupportedImage          415 unsupported_image  (not decodable, animated, ...)
+    ├── BodyTimeout               408 body_timeout       (the body did not arrive within its deadline)
+    ├── TooLarge                  413 too_large          (body bytes, input or output pixels, the output format's limit)
+    ├── UnsupportedImage          415 unsupported_image  (not decodable, not an allowed format, animated, ...)
+    ├── TooCostly                 422 too_costly         (decoding overran its time budget)
     ├── ClientGone                499 client_closed      (the client went away; nobody reads the answer)
     ├── Overloaded                503 overloaded         (queue full; Retry-After)
     ├── NotReady                  503 not_ready          (starting or draining; Retry-After)
@@ -22,7 +24,9 @@ __all__ = [
     "UpscalerError",
     "BadParameter",
     "Unauthorized",
+    "BodyTimeout",
     "TooLarge",
+    "TooCostly",
     "ClientGone",
     "UnsupportedImage",
     "Overloaded",
@@ -35,6 +39,7 @@ class UpscalerError(Exception):
     status = 500
     code = "internal"
     retry_after: int | None = None
+    close_connection = False  # the rest of the request cannot be trusted: answer, then close
 
     def __init__(self, message: str):
         super().__init__(message)
@@ -49,6 +54,10 @@ class Unauthorized(UpscalerError):
     status, code = 401, "unauthorized"
 
 
+class BodyTimeout(UpscalerError):
+    status, code, close_connection = 408, "body_timeout", True
+
+
 class TooLarge(UpscalerError):
     status, code = 413, "too_large"
 
@@ -59,6 +68,10 @@ class ClientGone(UpscalerError):
 
 class UnsupportedImage(UpscalerError):
     status, code = 415, "unsupported_image"
+
+
+class TooCostly(UpscalerError):
+    status, code = 422, "too_costly"
 
 
 class Overloaded(UpscalerError):

@@ -16,7 +16,8 @@ from concurrent.futures import Executor
 from dataclasses import dataclass
 
 from service.batcher import Batcher
-from service.codecs import decode, encode
+from service.codecs import check_output, decode, encode
+from service.decoder_pool import DecoderPool
 from service.engine import ModelKey
 from service.errors import ClientGone, Overloaded
 from service.settings import Settings
@@ -36,8 +37,9 @@ class UpscaleResult:
 
 
 class Pipeline:
-    def __init__(self, batcher: Batcher, codec_pool: Executor, settings: Settings):
-        self.batcher, self.codec_pool, self.settings = batcher, codec_pool, settings
+    def __init__(self, batcher: Batcher, decoders: DecoderPool, codec_pool: Executor, settings: Settings):
+        """``decoders`` decode uploads within their time budget; ``codec_pool`` encodes results."""
+        self.batcher, self.decoders, self.codec_pool, self.settings = batcher, decoders, codec_pool, settings
 
     async def _in_pool(self, fn, /, *args, **kwargs):
         return await asyncio.get_running_loop().run_in_executor(self.codec_pool, lambda: fn(*args, **kwargs))
@@ -57,20 +59,22 @@ class Pipeline:
         upload = await read()
         filename = upload.filename
         t0 = time.perf_counter()
-        decoded = await self._in_pool(
+        decoded = await self.decoders.run(
             decode,
             upload.data,
             scale=key[1],
             max_input_pixels=s.max_input_pixels,
             max_output_pixels=s.max_output_pixels,
+            formats=tuple(s.input_formats),
         )
         del upload  # the body is no longer needed
         t_decode = time.perf_counter() - t0
         in_size = (decoded.width, decoded.height)
+        fmt = fmt or decoded.default_format()
+        check_output(decoded.width, decoded.height, key[1], fmt)  # before any tile runs
         job = await _unless_disconnected(
             is_disconnected, self.batcher.upscale(key, decoded.take_pixels(), s.request_timeout_s)
         )
-        fmt = fmt or decoded.default_format()
         t0 = time.perf_counter()
         body = await self._in_pool(
             encode,

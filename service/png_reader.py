@@ -1,16 +1,20 @@
-"""A fast reader for plain PNGs: 8-bit grey, grey + alpha, RGB or RGBA, not interlaced, and without metadata that
-the service keeps. Everything else, and anything irregular, is left to Pillow.
+"""A fast reader for PNGs of 8 or 16 bits per sample: grey, grey + alpha, RGB or RGBA, interlaced or not.
 
-Pillow inflates PNG data with the system's zlib and undoes the row filters a byte at a time: 3.4 ms for a
-512 x 512 RGB request, 3% of the request's CPU on the 2-core EPYC. This reader inflates with ISA-L (which
-also compresses the service's output) and undoes the filters in C (``service/png_unfilter.c``), both without
-the GIL; ``bench/results/codecs.json`` has the figures.
+Pillow inflates PNG data with the system's zlib and undoes the row filters a byte at a time, and it reads
+16-bit colour as 8-bit. This reader inflates with ISA-L (which also compresses the service's output) and undoes
+the filters in C (``service/png_unfilter.c``), both without the GIL, into 8- or 16-bit pixels
+(``bench/results/codecs.json`` has the figures). Its cost is bounded by the header: memory by width x height
+(checked against the service's limits before :func:`read`), time by one pass over the inflated rows.
 
 It is strict rather than forgiving. :func:`parse` takes a file only if its chunks are ones it knows, every
 CRC is right and the image data is one run of IDAT chunks followed by IEND. :func:`read` returns pixels only
 if the data inflate to exactly the rows the header promises, each with a valid filter type. Otherwise both
 return None, and the caller reads the file with Pillow, which decides whether it is usable and what to say if
 not. So every file gets the same answer as before, only plain ones sooner.
+
+16-bit colour is the exception: Pillow cannot keep its 16 bits, so for those files the caller takes the metadata
+from Pillow and the pixels from ``parse(data, metadata=True)``, which also skips any ancillary chunk (and reads a
+16-bit tRNS colour as alpha); there a None means the file is broken.
 """
 
 from __future__ import annotations
@@ -44,14 +48,22 @@ _IGNORED = {
 _MAX_SIDE = 2**31 - 1  # the PNG specification's limit
 
 
+# Adam7's passes: (first column, first row, column step, row step).
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2), (0, 1, 1, 2))
+_WHOLE = ((0, 0, 1, 1),)
+
+
 @dataclass(frozen=True)
 class PlainPng:
-    """A plain PNG's header and its compressed image data."""
+    """A readable PNG's header and its compressed image data."""
 
     width: int
     height: int
     channels: int  # 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA
     idat: tuple[memoryview, ...]  # the IDAT chunks' data, in order
+    depth: int = 8  # bits per sample: 8 or 16
+    interlaced: bool = False  # Adam7
+    transparent: tuple[int, ...] | None = None  # a 16-bit grey or RGB tRNS colour: pixels of it get alpha 0
 
 
 @cache
@@ -64,11 +76,14 @@ def unavailable() -> str | None:
     return _library()[1]
 
 
-def parse(data: bytes) -> PlainPng | None:
-    """The header and image data of ``data`` if it is a plain PNG that :func:`read` can decode, else None."""
+def parse(data: bytes, *, metadata: bool = False) -> PlainPng | None:
+    """The header and image data of ``data`` if it is a PNG that :func:`read` can decode, else None.
+
+    ``metadata``: skip every ancillary chunk (the caller reads the metadata elsewhere) and take a 16-bit tRNS colour
+    as transparency, instead of leaving such files to Pillow."""
     if not data.startswith(SIGNATURE) or unavailable() is not None:
         return None
-    view, pos, header, idat = memoryview(data), len(SIGNATURE), None, []
+    view, pos, header, idat, transparent, done = memoryview(data), len(SIGNATURE), None, [], None, False
     while pos + 12 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, pos)
         body = view[pos + 8 : pos + 8 + length]
@@ -79,34 +94,43 @@ def parse(data: bytes) -> PlainPng | None:
         if header is None:
             if kind != b"IHDR" or (header := _header(body)) is None:
                 return None
-        elif kind == b"IDAT":
+        elif kind == b"IDAT" and not done:
             idat.append(body)
         elif kind == b"IEND":
-            return PlainPng(*header, idat=tuple(idat)) if idat else None
+            return PlainPng(*header[:3], tuple(idat), *header[3:], transparent) if idat else None
+        elif metadata and kind == b"tRNS" and not idat:
+            if header[3] != 16 or header[2] not in (1, 3) or length != 2 * header[2]:
+                return None
+            transparent = struct.unpack(f">{header[2]}H", body)
+        elif metadata and kind[0] & 0x20 and kind != b"tRNS":  # ancillary: its first letter is lower case
+            done = bool(idat)  # IDAT chunks must follow each other
         elif idat or length not in _IGNORED.get(kind, ()):  # only IDAT may follow IDAT, until IEND
             return None
         pos += 12 + length
     return None  # no IEND: truncated
 
 
-def _header(ihdr: memoryview) -> tuple[int, int, int] | None:
-    """(width, height, channels) from an IHDR chunk of a plain PNG, or None."""
+def _header(ihdr: memoryview) -> tuple[int, int, int, int, bool] | None:
+    """(width, height, channels, depth, interlaced) from an IHDR chunk of a PNG this reader decodes, or None."""
     if len(ihdr) != 13:
         return None
     width, height, depth, colour_type, compression, filtering, interlace = struct.unpack(">IIBBBBB", ihdr)
-    plain = depth == 8 and colour_type in _CHANNELS and compression == filtering == interlace == 0
-    if not plain or not (0 < width <= _MAX_SIDE and 0 < height <= _MAX_SIDE):
+    readable = depth in (8, 16) and colour_type in _CHANNELS and compression == filtering == 0 and interlace in (0, 1)
+    if not readable or not (0 < width <= _MAX_SIDE and 0 < height <= _MAX_SIDE):
         return None
-    return width, height, _CHANNELS[colour_type]
+    return width, height, _CHANNELS[colour_type], depth, bool(interlace)
 
 
 def read(png: PlainPng) -> np.ndarray | None:
-    """The (H, W, channels) uint8 pixels, or None if the data are not exactly what the header promises.
+    """The (H, W, channels) pixels, uint8 or uint16 (channels + 1 with a tRNS colour), or None if the data are not
+    exactly what the header promises.
 
     Memory is bounded by the header: check width x height against the service's limits before calling this.
     """
-    stride = png.width * png.channels
-    size = png.height * (stride + 1)  # each row: its filter type, then its bytes
+    bpp = png.channels * png.depth // 8  # bytes per pixel, the distance PNG's filters look back
+    passes = _ADAM7 if png.interlaced else _WHOLE
+    shapes = [(-(-(png.height - y0) // dy), -(-(png.width - x0) // dx)) for x0, y0, dx, dy in passes]
+    size = sum(h * (1 + w * bpp) for h, w in shapes if h and w)  # each row: its filter type, then its bytes
     inflater = isal_zlib.decompressobj()
     try:
         # One byte more than the rows: a stream that holds more is refused without inflating all of it.
@@ -115,9 +139,25 @@ def read(png: PlainPng) -> np.ndarray | None:
         return None
     if len(rows) != size or not inflater.eof or inflater.unused_data:
         return None
-    pixels = np.empty((png.height, png.width, png.channels), np.uint8)
+    raw = np.empty((png.height, png.width, bpp), np.uint8)
     unfilter = _library()[0]
-    src = unfilter.ffi.from_buffer("uint8_t[]", rows)
-    if unfilter.lib.png_unfilter(src, png.height, stride, png.channels, unfilter.address(pixels)) != -1:
-        return None  # a row with an unknown filter type
-    return pixels
+    src, offset = unfilter.ffi.from_buffer("uint8_t[]", rows), 0
+    for (x0, y0, dx, dy), (h, w) in zip(passes, shapes, strict=True):
+        if not (h and w):
+            continue  # an empty pass has no rows at all
+        part = raw if len(passes) == 1 else np.empty((h, w, bpp), np.uint8)
+        if unfilter.lib.png_unfilter(src + offset, h, w * bpp, bpp, unfilter.address(part)) != -1:
+            return None  # a row with an unknown filter type
+        if part is not raw:
+            raw[y0::dy, x0::dx] = part
+        offset += h * (1 + w * bpp)
+    del rows, src  # the inflated rows: as large as the pixels
+    if png.depth == 8:
+        return raw
+    pixels = raw.view(">u2").view(np.uint16)  # big-endian samples...
+    if np.little_endian:
+        pixels.byteswap(inplace=True)  # ... in this machine's order, without a copy
+    if png.transparent is None:
+        return pixels
+    opaque = np.any(pixels != np.array(png.transparent, np.uint16), axis=2, keepdims=True)
+    return np.concatenate([pixels, opaque.astype(np.uint16) * 65535], axis=2)

@@ -58,6 +58,16 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(120.0, gt=0, description="deadline from arrival to inference done")
 
     max_body_bytes: int = Field(50 * 2**20, ge=1024, description="largest accepted request body")
+    body_timeout_s: float = Field(
+        60.0, gt=0, description="deadline for the whole request body to arrive (408 after it; 1 MB/s takes 50 MB)"
+    )
+    input_formats: list[str] = Field(
+        default_factory=lambda: ["PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"],
+        description="image formats decoded (Pillow's names); any other upload is a 415 before it is opened",
+    )
+    decode_budget_s: float = Field(
+        3.0, gt=0, description="longest one upload may decode (422 after it; its thread finishes in the background)"
+    )
     max_input_pixels: int = Field(4096 * 4096, ge=1, description="largest input image (width x height)")
     max_output_pixels: int = Field(16384 * 16384, ge=1, description="largest output image (width x height)")
     png_compress_level: int = Field(
@@ -82,6 +92,23 @@ class Settings(BaseSettings):
         if not v.is_dir():
             raise ValueError(f"UPSCALER_MODEL_DIR={v} is not a folder; point it at the folder of .onnx models")
         return v
+
+    @field_validator("input_formats")
+    @classmethod
+    def _known_formats(cls, v: list[str]) -> list[str]:
+        from PIL import Image
+
+        Image.init()  # Pillow registers its formats' names lazily
+        names = [name.upper() for name in v]
+        if "ICNS" in names:  # its directory gives one size and load() decodes a frame of another
+            raise ValueError("UPSCALER_INPUT_FORMATS: ICNS frames cannot be bounded before they are decoded; remove it")
+        unknown = sorted(set(names) - set(Image.OPEN))
+        if unknown or not names:
+            raise ValueError(
+                f"UPSCALER_INPUT_FORMATS: {unknown or 'none'} is not a format Pillow opens here; "
+                f"use some of {sorted(Image.OPEN)}"
+            )
+        return names
 
     @field_validator("api_keys")
     @classmethod

@@ -1,11 +1,15 @@
 """Reading the image out of a request: a raw ``image/*`` body or a multipart form field ``image``.
 
 The byte limit is enforced while the body streams in, so an oversized upload
-is refused after ``max_bytes`` have arrived, not after all of it was buffered.
+is refused after ``max_bytes`` have arrived, not after all of it was buffered;
+and the whole body must arrive within ``timeout_s``, so a client that stalls
+(or sends a byte a second) is answered 408 and its connection closed instead of
+holding it open.
 """
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,7 +18,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect, Request
 
-from service.errors import BadParameter, ClientGone, TooLarge, UnsupportedImage
+from service.errors import BadParameter, BodyTimeout, ClientGone, TooLarge, UnsupportedImage
 
 __all__ = ["Upload", "read_upload"]
 
@@ -43,8 +47,19 @@ async def _limited(request: Request, max_bytes: int) -> AsyncIterator[bytes]:
         raise ClientGone("the client closed the connection while sending the body") from None
 
 
-async def read_upload(request: Request, max_bytes: int) -> Upload:
-    """The uploaded image's bytes; raises TooLarge (413), UnsupportedImage (415) or BadParameter (400)."""
+async def read_upload(request: Request, max_bytes: int, timeout_s: float) -> Upload:
+    """The uploaded image's bytes; raises TooLarge (413), UnsupportedImage (415), BadParameter (400) or, when the
+    body has not all arrived within ``timeout_s``, BodyTimeout (408)."""
+    try:
+        async with asyncio.timeout(timeout_s):
+            return await _read(request, max_bytes)
+    except TimeoutError:
+        raise BodyTimeout(
+            f"the request body did not arrive within {timeout_s:g} s; send it faster, or a smaller image"
+        ) from None
+
+
+async def _read(request: Request, max_bytes: int) -> Upload:
     content_type = request.headers.get("content-type", "").lower()
     if content_type.startswith("multipart/form-data"):
         return await _read_multipart(request, max_bytes)

@@ -6,6 +6,7 @@ import zlib
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import png as pypng
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -13,7 +14,7 @@ from PIL import Image
 
 from service import codecs, png_reader
 from service.errors import TooLarge, UnsupportedImage
-from tests.conftest import png_chunk, smooth_image
+from tests.conftest import encode_image, png_chunk, smooth_image
 
 pytestmark = pytest.mark.skipif(png_reader.unavailable() is not None, reason=f"{png_reader.unavailable()}")
 
@@ -132,12 +133,12 @@ def _with_bad_crc(data: bytes) -> bytes:
 PIXELS = smooth_image(16, 12)
 PLAIN = plain_png(PIXELS)
 LEFT_TO_PILLOW = {
-    "16-bit": _png(ihdr(12, 16, depth=16), zlib.compress(bytes(16 * (1 + 12 * 6)))),
+    "4-bit": _png(ihdr(12, 16, depth=4), zlib.compress(bytes(16 * 7))),
     "palette": _png(
         png_chunk(b"IHDR", struct.pack(">IIBBBBB", 12, 16, 8, 3, 0, 0, 0)) + png_chunk(b"PLTE", bytes(3)),
         zlib.compress(bytes(16 * 13)),
     ),
-    "interlaced": _png(ihdr(12, 16, interlace=1), b""),
+    "unknown interlace method": _png(ihdr(12, 16, interlace=2), b""),
     "ICC profile": plain_png(PIXELS, before=png_chunk(b"iCCP", b"p\x00\x00" + zlib.compress(b"profile"))),
     "EXIF": plain_png(PIXELS, before=png_chunk(b"eXIf", b"MM\x00*\x00\x00\x00\x08\x00\x00")),
     "text": plain_png(PIXELS, before=png_chunk(b"tEXt", b"Comment\x00hello")),
@@ -215,3 +216,61 @@ def test_without_the_compiled_part_pillow_reads_every_png(monkeypatch):
     monkeypatch.setattr(png_reader, "unavailable", lambda: "not built")
     assert png_reader.parse(PLAIN) is None
     assert np.array_equal(codecs.decode(PLAIN, **LIMITS).rgb, PIXELS)
+
+
+def pypng_file(pixels: np.ndarray, interlace: bool, before: bytes = b"") -> bytes:
+    """(H, W, C) uint8 or uint16 pixels written by pypng, an encoder independent of this reader; ``before``: chunks
+    put after IHDR."""
+    h, w, c = pixels.shape
+    buf = io.BytesIO()
+    writer = pypng.Writer(w, h, greyscale=c < 3, alpha=c in (2, 4), bitdepth=8 * pixels.itemsize, interlace=interlace)
+    writer.write(buf, pixels.reshape(h, w * c).tolist())
+    data = buf.getvalue()
+    return data[:33] + before + data[33:]  # IHDR ends at byte 33
+
+
+@pytest.mark.parametrize("interlace", [False, True], ids=["progressive rows", "Adam7"])
+@pytest.mark.parametrize("depth", [8, 16])
+@pytest.mark.parametrize("channels", [1, 2, 3, 4])
+def test_eight_and_sixteen_bit_files_interlaced_or_not_are_read_exactly(channels, depth, interlace):
+    dtype = np.uint16 if depth == 16 else np.uint8
+    for h, w in ((37, 29), (1, 1), (3, 9)):  # sizes that leave some of Adam7's passes empty
+        pixels = np.random.default_rng(h * w + channels).integers(0, 2**depth, (h, w, channels), dtype=dtype)
+        got = fast_pixels(pypng_file(pixels, interlace))
+        assert got is not None and got.dtype == dtype and np.array_equal(got, pixels)
+
+
+def test_an_interlaced_eight_bit_file_is_what_pillow_reads():
+    data = encode_image(Image.fromarray(smooth_image(45, 38)), "PNG", optimize=False)
+    data = pypng_file(pillow_pixels(data), interlace=True)
+    assert np.array_equal(fast_pixels(data), pillow_pixels(data))
+
+
+def test_sixteen_bit_colour_with_a_profile_keeps_its_bits_and_its_profile():
+    pixels = np.random.default_rng(1).integers(0, 65536, (20, 14, 4), dtype=np.uint16)
+    profile = b"not really a profile"
+    iccp = png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(profile))
+    decoded = codecs.decode(pypng_file(pixels, interlace=False, before=iccp), **LIMITS)
+    assert decoded.rgb.dtype == np.uint16 and np.array_equal(decoded.rgb, pixels[:, :, :3])
+    assert np.array_equal(np.asarray(decoded.alpha), pixels[:, :, 3].astype(np.float32))
+    assert decoded.icc_profile == profile
+
+
+def test_a_sixteen_bit_transparent_colour_becomes_alpha():
+    pixels = np.random.default_rng(2).integers(0, 65536, (10, 12, 3), dtype=np.uint16)
+    pixels[3, 4] = (1, 2, 3)
+    trns = png_chunk(b"tRNS", struct.pack(">3H", 1, 2, 3))
+    decoded = codecs.decode(pypng_file(pixels, interlace=True, before=trns), **LIMITS)
+    alpha = np.asarray(decoded.alpha)
+    assert alpha[3, 4] == 0 and (alpha == 65535).sum() == alpha.size - 1
+
+
+def test_a_broken_sixteen_bit_file_with_metadata_is_refused_not_left_to_a_slow_decoder():
+    """4096 x 4096 Paeth-filtered zeros (a 140 KB file) with a bad CRC on the last IDAT: refused in a blink."""
+    rows = (b"\x04" + bytes(4096 * 8)) * 4096
+    stream = zlib.compress(rows, 9)
+    idat = png_chunk(b"IDAT", stream[:-10]) + png_chunk(b"IDAT", stream[-10:])[:-1] + b"\x00"
+    head = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 4096, 4096, 16, 6, 0, 0, 0)) + png_chunk(b"tEXt", b"a\x00b")
+    data = b"\x89PNG\r\n\x1a\n" + head + idat + png_chunk(b"IEND", b"")
+    with pytest.raises(UnsupportedImage):
+        codecs.decode(data, **LIMITS)

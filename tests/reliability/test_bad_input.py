@@ -238,7 +238,7 @@ CASES = [
     ok("bmp", lambda: encode_image(picture(), "BMP"), content_type="image/bmp"),
     ok("tiff", lambda: encode_image(picture(), "TIFF"), content_type="image/tiff"),
     ok("webp", lambda: encode_image(picture(), "WEBP"), content_type="image/webp"),
-    ok("tga", lambda: encode_image(picture(), "TGA"), content_type="image/x-tga"),
+    e415("tga-not-in-the-allowed-formats", lambda: encode_image(picture(), "TGA"), content_type="image/x-tga"),
     # --- EXIF
     ok(
         "jpeg-exif-garbage",
