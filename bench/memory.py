@@ -8,7 +8,10 @@ ready, one size x size PNG is upscaled (PNG out), and the process's peak RSS
 resident after ordinary traffic: a fresh service serves a closed loop of 64
 512x512 x2 requests at concurrency 8, and its RSS afterwards is compared with
 its idle RSS and with the raw bytes of the 8 requests in flight (malloc keeps
-freed request buffers under 4 MiB for reuse, ``service/libc.py``). Linux only.
+freed request buffers under 4 MiB for reuse, ``service/libc.py``). Last, the
+refused bombs: one fresh service (with the default limits, ICO allowed) takes
+each of ``bench.hostile``'s worst files in turn, and its peak RSS over idle is
+recorded with the answer's status and time. Linux only.
 Writes bench/results/memory.json.
 """
 
@@ -17,12 +20,14 @@ from __future__ import annotations
 import argparse
 import io
 import sys
+import time
 from pathlib import Path
 
 import httpx
 import numpy as np
 from PIL import Image
 
+from bench import hostile
 from bench.machine import write_result
 from bench.service import free_port, running
 from client.loadtest import LoadOptions, closed_loop, make_payloads
@@ -43,9 +48,41 @@ def _big_png(size: int) -> bytes:
     return buf.getvalue()
 
 
-def _service(url: str, port: int, max_body_bytes: int = 2**20):
+def _service(url: str, port: int, max_body_bytes: int = 2**20, **settings: str):
     env = {"UPSCALER_PORT": str(port), "UPSCALER_MAX_BODY_BYTES": str(max_body_bytes), "UPSCALER_LOG_LEVEL": "warning"}
+    env |= {f"UPSCALER_{k.upper()}": v for k, v in settings.items()}
     return running([sys.executable, "-m", "service"], env, url)
+
+
+BOMBS = {
+    "ICO with a 16000² PNG frame (ICO allowed)": lambda: hostile.ico_with_png_frame(16000),
+    "16-bit 4096² RGBA PNG of Paeth zeros, bad CRC": hostile.sixteen_bit_paeth_zeros_bad_crc,
+    "1024² JPEG with 50 000 empty scans": lambda: hostile.jpeg_with_scans(50_000),
+    "PNG whose ICC profile inflates to 1 GB": hostile.png_with_zlib_bomb_profile,
+}
+
+
+def bombs() -> dict:
+    """Each bomb's answer, time and the server's peak RSS growth over idle (reset before each)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    out = {}
+    formats = '["PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "ICO"]'
+    with _service(url, port, 50 * 2**20, input_formats=formats) as proc:
+        for name, make in BOMBS.items():
+            data = make()
+            Path(f"/proc/{proc.pid}/clear_refs").write_text("5")
+            idle = _status_kib(proc.pid, "VmRSS")
+            t0 = time.perf_counter()
+            r = httpx.post(f"{url}/v1/upscale", params={"scale": 2}, content=data, timeout=120)
+            seconds = time.perf_counter() - t0
+            out[name] = {
+                "bytes": len(data),
+                "status": r.status_code,
+                "seconds": seconds,
+                "peak_growth_mb": (_status_kib(proc.pid, "VmHWM") - idle) / 1024,
+            }
+    return out
 
 
 def measure(data: bytes, size: int, scale: int) -> dict:
@@ -113,6 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     data = _big_png(size)
     rows = [measure(data, size, int(s)) for s in args.scales.split(",")]
     load = settled(requests=8 if args.quick else 64, size=64 if args.quick else 512)
+    refused = bombs()
     for r in rows:
         raw = r["input_plus_output_raw_mb"]
         print(
@@ -124,8 +162,11 @@ def main(argv: list[str] | None = None) -> None:
         f"{load['idle_rss_mb']:.0f} MB, peak {load['peak_rss_mb']:.0f} MB, after {load['after_rss_mb']:.0f} MB "
         f"(kept {load['kept_mb']:.0f} MB = {load['kept_over_in_flight_raw']:.1f} x raw bytes in flight)"
     )
+    for name, b in refused.items():
+        print(f"{name}: {b['status']} in {b['seconds']:.2f} s, peak RSS +{b['peak_growth_mb']:.0f} MB")
     if not args.quick:
         result = {"image": f"{size}x{size} RGB PNG", "input_png_mb": len(data) / 2**20, "runs": rows, "settled": load}
+        result["bombs"] = refused
         print("wrote", write_result("memory", result))
 
 

@@ -198,6 +198,17 @@ def _sixteen_bit_colour(data: bytes) -> Decoded:
     return _plain(pixels)
 
 
+def _orientation_before_pixels(im: Image.Image) -> int:
+    """The EXIF orientation of an eXIf chunk before the image data. (Pillow's getexif() on a PNG decodes the whole
+    image first, to look for one after the data too.)"""
+    try:
+        exif = Image.Exif()
+        exif.load(im.info.get("exif") or b"")
+        return exif.get(_ORIENTATION, 1)
+    except Exception:  # corrupt EXIF: keep the pixels as stored
+        return 1
+
+
 def decode(
     data: bytes,
     *,
@@ -218,7 +229,7 @@ def decode(
     _check_size(*im.size, scale, max_input_pixels, max_output_pixels)
     _check_frames(im)
     try:
-        if _is_sixteen_bit_colour_png(data) and im.getexif().get(_ORIENTATION, 1) == 1:
+        if _is_sixteen_bit_colour_png(data) and _orientation_before_pixels(im) == 1:
             decoded = _sixteen_bit_colour(data)  # Pillow has read the chunks before the pixels, not the pixels
             decoded.icc_profile, decoded.exif = im.info.get("icc_profile"), im.info.get("exif")
             return decoded

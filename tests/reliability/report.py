@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 DEFAULT = Path(__file__).resolve().parents[2] / "bench" / "results" / "reliability.json"
@@ -87,6 +88,21 @@ def table(d: dict) -> str:
             f"(limit {_get(bl, 'raw', 'limit_bytes')}); server RSS +{_get(bl, 'raw', 'server_rss_growth_mb')} MiB",
         ),
     ]
+    hostile = d.get("hostile", {})
+    if hostile:
+        worst = max(hostile.values(), key=lambda c: c["rss_growth_mb"])
+        rows.append(
+            (
+                "Hostile uploads, two at once + a 64² PNG beside them (ICO frame, 16-bit PNG bomb, 50 000 JPEG "
+                "scans, many-page TIFF, MPO, PSD/TGA/DDS/ICNS, EXIF and ICC bombs, output past WebP/JPEG limits)",
+                f"{len(hostile)} classes: "
+                + ", ".join(f"{n}× {s}" for s, n in sorted(Counter(c["status"] for c in hostile.values()).items())),
+                0,
+                f"slowest answer {max(c['slowest_s'] for c in hostile.values())} s; the 64² PNG beside them at most "
+                f"{max(c['honest_s'] for c in hostile.values())} s; server RSS growth at most "
+                f"{worst['rss_growth_mb']} MiB",
+            )
+        )
     lines = ["| what was tried | cases | 5xx (other than 503/504 by design) | what held |", "|---|---|---|---|"]
     lines += [f"| {a} | {b} | {c} | {e} |" for a, b, c, e in rows]
     tried = [_get(bad, "cases", default=0), _get(fuzz, "cases", default=0), _get(over, "burst", default=0)]

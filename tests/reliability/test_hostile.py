@@ -9,20 +9,28 @@ from __future__ import annotations
 
 import io
 import socket
-import struct
 import threading
 import time
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import httpx
-import numpy as np
-import png as pypng
 import psutil
 import pytest
 from PIL import Image
 
+from bench.hostile import (
+    icns_claiming_small,
+    ico_with_png_frame,
+    jpeg_with_scans,
+    mpo,
+    png_with_huge_exif,
+    png_with_zlib_bomb_profile,
+    psd_claiming,
+    sixteen_bit_interlaced,
+    sixteen_bit_paeth_zeros_bad_crc,
+    tiff_pages,
+)
 from tests.conftest import encode_image, serving, smooth_image
 
 from .helpers import assert_clean_log, assert_json_error
@@ -30,104 +38,6 @@ from .helpers import assert_clean_log, assert_json_error
 SECONDS = 3.0  # each hostile upload's answer, and the honest one's beside two of them
 RSS_GROWTH_MB = 400  # the server's peak resident memory during a case, over its memory before
 BODY_TIMEOUT_S = 1.0
-
-
-def chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def zero_rows(row_bytes: int, rows: int, filter_type: int = 0, level: int = 1) -> bytes:
-    """zlib stream of ``rows`` rows of zeros, each led by its filter type, made without holding them all."""
-    deflate, row = zlib.compressobj(level), bytes([filter_type]) + bytes(row_bytes)
-    per_block = max(1, (1 << 20) // len(row))
-    parts, left = [], rows
-    while left:
-        n = min(left, per_block)
-        parts.append(deflate.compress(row * n))
-        left -= n
-    return b"".join(parts) + deflate.flush()
-
-
-def png_of(width: int, height: int, depth: int, colour: int, stream: bytes, before: bytes = b"") -> bytes:
-    ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, depth, colour, 0, 0, 0))
-    return b"\x89PNG\r\n\x1a\n" + ihdr + before + chunk(b"IDAT", stream) + chunk(b"IEND", b"")
-
-
-def ico_with_png_frame(side: int) -> bytes:
-    """An ICO whose one frame is a PNG of side x side grey zeros: Pillow decodes it while opening the file."""
-    frame = png_of(side, side, 8, 0, zero_rows(side, side))
-    return struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(frame), 22) + frame
-
-
-def icns_claiming_small() -> bytes:
-    """An ICNS container (its directory says 16 x 16, its frame is what load() decodes)."""
-    frame = png_of(8192, 8192, 8, 0, zero_rows(8192, 8192))
-    entry = b"ic10" + struct.pack(">I", 8 + len(frame)) + frame
-    return b"icns" + struct.pack(">I", 8 + len(entry)) + entry
-
-
-def sixteen_bit_paeth_zeros_bad_crc() -> bytes:
-    """4096² RGBA, 16 bits, Paeth-filtered zeros (140 KB), a text chunk and a bad CRC on the last IDAT."""
-    stream = zero_rows(4096 * 8, 4096, filter_type=4, level=9)
-    ihdr = chunk(b"IHDR", struct.pack(">IIBBBBB", 4096, 4096, 16, 6, 0, 0, 0)) + chunk(b"tEXt", b"a\x00b")
-    last = chunk(b"IDAT", stream[-10:])
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + ihdr
-        + chunk(b"IDAT", stream[:-10])
-        + last[:-1]
-        + bytes([last[-1] ^ 1])
-        + chunk(b"IEND", b"")
-    )
-
-
-def sixteen_bit_interlaced(side: int = 2048) -> bytes:
-    """A valid, interlaced 16-bit RGB PNG: expensive, and served."""
-    pixels = (smooth_image(side, side).astype(np.uint16) * 257).reshape(side, side * 3)
-    buf = io.BytesIO()
-    pypng.Writer(side, side, greyscale=False, bitdepth=16, interlace=True, compression=1).write(buf, pixels)
-    return buf.getvalue()
-
-
-def jpeg_with_scans(scans: int) -> bytes:
-    """A progressive 1024² JPEG followed by ``scans`` empty DC refinement scans (10 bytes each) before its end."""
-    data = encode_image(Image.fromarray(smooth_image(1024, 1024)), "JPEG", progressive=True, quality=80)
-    empty_scan = b"\xff\xda\x00\x08\x01\x01\x00\x00\x00\x10"
-    return data[:-2] + empty_scan * scans + data[-2:]
-
-
-def tiff_pages(pages: int) -> bytes:
-    frames = [Image.fromarray(smooth_image(8, 8, seed=i)) for i in range(pages)]
-    buf = io.BytesIO()
-    frames[0].save(buf, "TIFF", save_all=True, append_images=frames[1:])
-    return buf.getvalue()
-
-
-def mpo() -> bytes:
-    frames = [Image.fromarray(smooth_image(32, 32, seed=i)) for i in range(2)]
-    buf = io.BytesIO()
-    frames[0].save(buf, "MPO", save_all=True, append_images=frames[1:])
-    return buf.getvalue()
-
-
-def png_with_huge_exif() -> bytes:
-    """40 000 IFD entries of EXIF in one eXIf chunk: every entry is parsed when the orientation is read."""
-    count = 40_000
-    entries = b"".join(struct.pack(">HHII", 0x9000 + i % 100, 7, 4, 0) for i in range(count))
-    exif = b"MM\x00*\x00\x00\x00\x08" + struct.pack(">H", count) + entries + b"\x00\x00\x00\x00"
-    return encode_image(Image.fromarray(smooth_image(64, 64)), "PNG", exif=exif)
-
-
-def png_with_zlib_bomb_profile() -> bytes:
-    """An iCCP chunk that inflates to 1 GB."""
-    iccp = chunk(b"iCCP", b"icc\x00\x00" + zero_rows(1 << 20, 1024, level=9))
-    image = encode_image(Image.fromarray(smooth_image(64, 64)), "PNG")
-    return image[:33] + iccp + image[33:]
-
-
-def psd_claiming(side: int = 30_000) -> bytes:
-    """A Photoshop header: version 1, 3 channels of 8 bits, RGB, side x side."""
-    return b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, side, side, 8, 3) + bytes(64)
 
 
 @dataclass
@@ -209,7 +119,9 @@ def timed_post(url: str, body: bytes, params: dict) -> tuple[httpx.Response, flo
 
 
 @pytest.mark.parametrize("case", HOSTILE, ids=[c.id for c in HOSTILE])
-def test_a_hostile_upload_is_answered_quickly_with_bounded_memory_and_spares_its_neighbours(hostile_server, case):
+def test_a_hostile_upload_is_answered_quickly_with_bounded_memory_and_spares_its_neighbours(
+    hostile_server, case, figures
+):
     server, _ = hostile_server
     body = case.body()
     honest = encode_image(Image.fromarray(smooth_image(64, 64)), "PNG")
@@ -232,6 +144,13 @@ def test_a_hostile_upload_is_answered_quickly_with_bounded_memory_and_spares_its
         else:
             assert_json_error(response, case.status, case.code)
     assert rss.growth_mb < RSS_GROWTH_MB, f"the server grew by {rss.growth_mb:.0f} MB"
+    figures.setdefault("hostile", {})[case.id] = {
+        "bytes": len(body),
+        "status": results[0][0].status_code,
+        "slowest_s": round(max(took for _, took in results), 3),
+        "honest_s": round(seconds, 3),
+        "rss_growth_mb": round(rss.growth_mb, 1),
+    }
 
 
 def test_a_valid_but_expensive_sixteen_bit_interlaced_2048_png_is_served_within_seconds(hostile_server):
@@ -280,3 +199,11 @@ def test_a_slow_body_that_finishes_in_time_is_served(hostile_server):
 
 def test_the_server_logged_no_unhandled_error(hostile_server):
     assert_clean_log(hostile_server[0])
+
+
+def test_a_decode_past_its_time_budget_is_a_422_naming_the_budget(tmp_path):
+    big = encode_image(Image.fromarray(smooth_image(2048, 2048)), "JPEG", quality=95)  # tens of ms to decode
+    with serving(tmp_path, decode_budget_s=0.001) as (server, client):
+        r = client.post("/v1/upscale", content=big, params={"scale": 2}, headers={"Content-Type": "image/jpeg"})
+        assert "0.001 s" in assert_json_error(r, 422, "too_costly")["message"]
+        assert client.get("/healthz").status_code == 200
