@@ -4,10 +4,16 @@ On SIGTERM or SIGINT the server first drains: ``/readyz`` turns 503 while it
 keeps serving for ``UPSCALER_DRAIN_SECONDS`` (so load balancers stop sending
 work), then uvicorn stops accepting connections, finishes the requests in
 flight and returns. A second signal stops at once.
+
+Each request's line and headers must arrive within ``UPSCALER_HEADER_TIMEOUT_S``
+of the connection or of the request's first byte (uvicorn has no such deadline:
+a client that never finishes its headers would hold its connection forever); the
+body has its own deadline (``service.uploads``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import socket
@@ -15,6 +21,7 @@ import threading
 from collections.abc import Callable
 
 import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.app import ServiceState, create_app
 from service.settings import Settings
@@ -24,6 +31,55 @@ __all__ = ["STARTUP_FAILURE", "DrainingServer", "configure_logging", "serve"]
 log = logging.getLogger("service")
 
 STARTUP_FAILURE = 3  # uvicorn's exit status when the app fails to start (models missing, no GPU, ...)
+
+
+_HEADER_TIMEOUT = (
+    b'{"error": {"code": "header_timeout", "message": "the request line and headers did not arrive in time"}}'
+)
+
+
+class HeaderDeadlineProtocol(HttpToolsProtocol):
+    """uvicorn's HTTP protocol with a deadline for the request line and headers: armed when the connection opens
+    and at each request's first byte, disarmed when the headers are complete. Past it the client gets a 408 and the
+    connection is closed."""
+
+    header_timeout_s = 10.0  # set per server by ``with_header_deadline``
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport) -> None:
+        super().connection_made(transport)
+        self._arm()
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._arm()
+
+    def on_headers_complete(self) -> None:
+        self._disarm()
+        super().on_headers_complete()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._headers_too_late)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_late(self) -> None:
+        if not self.transport.is_closing():
+            head = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            self.transport.write(head + b"content-length: %d\r\n\r\n" % len(_HEADER_TIMEOUT) + _HEADER_TIMEOUT)
+            self.transport.close()
+
+
+def with_header_deadline(seconds: float) -> type[HeaderDeadlineProtocol]:
+    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout_s": seconds})
 
 
 class DrainingServer(uvicorn.Server):
@@ -77,6 +133,7 @@ def serve(settings: Settings, sock: socket.socket | None = None, on_ready: Calla
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=60,
+        http=with_header_deadline(settings.header_timeout_s),
     )
     server = DrainingServer(config, app.state.service)
     server.run(sockets=[sock] if sock else None)  # raises SystemExit(STARTUP_FAILURE) if startup fails

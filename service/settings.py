@@ -58,6 +58,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(120.0, gt=0, description="deadline from arrival to inference done")
 
     max_body_bytes: int = Field(50 * 2**20, ge=1024, description="largest accepted request body")
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="deadline for a request's line and headers to arrive (408 and closed after it)"
+    )
     body_timeout_s: float = Field(
         60.0, gt=0, description="deadline for the whole request body to arrive (408 after it; 1 MB/s takes 50 MB)"
     )

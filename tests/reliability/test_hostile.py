@@ -83,7 +83,8 @@ def hostile_server(tmp_path_factory):
     """The shipped limits, ICO allowed (so that Pillow's own guard is what refuses its frame), a short body
     deadline."""
     formats = '["PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "ICO"]'
-    with serving(tmp_path_factory.mktemp("hostile"), input_formats=formats, body_timeout_s=BODY_TIMEOUT_S) as pair:
+    deadlines = {"body_timeout_s": BODY_TIMEOUT_S, "header_timeout_s": BODY_TIMEOUT_S}
+    with serving(tmp_path_factory.mktemp("hostile"), input_formats=formats, **deadlines) as pair:
         yield pair
 
 
@@ -167,20 +168,33 @@ def test_a_valid_but_expensive_sixteen_bit_interlaced_2048_png_is_served_within_
     assert rss.growth_mb < 3 * raw_mb, f"the server grew by {rss.growth_mb:.0f} MB for {raw_mb:.0f} MB of pixels"
 
 
-def test_a_body_that_never_finishes_is_answered_408_and_closed(hostile_server):
-    server, _ = hostile_server
+def stalled(server, sent: bytes) -> tuple[bytes, float]:
+    """Send ``sent`` on a fresh connection and stop; what came back until the server closed it, and when."""
     host, port = server.url.removeprefix("http://").rsplit(":", 1)
-    head = (
-        f"POST /v1/upscale HTTP/1.1\r\nHost: {host}\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n"
-    ).encode()
     t0 = time.monotonic()
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(head + b"\x89PNG\r\n\x1a\n")
+        sock.sendall(sent)
         answer = b""
         while chunk_ := sock.recv(65536):  # until the server closes the connection
             answer += chunk_
-    took = time.monotonic() - t0
-    assert answer.startswith(b"HTTP/1.1 408") and b'"body_timeout"' in answer, answer[:300]
+    return answer, time.monotonic() - t0
+
+
+@pytest.mark.parametrize(
+    ("sent", "code"),
+    [
+        (
+            b"POST /v1/upscale HTTP/1.1\r\nContent-Type: image/png\r\nContent-Length: 100000\r\n\r\n\x89PNG",
+            "body_timeout",
+        ),
+        (b"POST /v1/upscale HTTP/1.1\r\nContent-Type: ima", "header_timeout"),
+        (b"", "header_timeout"),
+    ],
+    ids=["body-never-finishes", "headers-never-finish", "nothing-sent"],
+)
+def test_a_request_that_never_finishes_arriving_is_answered_408_and_closed(hostile_server, sent, code):
+    answer, took = stalled(hostile_server[0], sent)
+    assert answer.startswith(b"HTTP/1.1 408") and f'"{code}"'.encode() in answer, answer[:300]
     assert BODY_TIMEOUT_S <= took < BODY_TIMEOUT_S + 2
 
 
