@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import json
 import logging
 import time
 import uuid
@@ -22,6 +21,7 @@ from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.datastructures import MutableHeaders
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -238,11 +238,13 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[], None] | 
     settings = settings or Settings()
     metrics = Metrics(processes=settings.processes or 1)
     state = ServiceState(settings=settings, metrics=metrics, on_ready=on_ready)
-    app = FastAPI(
+    # Swagger UI and ReDoc from the package's own copies (fastapi-offline), not a CDN: /docs works air-gapped.
+    app = FastAPIOffline(
         title="Upscaler",
         version="0.1.0",
         lifespan=_lifespan(state),
         description="Learned image upscaling (FSRCNN family, transposed-convolution upsampler).",
+        static_url="/docs/assets",  # under /docs, so served without a key like the page itself
     )
     app.state.service = state
     _install_error_handlers(app)
@@ -261,6 +263,10 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[], None] | 
         model: Annotated[str | None, Query(max_length=64, description="model variant (default from settings)")] = None,
         format: Annotated[Literal["png", "jpeg", "webp"] | None, Query(description="default: the input's")] = None,
         quality: Annotated[int | None, Query(ge=1, le=100, description="JPEG/WebP quality")] = None,
+        effort: Annotated[
+            int | None,
+            Query(ge=0, le=6, description="WebP encoder effort: 0 fastest, 6 smallest (default from settings)"),
+        ] = None,
     ) -> Response:
         """Upscale one image: the raw bytes as the body (any image/* type) or a multipart field `image`."""
         if not (state.ready or state.draining):  # while draining, keep serving what load balancers still send
@@ -274,6 +280,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[], None] | 
                 key=key,
                 fmt=format,
                 quality=quality,
+                effort=effort,
             )
         finally:
             disconnected.close()
@@ -286,6 +293,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[], None] | 
             headers={
                 "Content-Disposition": f'inline; filename="{stem}_x{scale}.{extension}"',
                 "Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in result.timings.items()),
+                "X-Model": f"{key[0]}_x{key[1]}",  # the model that ran
             },
         )
 
@@ -443,4 +451,4 @@ class _ObserveRequests:
             "scale": request.query_params.get("scale"),
             **request.scope.get("state", {}).get("log", {}),
         }
-        access_log.info(json.dumps(fields))
+        access_log.info("request", extra=fields)

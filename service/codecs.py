@@ -49,6 +49,7 @@ MAX_JPEG_SCANS = 100  # progressive encoders write about 10 scans; each scan cos
 _MAX_JPEG_SEGMENTS = 4096  # markers before the first frame's data ends: far more than any encoder writes
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 _MAX_SIDE = {"png": 2**31 - 1, "jpeg": 65535, "webp": 16383}  # each format's largest width or height
+_WEBP_SAFE_METHOD = 2
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 _PIL_FORMAT = {"jpeg": "JPEG", "webp": "WEBP"}
 _ORIENTATION = 0x0112  # the EXIF tag
@@ -310,11 +311,13 @@ def _alpha_plane(decoded: Decoded, width: int, height: int, dtype: np.dtype) -> 
     return alpha.astype(np.uint16) * 257 if dtype == np.uint16 else alpha
 
 
-def encode(sr: np.ndarray, decoded: Decoded, *, fmt: str, quality: int, png_compress_level: int) -> bytes:
+def encode(
+    sr: np.ndarray, decoded: Decoded, *, fmt: str, quality: int, png_compress_level: int, webp_effort: int = 2
+) -> bytes:
     """Encode the (sH, sW, 3) result, restoring alpha, grayscale, bit depth, ICC profile and EXIF.
 
     PNG goes through the service's own block-wise encoder (service.png), JPEG and WebP through Pillow.
-    JPEG has no alpha channel, so alpha is dropped there.
+    JPEG has no alpha channel, so alpha is dropped there. ``webp_effort`` is libwebp's method (0-6).
     """
     if fmt not in OUTPUT_FORMATS:
         raise BadParameter(f"format must be one of {', '.join(OUTPUT_FORMATS)}")
@@ -334,6 +337,22 @@ def encode(sr: np.ndarray, decoded: Decoded, *, fmt: str, quality: int, png_comp
         params["exif"] = decoded.exif
     elif decoded.exif:
         log.info("dropping %d bytes of EXIF: more than one JPEG APP1 segment holds", len(decoded.exif))
+    if fmt == "webp":
+        params["method"] = webp_effort
+    return _save(im, fmt, params)
+
+
+def _save(im: Image.Image, fmt: str, params: dict) -> bytes:
     buf = io.BytesIO()
-    im.save(buf, format=_PIL_FORMAT[fmt], **params)
+    try:
+        im.save(buf, format=_PIL_FORMAT[fmt], **params)
+    except ValueError:
+        # libwebp's fastest methods (0 and 1) overflow their first partition on large images (encoding error 6);
+        # method 2 is the fastest that does not.
+        if fmt != "webp" or params["method"] >= _WEBP_SAFE_METHOD:
+            raise
+        log.info(
+            "WebP method %d failed on %dx%d; encoding with method %d", params["method"], *im.size, _WEBP_SAFE_METHOD
+        )
+        return _save(im, fmt, params | {"method": _WEBP_SAFE_METHOD})
     return buf.getvalue()

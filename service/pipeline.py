@@ -52,6 +52,7 @@ class Pipeline:
         key: ModelKey,
         fmt: str | None,
         quality: int | None,
+        effort: int | None = None,
     ) -> UpscaleResult:
         s = self.settings
         if self.batcher.queued_tiles >= s.max_queue_tiles:  # refuse before reading and decoding the body
@@ -82,6 +83,7 @@ class Pipeline:
             decoded,
             fmt=fmt,
             quality=quality or s.default_quality,
+            webp_effort=s.webp_effort if effort is None else effort,
             png_compress_level=s.png_compress_level,
         )
         timings = {"decode": t_decode, **job.timings(), "encode": time.perf_counter() - t0}

@@ -21,6 +21,7 @@ import threading
 from collections.abc import Callable
 
 import uvicorn
+from pythonjsonlogger.json import JsonFormatter
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.app import ServiceState, create_app
@@ -114,9 +115,18 @@ class DrainingServer(uvicorn.Server):
 
 
 def configure_logging(settings: Settings) -> None:
-    """Log lines to stderr at ``UPSCALER_LOG_LEVEL``; with several processes each line names its process id."""
+    """Log lines to stderr at ``UPSCALER_LOG_LEVEL``; with several processes each line names its process id. The
+    access log (``service.access``) is JSON, one object per line, for log shippers to parse."""
     pid = " [%(process)d]" if settings.processes > 1 else ""
     logging.basicConfig(level=settings.log_level.upper(), format=f"%(asctime)s %(levelname)s{pid} %(name)s %(message)s")
+    access = logging.StreamHandler()
+    names = {"asctime": "time", "levelname": "level", "name": "logger", "process": "pid"}
+    access.setFormatter(
+        JsonFormatter("%(asctime)s %(levelname)s %(process)d %(name)s %(message)s", rename_fields=names)
+    )
+    access_log = logging.getLogger("service.access")
+    access_log.handlers[:] = [access]
+    access_log.propagate = False
 
 
 def serve(settings: Settings, sock: socket.socket | None = None, on_ready: Callable[[], None] | None = None) -> int:

@@ -80,6 +80,12 @@ class Settings(BaseSettings):
         description="deflate level of PNG output (1-3: ISA-L, fast; 4-9: zlib, smaller and slower; 0: stored)",
     )
     default_quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality when a request names none")
+    webp_effort: int = Field(
+        2,
+        ge=0,
+        le=6,
+        description="WebP encoder effort (libwebp's method) when a request names none: 0 fastest, 6 smallest",
+    )
 
     api_keys: list[str] = Field(default_factory=list, description="accepted X-API-Key values (empty = no auth)")
     public_paths: list[str] = Field(

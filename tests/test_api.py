@@ -2,6 +2,7 @@
 
 import concurrent.futures as cf
 import io
+import json
 import re
 
 import numpy as np
@@ -137,6 +138,17 @@ def test_twenty_concurrent_requests_of_different_sizes_all_come_back_right(clien
         assert_same_pixels(got, engine.upscale(("fast", 2), src))
 
 
+@pytest.mark.parametrize("page", ["/docs", "/redoc"])
+def test_the_api_docs_load_every_asset_from_the_service_itself(client, page):
+    """Air-gapped deployments keep their API docs: nothing the page references lives on another host."""
+    html = client.get(page).text
+    references = re.findall(r"""(?:src|href)=["']([^"']+)["']|url: ?["']([^"']+)["']""", html)
+    urls = {a or b for a, b in references}
+    assert urls and not any(re.match(r"(https?:)?//", u) for u in urls), urls
+    for url in urls:
+        assert client.get(url).status_code == 200, url
+
+
 def test_models_lists_every_scale_with_card_facts_and_provider(client):
     body = client.get("/v1/models").json()
     assert body["provider"] == "CPUExecutionProvider"
@@ -259,3 +271,20 @@ def test_sixteen_bit_colour_png_stays_sixteen_bit(client, planes):
     out = _read_png16(post_image(client, _png16(ramp)).content)
     assert out.shape == (48, 40, planes)
     assert len(np.unique(out[:, :, 0])) > 256  # finer steps than 8 bits could hold
+
+
+def test_the_access_log_is_one_json_object_per_line(client, server, png_rgb):
+    post_image(client, png_rgb, scale=3)
+    lines = [ln for ln in server.log().splitlines() if '"logger": "service.access"' in ln]
+    entry = json.loads(lines[-1])
+    assert entry["status"] == 200 and entry["path"] == "/v1/upscale" and entry["in"] == "51x37"
+    assert {"time", "level", "request_id", "ms", "infer_ms"} <= set(entry)
+
+
+def test_webp_effort_is_asked_for_per_request_and_bounded(client, png_rgb):
+    assert post_image(client, png_rgb, format="webp", effort=6).status_code == 200
+    assert post_image(client, png_rgb, format="webp", effort=7).status_code == 422
+
+
+def test_the_response_names_the_model_that_ran(client, png_rgb):
+    assert post_image(client, png_rgb, scale=3).headers["x-model"] == "fast_x3"

@@ -90,6 +90,8 @@ def test_upscale_in_the_browser_and_an_invalid_file(server, page, tmp_path):
     assert page.eval_on_selector("#result", "img => [img.naturalWidth, img.naturalHeight]") == [123, 90]
     assert page.eval_on_selector("#before", "c => [c.width, c.height]") == [123, 90]
     assert page.get_attribute("#download", "download") == "gradient_x3.png"
+    assert "model fast_x3" in page.text_content("#summary")  # as the service's X-Model says
+    assert page.input_value("#zoom") == "fit"  # the whole image and its divider in view, whatever its size
     stages = page.eval_on_selector_all(".chip", "chips => chips.map(c => c.dataset.stage)")
     assert {"decode", "queue", "infer", "encode", "round trip"} <= set(stages)
     assert page.is_hidden("#error")

@@ -196,7 +196,8 @@ async function show(file, blob, headers, original, roundTrip) {
 
   const inSize = original ? `${original.width}×${original.height}` : "input";
   const type = (blob.type || "").replace("image/", "").toUpperCase();
-  el.summary.textContent = `${file.name}: ${inSize} → ${w}×${h} (×${el.scale.value}, ${el.model.value}), `
+  const ran = headers.get("X-Model") || `${el.model.value}_x${el.scale.value}`; // the model that ran, as the service says
+  el.summary.textContent = `${file.name}: ${inSize} → ${w}×${h} (model ${ran}), `
     + `${type} ${formatBytes(blob.size)}`;
   el.download.href = resultUrl;
   el.download.download = filenameFrom(headers.get("Content-Disposition")) || `upscaled.${type.toLowerCase()}`;
