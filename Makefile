@@ -15,7 +15,7 @@ $(PY):
 
 # Serving needs no torch.
 $(VENV)/.serve-$(ORT_EXTRA): pyproject.toml setup.py $(wildcard service/*.c service/*.h) | $(PY)
-	$(PY) -m pip install --quiet -e ".[$(ORT_EXTRA)]"
+	$(PY) -m pip install --quiet -e ".[$(ORT_EXTRA),client]"
 	touch $@
 
 $(VENV)/.test-$(ORT_EXTRA): pyproject.toml setup.py $(wildcard service/*.c service/*.h) | $(PY)

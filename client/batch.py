@@ -1,4 +1,4 @@
-"""Upscale many images through the service: ``python -m client.batch INPUT... --out DIR --server URL``.
+"""Upscale many images through the service: ``upscale-batch INPUT... --out DIR [--server URL]``.
 
 Inputs are files, folders (``--recursive`` to descend) or glob patterns; each
 image's result goes to the same relative path under ``--out`` (see
@@ -7,10 +7,13 @@ more replicas (``--server``, repeated; see ``client.balancer``), with retries
 (see ``client.service_client``). Each output is written atomically (see
 ``client.outputs``); outputs that already exist and decode are kept unless
 ``--overwrite``, so running the same command again finishes an interrupted run.
+The report records the settings the outputs were made with; a run with other
+settings warns that the outputs it keeps were made with the earlier ones.
 
-At the end a summary line goes to stdout and a JSON report (every failure with
-its reason) to ``--report``, by default ``OUT/report.json``. Exit status: 0 when
-every image was done or kept, 1 when any failed, 2 for a usage error.
+At the end (and on Ctrl-C) a summary line goes to stdout and a JSON report (every
+failure with its reason) to ``--report``, by default ``OUT/report.json``. Exit
+status: 0 when every image was done or kept, 1 when any failed, 2 for a usage
+error, 130 when interrupted.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ from client.service_client import ServiceClient, Unauthorized, UpscaleFailed
 __all__ = ["BatchOptions", "BatchReport", "Failure", "main", "upscale_batch"]
 
 log = logging.getLogger("client.batch")
+
+DEFAULT_SERVER = "http://127.0.0.1:8000"  # where ``make serve`` listens
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -83,6 +88,10 @@ class BatchOptions:
     def report_path(self) -> Path:
         return self.report or self.out / "report.json"
 
+    def settings(self) -> dict[str, str | int | None]:
+        """What the outputs depend on, recorded in the report."""
+        return {"scale": self.scale, "format": self.format, "model": self.model, "quality": self.quality}
+
     def query(self) -> dict[str, str]:
         """The query parameters every request carries (the format is per file)."""
         extra = {"model": self.model, "quality": self.quality}
@@ -116,6 +125,7 @@ class BatchReport:
     """What a run did; ``to_json`` is the report file's content."""
 
     servers: list[str]
+    settings: dict = field(default_factory=dict)  # what the outputs were made with (BatchOptions.settings)
     done: int = 0
     skipped: int = 0  # outputs that existed and decode, kept
     not_attempted: int = 0  # images left when the run stopped early
@@ -143,6 +153,7 @@ class BatchReport:
         body = {
             "finished": datetime.now(UTC).isoformat(timespec="seconds"),
             "servers": self.servers,
+            "settings": self.settings,
             **counts,
             "ignored": len(self.ignored),
             "seconds": round(self.seconds, 3),
@@ -175,9 +186,12 @@ async def upscale_batch(options: BatchOptions, *, transport: httpx.AsyncBaseTran
     found = plan(options.inputs, out=options.out, fmt=options.format, recursive=options.recursive)
     report = BatchReport(
         servers=list(options.servers),
+        settings=options.settings(),
         failures=[Failure(str(r.source), str(r.target) if r.target else None, r.reason) for r in found.refused],
         ignored=[str(p) for p in found.ignored],
     )
+    if not options.overwrite:
+        _warn_if_made_otherwise(options)
     folders = {job.target.parent for job in found.jobs} | {options.report_path.parent}
     removed = await asyncio.to_thread(remove_stale_parts, folders)
     if removed:
@@ -190,14 +204,34 @@ async def upscale_batch(options: BatchOptions, *, transport: httpx.AsyncBaseTran
             http, balancer, params=options.query(), retries=options.retries, backoff=options.backoff
         )
         bar = tqdm(total=len(found.jobs), unit="img", disable=None, dynamic_ncols=True)  # shown on a terminal
-        with bar, logging_redirect_tqdm() if not bar.disable else contextlib.nullcontext():
-            run = _Run(options, service, report, bar, started)
-            jobs = iter(found.jobs)  # shared by the workers: each takes the next job when it is free
-            await asyncio.gather(*(run.work(jobs) for _ in range(options.concurrency)))
-        report.retries = service.retried
-    report.seconds = time.monotonic() - started
-    await asyncio.to_thread(write_atomically, options.report_path, report.to_json().encode())
+        try:
+            with bar, logging_redirect_tqdm() if not bar.disable else contextlib.nullcontext():
+                run = _Run(options, service, report, bar, started)
+                jobs = iter(found.jobs)  # shared by the workers: each takes the next job when it is free
+                await asyncio.gather(*(run.work(jobs) for _ in range(options.concurrency)))
+        except asyncio.CancelledError:  # Ctrl-C: what was done so far is reported, then the run stops
+            report.aborted = "interrupted"
+            report.not_attempted = len(found.jobs) - report.done - report.skipped - (report.failed - len(found.refused))
+            raise
+        finally:
+            report.retries = service.retried
+            report.seconds = time.monotonic() - started
+            write_atomically(options.report_path, report.to_json().encode())
     return report
+
+
+def _warn_if_made_otherwise(options: BatchOptions) -> None:
+    """Outputs that exist are kept; say so when the last run made them with other settings."""
+    try:
+        earlier = json.loads(options.report_path.read_text()).get("settings")
+    except (OSError, ValueError):
+        return
+    now = options.settings()
+    if isinstance(earlier, dict) and earlier != now:
+        differ = ", ".join(f"{k} {earlier.get(k)} (now {v})" for k, v in now.items() if earlier.get(k) != v)
+        log.warning(
+            "outputs kept from the last run in %s were made with %s; --overwrite makes them again", options.out, differ
+        )
 
 
 class _Run:
@@ -254,9 +288,8 @@ def _parser() -> argparse.ArgumentParser:
         "--server",
         dest="servers",
         action="append",
-        required=True,
         metavar="URL",
-        help="the service, e.g. http://127.0.0.1:8000; repeat to spread the load over replicas",
+        help=f"the service (default: {DEFAULT_SERVER}); repeat to spread the load over replicas",
     )
     p.add_argument("--scale", type=int, choices=(2, 3, 4), default=2, help="default: %(default)s")
     p.add_argument("--format", choices=OUTPUT_FORMATS, help="default: the input's if png, jpeg or webp, else png")
@@ -290,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
+    args.servers = args.servers or [DEFAULT_SERVER]
     try:
         options = BatchOptions(**vars(args))
     except ValueError as exc:
@@ -299,7 +333,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except InputError as exc:
         parser.error(str(exc))
     except KeyboardInterrupt:
-        print("interrupted; run the same command again to finish", file=sys.stderr)
+        print(f"interrupted; report: {options.report_path}; run the same command again to finish", file=sys.stderr)
         return 130
     print(f"{report.summary()}; report: {options.report_path}")
     return 0 if report.ok else 1

@@ -331,7 +331,8 @@ def open_loop(server: str, payloads: list[Payload], rate: float, options: LoadOp
     return rec.result("open", rate, seconds)
 
 
-def write_results(results: list[StepResult], out: Path, meta: dict) -> None:
+def write_results(results: list[StepResult], out: Path, meta: dict) -> list[Path]:
+    """The steps as JSON and CSV, and their plot where matplotlib is installed; returns the files written."""
     out.mkdir(parents=True, exist_ok=True)
     rows = [asdict(r) for r in results]
     (out / "loadtest.json").write_text(json.dumps({"meta": meta, "steps": rows}, indent=2) + "\n")
@@ -339,29 +340,45 @@ def write_results(results: list[StepResult], out: Path, meta: dict) -> None:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows({**r, "errors": json.dumps(r["errors"])} for r in rows)
-    _plot(results, out / "loadtest.png")
+    written = [out / "loadtest.json", out / "loadtest.csv"]
+    if _plot(results, out / "loadtest.png"):
+        written.append(out / "loadtest.png")
+    return written
 
 
-def _plot(results: list[StepResult], path: Path) -> None:
+def _plot(results: list[StepResult], path: Path) -> bool:
+    """Throughput and latency percentiles against the load (concurrency, or offered requests/s); False where
+    matplotlib is not installed (``make serve`` installs it)."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        log.warning("matplotlib is not installed; no plot written")
-        return
-    fig, ax = plt.subplots(figsize=(6, 4))
-    ax.plot([r.output_mpix_per_s for r in results], [r.p95_ms for r in results], "o-")
-    for r in results:
-        ax.annotate(f"{r.mode[0]}{r.level:g}", (r.output_mpix_per_s, r.p95_ms), fontsize=8)
-    ax.set_xlabel("output MPix/s")
-    ax.set_ylabel("p95 latency (ms)")
-    ax.set_title("throughput vs p95 latency")
-    ax.grid(alpha=0.3)
+        log.warning("matplotlib is not installed (pip install matplotlib); no plot written")
+        return False
+    results = [r for r in results if r.mode == results[0].mode]  # one kind of load on the x axis
+    load = [r.level for r in results]
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 6), sharex=True)
+    top.plot(load, [r.output_mpix_per_s for r in results], "o-", label="output MPix/s")
+    top.set_ylabel("output MPix/s")
+    top.set_ylim(bottom=0)
+    top.set_title(f"{path.parent.name}: throughput and latency by load")
+    for name in ("p50", "p90", "p99"):
+        bottom.plot(load, [getattr(r, f"{name}_ms") for r in results], "o-", label=name)
+    bottom.set_ylabel("latency (ms)")
+    bottom.set_ylim(bottom=0)
+    bottom.set_xlabel("requests in flight (closed loop)" if results[0].mode == "closed" else "offered requests/s")
+    bottom.legend()
+    for ax in (top, bottom):
+        ax.grid(alpha=0.3)
+        if len(load) > 2 and max(load) / max(min(load), 1e-9) >= 8:
+            ax.set_xscale("log", base=2)
+        ax.set_xticks(load, [f"{x:g}" for x in load])
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+    return True
 
 
 def _report(r: StepResult) -> str:
@@ -375,7 +392,7 @@ def _report(r: StepResult) -> str:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--server", required=True, help="base URL, e.g. http://127.0.0.1:8000")
+    p.add_argument("--server", default="http://127.0.0.1:8000", help="base URL (default: %(default)s)")
     p.add_argument("--concurrency", default="1,2,4,8,16", help="closed-loop levels, comma separated")
     p.add_argument("--rate", type=float, help="open loop at this many requests/s instead")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per step")
@@ -402,8 +419,8 @@ def main(argv: list[str] | None = None) -> None:
                 results.append(load.closed_loop(args.server, payloads, level, options))
                 log.info(_report(results[-1]))
     meta = {"server": args.server, "payloads": [f"{p.width}x{p.height}" for p in payloads], **params}
-    write_results(results, Path(args.out), meta)
-    log.info("wrote %s/loadtest.{json,csv,png}", args.out)
+    written = write_results(results, Path(args.out), meta)
+    log.info("wrote %s", ", ".join(str(p) for p in written))
 
 
 if __name__ == "__main__":

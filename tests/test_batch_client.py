@@ -219,6 +219,52 @@ def test_resume_keeps_good_outputs_redoes_broken_ones_and_removes_temporary_file
     assert decode_image((out / "a.png").read_bytes()).size == (32, 32)
 
 
+def test_the_report_records_the_settings_and_a_run_with_others_warns_about_kept_outputs(tmp_path, caplog):
+    write_image(tmp_path / "in" / "a.png")
+    run_mocked(tmp_path, fake_upscale, scale=2)
+    assert json.loads((tmp_path / "out" / "report.json").read_text())["settings"]["scale"] == 2
+    report = run_mocked(tmp_path, fake_upscale, scale=3)
+    assert report.skipped == 1 and "made with scale 2 (now 3)" in caplog.text
+    caplog.clear()
+    run_mocked(tmp_path, fake_upscale, scale=3, overwrite=True)  # remade: nothing to warn about
+    assert "made with" not in caplog.text
+
+
+def test_an_interrupted_run_still_writes_its_report(tmp_path):
+    for i in range(4):
+        write_image(tmp_path / "in" / f"{i}.png", seed=i)
+    started = asyncio.Event()
+
+    async def body():
+        async def handler(request):
+            started.set()
+            await asyncio.sleep(60)  # the service is slow; the user presses Ctrl-C meanwhile
+
+        batch = BatchOptions(inputs=[str(tmp_path / "in")], out=tmp_path / "out", servers=["http://replica"])
+        run = asyncio.ensure_future(upscale_batch(batch, transport=httpx.MockTransport(handler)))
+        await started.wait()
+        run.cancel()  # what asyncio.run does with the main task on Ctrl-C
+        with pytest.raises(asyncio.CancelledError):
+            await run
+
+    asyncio.run(body())
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["aborted"] == "interrupted" and report["not_attempted"] == 4 and report["done"] == 0
+
+
+def test_the_server_defaults_to_where_make_serve_listens(tmp_path, monkeypatch):
+    seen = {}
+
+    async def fake(options, **kwargs):
+        seen["servers"] = options.servers
+        return BatchReport(servers=options.servers)
+
+    monkeypatch.setattr("client.batch.upscale_batch", fake)
+    write_image(tmp_path / "in" / "a.png")
+    assert main([str(tmp_path / "in"), "--out", str(tmp_path / "out")]) == 0
+    assert seen["servers"] == ["http://127.0.0.1:8000"]
+
+
 # ---------------------------------------------------------------- against the real service
 
 

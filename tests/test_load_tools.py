@@ -2,8 +2,10 @@
 
 import csv
 import json
+import logging
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -102,3 +104,11 @@ def test_locust_file_runs_headless(server, tmp_path):
         rows = list(csv.DictReader(f))
     total = next(r for r in rows if r["Name"] == "Aggregated")
     assert int(total["Request Count"]) > 0 and int(total["Failure Count"]) == 0, done.stderr[-2000:]
+
+
+def test_without_matplotlib_the_command_says_it_wrote_no_plot(server, tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib raises ImportError
+    caplog.set_level(logging.INFO)
+    main(["--server", server.url, "--concurrency", "1", "--max-requests", "1", "--sizes", "16", "--out", str(tmp_path)])
+    assert not (tmp_path / "loadtest.png").exists()
+    assert "no plot written" in caplog.text and "loadtest.png" not in caplog.text.split("wrote")[-1]
