@@ -19,6 +19,7 @@ from typing import Annotated, Literal
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
@@ -46,7 +47,21 @@ access_log = logging.getLogger("service.access")
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 
-_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 413, 415, 422, 503, 504)}
+_ERRORS = {status: {"model": ErrorResponse} for status in (400, 401, 408, 413, 415, 422, 500, 503, 504)}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_UPSCALED = {
+    "description": "the upscaled image, in the format asked for (default: the input's where it can be written)",
+    "content": {media_type: _BINARY for media_type in MEDIA_TYPES.values()},
+    "headers": {
+        "Content-Disposition": {
+            "description": "inline, with a filename: the input's stem, _x<scale>, the format's extension",
+            "schema": {"type": "string"},
+        },
+        "Server-Timing": {"description": "decode, queue, infer and encode, in ms", "schema": {"type": "string"}},
+        "X-Model": {"description": "the model that ran, <variant>_x<scale>", "schema": {"type": "string"}},
+        "X-Request-ID": {"description": "the request's id, as sent or made up", "schema": {"type": "string"}},
+    },
+}
 _IMAGE_BODY = {
     "requestBody": {
         "required": True,
@@ -247,6 +262,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[], None] | 
         static_url="/docs/assets",  # under /docs, so served without a key like the page itself
     )
     app.state.service = state
+    app.openapi = lambda: _openapi(app, state)
     _install_error_handlers(app)
     app.add_middleware(_ObserveRequests, state=state)
 
@@ -254,7 +270,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[], None] | 
         "/v1/upscale",
         response_class=Response,
         openapi_extra=_IMAGE_BODY,
-        responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}}, **_ERRORS},
+        responses={200: _UPSCALED, **_ERRORS},
     )
     async def upscale(
         request: Request,
@@ -353,6 +369,22 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[], None] | 
         return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _openapi(app: FastAPI, state: ServiceState) -> dict:
+    """FastAPI's schema, with the variants served as the ``model`` parameter's enum once the models are loaded (a
+    generated client then offers them)."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    if state.engine is None:
+        return schema  # not kept: asked again once the models are loaded
+    variants = sorted({variant for variant, _ in state.engine.specs})
+    for parameter in schema["paths"]["/v1/upscale"]["post"]["parameters"]:
+        if parameter["name"] == "model":
+            parameter["schema"] = {"anyOf": [{"type": "string", "enum": variants}, {"type": "null"}]}
+    app.openapi_schema = schema
+    return schema
 
 
 def _install_error_handlers(app: FastAPI) -> None:
