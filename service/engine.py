@@ -26,6 +26,7 @@ import re
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -162,10 +163,21 @@ def _share_cpu_arena(opts: ort.SessionOptions) -> None:
     opts.add_session_config_entry("session.use_env_allocators", "1")
 
 
+@cache
+def _load_cuda_libraries() -> None:
+    """Load CUDA and cuDNN from the nvidia-* wheels that onnxruntime-gpu[cuda,cudnn] installs (make serve), where they
+    are; elsewhere (the CUDA container image) the system's libraries are found as usual."""
+    try:
+        ort.preload_dlls(directory="")
+    except Exception as exc:  # missing wheels are not an error: the system's libraries may be there
+        log.info("CUDA libraries not preloaded from wheels: %s", exc)
+
+
 def _providers(prefer_gpu: bool) -> list:
     available = ort.get_available_providers()
     chosen: list = []
     if prefer_gpu and "CUDAExecutionProvider" in available:
+        _load_cuda_libraries()
         # Exhaustive cuDNN search pays off because tile shapes are fixed: it is tuned once per shape.
         chosen.append(
             ("CUDAExecutionProvider", {"cudnn_conv_algo_search": "EXHAUSTIVE", "do_copy_in_default_stream": True})

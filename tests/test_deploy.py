@@ -50,7 +50,9 @@ def run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
 
 
 def extra_pin(extra: str, package: str) -> str:
-    (pin,) = [r for r in PYPROJECT["project"]["optional-dependencies"][extra] if r.startswith(package + "==")]
+    """``package==version`` as the extra pins it, without the package's own extras (``[cuda,cudnn]``)."""
+    pins = [re.sub(r"\[[^]]*\]", "", r) for r in PYPROJECT["project"]["optional-dependencies"][extra]]
+    (pin,) = [r for r in pins if r.startswith(package + "==")]
     return pin
 
 
@@ -150,7 +152,10 @@ def test_compose_gpu_service_behind_a_health_aware_load_balancer():
     up = config["services"]["upscaler"]
     (device,) = up["deploy"]["resources"]["reservations"]["devices"]
     assert device["capabilities"] == ["gpu"] and device["driver"] == "nvidia"
-    assert up["deploy"]["replicas"] >= 2 and "ports" not in up  # reached only through the load balancer
+    assert device["device_ids"] == ["0"] and "count" not in device  # count: 1 would give every replica GPU 0
+    assert up["deploy"]["resources"]["limits"]["cpus"] >= 2  # the server processes follow it
+    assert up["environment"]["UPSCALER_PROCESSES"] == "0"
+    assert up["deploy"]["replicas"] == 1 and "ports" not in up  # reached only through the load balancer
     assert up["build"]["args"]["FLAVOR"] == "gpu"
     assert up["restart"] == "unless-stopped"
     assert up["healthcheck"]["test"][-1] == "/usr/local/bin/upscaler-healthcheck"
@@ -165,6 +170,24 @@ def test_compose_gpu_service_behind_a_health_aware_load_balancer():
     assert "--providers.docker.exposedbydefault=false" in lb["command"]
     assert lb["depends_on"]["upscaler"]["condition"] == "service_healthy"
     assert lb["ports"][0]["target"] == 8000 and lb["ports"][0]["published"] == "8000"
+
+
+def test_compose_gives_each_further_gpu_its_own_replica_behind_the_same_load_balancer():
+    config = compose_config("-f", "docker-compose.yml", "-f", "docker-compose.gpus.yml", "--profile", "gpu1")
+    replicas = {name: s for name, s in config["services"].items() if name.startswith("upscaler")}
+    assert set(replicas) == {"upscaler", "upscaler-gpu1"}
+    gpus = [[d["device_ids"] for d in s["deploy"]["resources"]["reservations"]["devices"]] for s in replicas.values()]
+    assert sorted(gpus) == [[["0"]], [["1"]]]
+    router = "traefik.http.services.upscaler.loadbalancer.server.port"
+    assert all(s["labels"][router] == "8000" and s["image"] == replicas["upscaler"]["image"] for s in replicas.values())
+    three = compose_config(
+        "-f",
+        "docker-compose.yml",
+        "-f",
+        "docker-compose.gpus.yml",
+        *"--profile gpu1 --profile gpu2 --profile gpu3".split(),
+    )
+    assert len([n for n in three["services"] if n.startswith("upscaler")]) == 4
 
 
 def test_compose_cpu_override_drops_the_gpu():
