@@ -1,4 +1,4 @@
-"""Print the README's reliability table from the figures the suite measured.
+"""Print docs/reliability.md's table from the figures the suite measured.
 
 RELIABILITY_RESULTS=bench/results/reliability.json .venv/bin/python -m pytest -q tests/reliability
 .venv/bin/python -m tests.reliability.report bench/results/reliability.json
