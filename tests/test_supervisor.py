@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import re
 import signal
@@ -87,7 +88,8 @@ def test_the_default_is_one_process_on_a_cpu_and_one_per_two_cores_with_a_gpu():
 
 def test_connections_are_spread_over_every_process(two_processes, small_png):
     assert post_many(two_processes.url, small_png, 24) == [200] * 24
-    pids = set(re.findall(r"\[(\d+)\] service\.access", two_processes.log()))
+    access = [json.loads(line) for line in two_processes.log().splitlines() if '"logger": "service.access"' in line]
+    pids = {str(entry["pid"]) for entry in access}
     assert pids == {str(p) for p in children(two_processes.process.pid)}
     assert len(pids) == 2  # 24 connections all hashed to one process: about 1 in 8 million
 
