@@ -11,12 +11,11 @@ latency. Per step it reports requests/s, output MPix/s, p50/p90/p95/p99
 latency and errors by status; ``--processes N`` spreads the closed loop's
 workers over N client processes for servers faster than one Python client
 can drive. It writes ``loadtest.json``, ``loadtest.csv``
-and ``loadtest.png`` (throughput against p95 latency) to ``--out``.
+and ``loadtest.png`` (throughput and latency percentiles against the load) to ``--out``.
 
 The client speaks HTTP with the standard library's ``http.client``, not httpx:
-in the benchmarks it shares the machine with the service, and on a 2-core
-EPYC it cost 1.2 ms of CPU per 512 x 512 -> x2 PNG request where httpx's
-async client cost 7.6 ms (3% of the two cores at the service's pace).
+in the benchmarks it shares the machine with the service, and it costs several
+times less CPU per request than httpx's async client.
 """
 
 from __future__ import annotations
@@ -251,8 +250,7 @@ def _closed_workers(
 class ProcessLoad:
     """The closed loop's workers spread over ``processes`` client processes, results merged exactly.
 
-    One client process costs about 1.2 ms of CPU per 512 x 512 -> x2 PNG request (measured on a 2-core EPYC);
-    a GPU service with several server processes answers faster than one process's threads can read.
+    A GPU service with several server processes answers faster than one client process's threads can read.
     Use as a context manager; the processes are started once and reused for every step.
     """
 

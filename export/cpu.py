@@ -39,10 +39,8 @@ layer:
   convolution with stride s and a one-hot kernel per phase is an exact
   scatter, 0.7 ms.
 
-Measured on a batch of 2 fast x2 serving tiles (128 px + context) on one core
-of the 2-core EPYC: 25.0 ms for the previous twin (elementwise PReLU, run at
-level "extended"), 18.6-19.1 ms for this one; with one such run per core at
-once, as the service runs them, this twin is 1.23x faster.
+How much faster than the shipped graph it runs is measured by ``bench.engine``
+(``cpu_twin_speedup``; docs/performance.md).
 
 The twin also has an output ``pixels_uint8``: the result as (N, sH, sW, 3)
 8-bit pixels, computed as ``service.engine.to_pixels`` does

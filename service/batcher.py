@@ -22,9 +22,8 @@ own small thread pool, and up to ``depth`` batches are between cut and place at 
 so the engine runs batch N while N+1 is cut and N-1 placed: on a GPU the
 network takes a few milliseconds per batch and would otherwise wait for the
 CPU steps. Each step hands the next to its pool itself, so the event loop
-wakes once per batch, not once per step (a wake-up from a pool thread cost
-about 0.17 ms of CPU on the 2-core EPYC: 4 ms for the 24 steps of a
-512 x 512 image). The event loop keeps accepting,
+wakes once per batch, not once per step (each wake-up from a pool thread
+costs the loop CPU that the codecs share). The event loop keeps accepting,
 decoding and encoding throughout. Jobs whose deadline passed or whose request
 was abandoned are dropped from the queue.
 """
@@ -260,8 +259,8 @@ class Batcher:
         step's exception.
 
         Where the model makes the jobs' pixels itself (8-bit, on the CPU), cutting and placing are copies,
-        about 0.1 ms for a batch of two 142-px tiles, so the engine thread does them: handing the batch to a tile thread
-        and back cost more CPU than that (6 ms per 512 x 512 request on the 2-core EPYC). Otherwise the tile
+        a fraction of a millisecond a batch, so the engine thread does them: handing the batch to a tile thread and back
+        would cost more CPU than the copies. Otherwise the tile
         threads cut and place around the engine, which leaves them the float-to-pixel conversion."""
         dtype = _out_dtype(picks)
         if self.engine.has_pixels(key, dtype):
@@ -331,7 +330,7 @@ def _cut(picks: list[tuple[Job, int]]) -> np.ndarray:
     """The tiles of a batch as one (N, 3, T + 2c, T + 2c) float32 array in [0, 1]."""
     windows = [job.grid.cut(job.padded, i) for job, i in picks]  # (T + 2c, T + 2c, 3) views
     if all(w.dtype == np.uint8 for w in windows) and kernels_unavailable() is None:
-        # The same floats as below, in one pass (0.13 -> 0.06 ms for 4 tiles); every job's scale_in is 1 / 255.
+        # The same floats as below, in one pass instead of four; every job's scale_in is 1 / 255.
         return planes_from_pixels(windows, picks[0][0].scale_in)
     tiles = np.stack(windows)  # (N, T + 2c, T + 2c, 3)
     # Planes first and contiguous, as the engine reads them (ONNX Runtime copies any other layout inside the run).

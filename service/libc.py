@@ -41,8 +41,8 @@ def tune_malloc() -> None:
     A new block of ``MMAP_THRESHOLD`` (4 MiB, an 8-bit RGB image of 1.4 MPix) or more that free heap memory
     cannot hold is mapped alone and unmapped when freed, so the image buffers of a 4096x4096 request go back to
     the OS when it ends. By default glibc raises that threshold each time such a block is freed (up to 32 MiB),
-    after which image-sized buffers stay in the heap: a 4096x4096 x2 request's peak RSS growth was 1.59x its raw
-    input + output that way, 1.38x once the threshold was fixed (measured in commit bb1fcc0).
+    after which image-sized buffers stay in the heap and a large request's peak memory grows well past its raw input
+    and output (docs/performance.md has the figures).
 
     Smaller blocks come from the heap, and each heap keeps up to ``TRIM_THRESHOLD`` of free memory at its top.
     Before, blocks of 1 MiB or more (a 512x512 request's 3 MB output, its 2 MB PNG) were mapped alone, and the

@@ -9,10 +9,9 @@ one block of extra memory is needed.
 
 Level 1, the default, deflates with the service's own run-length deflater
 (``service.rle_deflate``): filtered rows of upscaled images are mostly small
-numbers and runs, and it writes files within a few percent of ISA-L's level 1
-1.25-2.45x faster. Levels 2-3, and level 1 where the deflater was not
-compiled, are Intel's ISA-L (``isal``): on a 1024 x 1024 photo-like image its
-level 1 took 8 ms against zlib's 57 ms, and its output was 6% smaller
+numbers and runs, and it writes files within a few percent of ISA-L's level 1,
+faster. Levels 2-3, and level 1 where the deflater was not compiled, are
+Intel's ISA-L (``isal``), several times faster than zlib at a similar size
 (``bench/results/codecs.json``). Level 0 stays zlib's: stored, not compressed
 (ISA-L's level 0 still compresses, and can make noise bigger than raw).
 Levels 4-9 use zlib, for the smallest files whatever the time. All write

@@ -5,7 +5,7 @@
  * matches: what repeats is mostly one byte over and over (flat areas). This encoder only looks for such
  * runs (a match at distance 1, as zlib's Z_RLE strategy), with SSE2 comparing 64 bytes at a time, and
  * Huffman-codes the rest: one pass counts symbols, a second writes them with per-block dynamic codes.
- * On upscaled photos it wrote files within a few percent of ISA-L's level 1, 1.25-2.45x faster
+ * On upscaled photos it writes files within a few percent of ISA-L's level 1, and faster
  * (bench/results/codecs.json).
  *
  * Each call compresses a part of the stream into whole blocks. A part that is not the last ends with an

@@ -1,6 +1,6 @@
 """zlib streams from ``service/rle_deflate.c``: deflate with literals and runs only, for PNG's filtered rows.
 
-On rows of upscaled photos it writes files within a few percent of ISA-L's level 1, 1.25-2.45x faster
+On rows of upscaled photos it writes files within a few percent of ISA-L's level 1, and faster
 (``bench/results/codecs.json``), so ``service.png`` uses it for level 1, the default. Graphics (flat areas with
 sharp, repeated shapes and text) repeat more than runs can say: a part that comes out below
 ``ISAL_RECHECK_BITS_PER_BYTE`` is compressed again with ISA-L, which is fast on such data, and the smaller of the
@@ -21,8 +21,8 @@ from service.compiled import Library, load_library
 __all__ = ["RunLengthDeflate", "unavailable"]
 
 _ZLIB_HEADER = b"\x78\x01"  # deflate, 32 KiB window, 'fastest' (RFC 1950)
-# Upscaled photos came out at 3-4.5 bits a byte, drawn graphics at 0.2-0.9, where ISA-L's files were up to 1.7x
-# smaller (``run_length_alone_bytes`` in bench/results/codecs.json).
+# Below this, a part is likely drawn graphics, whose longer repeats ISA-L's matches find and runs alone miss
+# (``run_length_alone_bytes`` in bench/results/codecs.json); upscaled photos come out well above it.
 ISAL_RECHECK_BITS_PER_BYTE = 1.5
 
 

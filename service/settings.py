@@ -23,7 +23,7 @@ class Settings(BaseSettings):
     default_model: str = Field("fast", description="variant used when a request names none")
     variants: list[str] = Field(default_factory=list, description="variants to load (empty = all found)")
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="auto: CUDA if ONNX Runtime has it")
-    # fp16 measured 0.82x the fp32 speed on an H200 for these thin networks (bench/results/gpu.json).
+    # fp16 is slower than fp32 on the GPUs measured, for these thin networks (bench/results/gpu.json).
     precision: str = Field(
         "auto", pattern="^(auto|fp32|fp16)$", description="auto = fp32; fp16: the fp16 twins on a GPU, where present"
     )
@@ -145,10 +145,9 @@ def default_codec_threads(on_gpu: bool, cores: int) -> int:
 def default_max_batch(on_gpu: bool, native: bool = False) -> int:
     """The tiles per model execution when ``UPSCALER_MAX_BATCH`` is 0: 8 on a GPU, where bigger batches keep it
     busy. On a CPU each core runs its own batch. ONNX Runtime runs a batch layer by layer, and small ones stay in
-    the core's cache: 2 (about 10% more output than batches of 8 end to end on 2 cores). The service's native
-    kernels (``native``: they run every model served) take a batch a tile at a time, so there its size only sets
-    how often the engine threads wake the event loop: 4 (on the 2-core EPYC, per 512 x 512 request, 16 instead of
-    25 wake-ups of the event loop, 0.9-1.3 ms less CPU there, 21 instead of 30 preemptions of the engine threads)."""
+    the core's cache: 2. The service's native kernels (``native``: they run every model served) take a batch a tile
+    at a time, so there its size only sets how often the engine threads wake the event loop: 4, fewer wake-ups and
+    preemptions than 2 at no cost to the kernels (docs/performance.md has the figures)."""
     if on_gpu:
         return 8
     return 4 if native else 2
