@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import logging
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -48,7 +49,7 @@ INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # Pillow's names;
 MAX_JPEG_SCANS = 100  # progressive encoders write about 10 scans; each scan costs a pass over the whole image
 _MAX_JPEG_SEGMENTS = 4096  # markers before the first frame's data ends: far more than any encoder writes
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
-_MAX_SIDE = {"png": 2**31 - 1, "jpeg": 65535, "webp": 16383}  # each format's largest width or height
+_MAX_SIDE = {"png": 2**31 - 1, "jpeg": 65500, "webp": 16383}  # each format's largest width or height (libjpeg's)
 _WEBP_SAFE_METHOD = 2
 MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
 _PIL_FORMAT = {"jpeg": "JPEG", "webp": "WEBP"}
@@ -87,7 +88,7 @@ def _open(data: bytes, formats: tuple[str, ...], max_input_pixels: int) -> Image
         _check_jpeg_scans(data)
     # Pillow refuses above twice its limit, before a container (ICO, ICNS) decodes a frame in open(). One process
     # serves one set of limits, so the global is the same on every call.
-    Image.MAX_IMAGE_PIXELS = max(1, max_input_pixels // 2)
+    Image.MAX_IMAGE_PIXELS = max(1, (max_input_pixels + 1) // 2)
     try:
         return Image.open(io.BytesIO(data), formats=formats)
     except UnidentifiedImageError:
@@ -103,8 +104,11 @@ def _check_jpeg_scans(data: bytes) -> None:
     scan of a progressive JPEG makes the decoder walk every block of the image again, and an empty one is 10 bytes."""
     scans, segments, pos, end = 0, 0, 2, len(data)
     while pos + 4 <= end and segments < _MAX_JPEG_SEGMENTS:
-        if data[pos] != 0xFF:
-            return  # not where a marker should be: Pillow decides what the file is
+        if data[pos] != 0xFF:  # libjpeg skips bytes that are not a marker (with a warning): so does the count
+            pos = data.find(b"\xff", pos)
+            if pos == -1:
+                return
+            continue
         marker = data[pos + 1]
         if marker == 0xFF:  # fill byte
             pos += 1
@@ -128,15 +132,15 @@ def _check_jpeg_scans(data: bytes) -> None:
         )
 
 
+# A marker after a scan's data: 0xFF followed by a byte that is not 0 (a stuffed 0xFF), a restart marker (0xD0-0xD7)
+# or another 0xFF (fill). Searched in C: a scan of stuffed bytes must not cost a Python step per byte.
+_NEXT_MARKER = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
+
+
 def _after_entropy_coded_data(data: bytes, pos: int) -> int:
-    """The position of the first marker after a scan's data: 0xFF followed by a byte that is not 0 (a stuffed 0xFF)
-    nor a restart marker (0xD0-0xD7)."""
-    while (pos := data.find(b"\xff", pos)) != -1 and pos + 1 < len(data):
-        following = data[pos + 1]
-        if following != 0 and not 0xD0 <= following <= 0xD7 and following != 0xFF:
-            return pos
-        pos += 1 if following == 0xFF else 2
-    return len(data)
+    """The position of the first marker after a scan's data."""
+    found = _NEXT_MARKER.search(data, pos)
+    return found.start() if found else len(data)
 
 
 def _check_size(w: int, h: int, scale: int, max_input_pixels: int, max_output_pixels: int) -> None:
@@ -190,24 +194,38 @@ def _is_sixteen_bit_colour_png(data: bytes) -> bool:
     return data[:8] == SIGNATURE and data[12:16] == b"IHDR" and data[24] == 16 and data[25] in (2, 6)
 
 
-def _sixteen_bit_colour(data: bytes) -> Decoded:
-    """A 16-bit RGB(A) PNG with metadata: the pixels from the reader, which skips the metadata chunks."""
+def _sixteen_bit_colour(data: bytes, im: Image.Image) -> Decoded | None:
+    """A 16-bit RGB(A) PNG with metadata: the pixels from the reader, which skips the metadata chunks, and the
+    metadata from Pillow, which has read the chunks before the pixels; None for one that must be turned (EXIF or XMP
+    orientation), which Pillow does in 8 bits."""
     png = png_reader.parse(data, metadata=True)
+    exif = im.info.get("exif") or (png.exif_after_data if png is not None else None)
+    if _orientation(exif, im.info) != 1:
+        return None
     pixels = None if png is None else png_reader.read(png)
     if pixels is None:
         raise UnsupportedImage("the 16-bit PNG's data is corrupt or truncated")
-    return _plain(pixels)
+    decoded = _plain(pixels)
+    decoded.icc_profile, decoded.exif = im.info.get("icc_profile"), exif
+    return decoded
 
 
-def _orientation_before_pixels(im: Image.Image) -> int:
-    """The EXIF orientation of an eXIf chunk before the image data. (Pillow's getexif() on a PNG decodes the whole
-    image first, to look for one after the data too.)"""
+_XMP_ORIENTATION = re.compile(rb'tiff:Orientation(?:="|>)\s*(\d)')
+
+
+def _orientation(exif: bytes | None, info: dict) -> int:
+    """The orientation of an EXIF block, else of the XMP packet in ``info``, as Pillow's getexif() reads them (which
+    on a PNG would decode the whole image first, to look for chunks after the data)."""
     try:
-        exif = Image.Exif()
-        exif.load(im.info.get("exif") or b"")
-        return exif.get(_ORIENTATION, 1)
+        parsed = Image.Exif()
+        parsed.load(exif or b"")
+        if _ORIENTATION in parsed:
+            return parsed[_ORIENTATION]
     except Exception:  # corrupt EXIF: keep the pixels as stored
         return 1
+    xmp = info.get("xmp") or info.get("XML:com.adobe.xmp") or b""
+    found = _XMP_ORIENTATION.search(xmp.encode() if isinstance(xmp, str) else xmp)
+    return int(found[1]) if found else 1
 
 
 def decode(
@@ -230,9 +248,7 @@ def decode(
     _check_size(*im.size, scale, max_input_pixels, max_output_pixels)
     _check_frames(im)
     try:
-        if _is_sixteen_bit_colour_png(data) and _orientation_before_pixels(im) == 1:
-            decoded = _sixteen_bit_colour(data)  # Pillow has read the chunks before the pixels, not the pixels
-            decoded.icc_profile, decoded.exif = im.info.get("icc_profile"), im.info.get("exif")
+        if _is_sixteen_bit_colour_png(data) and (decoded := _sixteen_bit_colour(data, im)) is not None:
             return decoded
         im.load()
         source_format = im.format

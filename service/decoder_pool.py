@@ -52,12 +52,17 @@ class DecoderPool:
     async def run(self, fn: Callable[..., T], /, *args, **kwargs) -> T:
         """``fn(*args, **kwargs)`` on a decoder thread; TooCostly past the budget, Overloaded while too many earlier
         decodes are still running past theirs."""
-        if self._abandoned >= self.max_abandoned:
-            raise Overloaded("the decoders are busy with uploads that overran their time budget; retry shortly")
+        self._refuse_while_overrun()
         async with self._slots:
+            # Again, with the slot: uploads that waited for it must not start past the cap either. Nothing awaits
+            # between this check and the submit, so a decode that starts always finds a thread.
+            self._refuse_while_overrun()
             future = asyncio.get_running_loop().run_in_executor(self._threads, lambda: fn(*args, **kwargs))
             try:
                 return await asyncio.wait_for(asyncio.shield(future), self.budget_s)
+            except asyncio.CancelledError:  # the request went away (or the server stops): the thread runs on
+                self._abandon(future)
+                raise
             except TimeoutError:
                 self._abandon(future)
                 raise TooCostly(
@@ -65,7 +70,13 @@ class DecoderPool:
                     "upload; send a smaller or simpler image"
                 ) from None
 
+    def _refuse_while_overrun(self) -> None:
+        if self._abandoned >= self.max_abandoned:
+            raise Overloaded("the decoders are busy with uploads that overran their time budget; retry shortly")
+
     def _abandon(self, future: asyncio.Future) -> None:
+        if future.done():
+            return
         with self._lock:
             self._abandoned += 1
         future.add_done_callback(self._finished)

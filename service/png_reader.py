@@ -64,6 +64,7 @@ class PlainPng:
     depth: int = 8  # bits per sample: 8 or 16
     interlaced: bool = False  # Adam7
     transparent: tuple[int, ...] | None = None  # a 16-bit grey or RGB tRNS colour: pixels of it get alpha 0
+    exif_after_data: bytes | None = None  # an eXIf chunk after the image data (metadata=True)
 
 
 @cache
@@ -83,7 +84,15 @@ def parse(data: bytes, *, metadata: bool = False) -> PlainPng | None:
     as transparency, instead of leaving such files to Pillow."""
     if not data.startswith(SIGNATURE) or unavailable() is not None:
         return None
-    view, pos, header, idat, transparent, done = memoryview(data), len(SIGNATURE), None, [], None, False
+    view, pos, header, idat, transparent, done, late_exif = (
+        memoryview(data),
+        len(SIGNATURE),
+        None,
+        [],
+        None,
+        False,
+        None,
+    )
     while pos + 12 <= len(data):
         length, kind = struct.unpack_from(">I4s", data, pos)
         body = view[pos + 8 : pos + 8 + length]
@@ -97,13 +106,17 @@ def parse(data: bytes, *, metadata: bool = False) -> PlainPng | None:
         elif kind == b"IDAT" and not done:
             idat.append(body)
         elif kind == b"IEND":
-            return PlainPng(*header[:3], tuple(idat), *header[3:], transparent) if idat else None
+            return PlainPng(*header[:3], tuple(idat), *header[3:], transparent, late_exif) if idat else None
         elif metadata and kind == b"tRNS" and not idat:
             if header[3] != 16 or header[2] not in (1, 3) or length != 2 * header[2]:
                 return None
             transparent = struct.unpack(f">{header[2]}H", body)
+        elif metadata and kind == b"PLTE" and not idat and header[2] >= 3:
+            pass  # a suggested palette for a true-colour image: nothing the pixels need
         elif metadata and kind[0] & 0x20 and kind != b"tRNS":  # ancillary: its first letter is lower case
             done = bool(idat)  # IDAT chunks must follow each other
+            if done and kind == b"eXIf":
+                late_exif = bytes(body)
         elif idat or length not in _IGNORED.get(kind, ()):  # only IDAT may follow IDAT, until IEND
             return None
         pos += 12 + length

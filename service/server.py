@@ -51,6 +51,16 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self._arm()
 
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # Bytes that begin no request (blank lines, the rest of a body the app did not read) stopped uvicorn's
+        # keep-alive timer without starting a request: the connection must still end if nothing follows.
+        if self._header_timer is None and not self._in_request() and not self.transport.is_closing():
+            self._arm()
+
+    def _in_request(self) -> bool:
+        return self.cycle is not None and not self.cycle.response_complete
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._arm()
@@ -73,10 +83,13 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
             self._header_timer = None
 
     def _headers_too_late(self) -> None:
-        if not self.transport.is_closing():
+        self._header_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is None:  # no answer has been written on this connection: a 408 cannot cut into one
             head = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
             self.transport.write(head + b"content-length: %d\r\n\r\n" % len(_HEADER_TIMEOUT) + _HEADER_TIMEOUT)
-            self.transport.close()
+        self.transport.close()
 
 
 def with_header_deadline(seconds: float) -> type[HeaderDeadlineProtocol]:

@@ -100,7 +100,8 @@ def test_a_many_page_tiff_is_refused_from_its_second_page():
         ((4096, 60), 4, "webp", True),  # 16384 wide
         ((4095, 60), 4, "webp", False),  # 16380
         ((60, 16400), 4, "jpeg", True),
-        ((16383, 8), 4, "jpeg", False),
+        ((16375, 8), 4, "jpeg", False),  # 65500, libjpeg's largest
+        ((16376, 8), 4, "jpeg", True),
         ((100_000, 1), 4, "png", False),
     ],
 )
@@ -204,3 +205,39 @@ def test_decoding_damaged_files_gives_pixels_or_a_4xx_and_nothing_else(seed, edi
     else:
         assert decoded.rgb.shape == (decoded.height, decoded.width, 3)
         assert decoded.width * decoded.height <= LIMITS["max_input_pixels"]
+
+
+def test_uploads_waiting_for_a_slot_do_not_start_past_the_cap_on_overrun_decodes():
+    release, started = threading.Event(), []
+
+    def slow():
+        started.append(1)
+        release.wait(10)
+
+    async def body():
+        pool = DecoderPool(2, budget_s=0.1, max_abandoned=1)
+        outcomes = await asyncio.gather(*(pool.run(slow) for _ in range(4)), return_exceptions=True)
+        release.set()
+        pool.shutdown()
+        return outcomes
+
+    outcomes = run(body())
+    assert [type(o) for o in outcomes] == [TooCostly, TooCostly, Overloaded, Overloaded] and len(started) == 2
+
+
+def test_a_byte_that_is_not_a_marker_does_not_hide_the_scans_after_it():
+    data = jpeg(progressive=True)
+    at = data.index(b"\xff\xda")
+    data = data[:at] + b"\x00" + data[at:]  # libjpeg skips it with a warning, and decodes every scan
+    with pytest.raises(UnsupportedImage, match="scans"):
+        codecs.decode(with_empty_scans(data, codecs.MAX_JPEG_SCANS), **LIMITS)
+
+
+def test_counting_scans_through_megabytes_of_stuffed_bytes_takes_no_time():
+    data = jpeg(progressive=True)
+    at = data.index(b"\xff\xda")
+    end = at + 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    data = data[:end] + b"\xff\x00" * 5_000_000 + data[end:]  # 10 MB of escaped 0xFF in the first scan
+    t0 = time.perf_counter()
+    codecs._check_jpeg_scans(data)
+    assert time.perf_counter() - t0 < 0.5

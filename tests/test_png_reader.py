@@ -274,3 +274,41 @@ def test_a_broken_sixteen_bit_file_with_metadata_is_refused_not_left_to_a_slow_d
     data = b"\x89PNG\r\n\x1a\n" + head + idat + png_chunk(b"IEND", b"")
     with pytest.raises(UnsupportedImage):
         codecs.decode(data, **LIMITS)
+
+
+def test_sixteen_bit_colour_with_a_suggested_palette_keeps_its_bits():
+    pixels = np.random.default_rng(3).integers(0, 65536, (6, 5, 3), dtype=np.uint16)
+    decoded = codecs.decode(pypng_file(pixels, interlace=False, before=png_chunk(b"PLTE", bytes(9))), **LIMITS)
+    assert decoded.rgb.dtype == np.uint16 and np.array_equal(decoded.rgb, pixels)
+
+
+def _exif(orientation: int) -> bytes:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    return exif.tobytes()
+
+
+def test_sixteen_bit_colour_turned_by_an_exif_chunk_after_the_data_is_turned():
+    pixels = np.random.default_rng(4).integers(0, 65536, (6, 4, 3), dtype=np.uint16)  # 4 wide, 6 high
+    data = pypng_file(pixels, interlace=False)
+    late = png_chunk(b"eXIf", _exif(6))  # rotate 90° clockwise to display
+    data = data[: data.index(b"IEND") - 4] + late + data[data.index(b"IEND") - 4 :]
+    decoded = codecs.decode(data, **LIMITS)
+    assert (decoded.width, decoded.height) == (6, 4)
+
+
+def test_sixteen_bit_colour_turned_by_xmp_is_turned():
+    pixels = np.random.default_rng(5).integers(0, 65536, (6, 4, 3), dtype=np.uint16)
+    xmp = b'<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'
+    itxt = png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp)
+    decoded = codecs.decode(pypng_file(pixels, interlace=False, before=itxt), **LIMITS)
+    assert (decoded.width, decoded.height) == (6, 4)
+
+
+def test_sixteen_bit_colour_with_an_upright_exif_chunk_after_the_data_keeps_its_bits_and_its_exif():
+    pixels = np.random.default_rng(6).integers(0, 65536, (6, 4, 3), dtype=np.uint16)
+    data = pypng_file(pixels, interlace=False)
+    late = png_chunk(b"eXIf", _exif(1))
+    data = data[: data.index(b"IEND") - 4] + late + data[data.index(b"IEND") - 4 :]
+    decoded = codecs.decode(data, **LIMITS)
+    assert decoded.rgb.dtype == np.uint16 and np.array_equal(decoded.rgb, pixels) and decoded.exif == _exif(1)

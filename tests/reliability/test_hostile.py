@@ -69,7 +69,7 @@ HOSTILE = [
         {"scale": 4, "format": "webp"},
     ),
     Hostile(
-        "jpeg-output-past-65535",
+        "jpeg-output-past-65500",
         lambda: encode_image(Image.new("RGB", (16400, 8)), "PNG"),
         413,
         "too_large",
@@ -221,3 +221,26 @@ def test_a_decode_past_its_time_budget_is_a_422_naming_the_budget(tmp_path):
         r = client.post("/v1/upscale", content=big, params={"scale": 2}, headers={"Content-Type": "image/jpeg"})
         assert "0.001 s" in assert_json_error(r, 422, "too_costly")["message"]
         assert client.get("/healthz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    "then",
+    [b"\r\n", b"x"],
+    ids=["a-blank-line-after-an-answer", "body-bytes-the-app-did-not-read"],
+)
+def test_bytes_that_begin_no_request_after_an_answer_do_not_hold_the_connection(hostile_server, then):
+    """After its answer, a keep-alive connection that sends something that is not a request is closed in time."""
+    server = hostile_server[0]
+    # /healthz answers without reading the 10-byte body it was promised; the client sends one byte of it later.
+    first = b"POST /healthz HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\n"
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(first)
+        answer = sock.recv(65536)
+        assert answer.startswith(b"HTTP/1.1"), answer[:100]
+        t0 = time.monotonic()
+        sock.sendall(then)
+        while sock.recv(65536):  # until the server closes the connection
+            pass
+        took = time.monotonic() - t0
+    assert took < BODY_TIMEOUT_S + 2
