@@ -281,7 +281,7 @@ def create_app(settings: Settings | None = None, on_ready: Callable[[], None] | 
         quality: Annotated[int | None, Query(ge=1, le=100, description="JPEG/WebP quality")] = None,
         effort: Annotated[
             int | None,
-            Query(ge=0, le=6, description="WebP encoder effort: 0 fastest, 6 smallest (default from settings)"),
+            Query(ge=0, le=6, description="WebP encoder effort, libwebp's method 0-6 (default from settings)"),
         ] = None,
     ) -> Response:
         """Upscale one image: the raw bytes as the body (any image/* type) or a multipart field `image`."""

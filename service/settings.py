@@ -81,10 +81,7 @@ class Settings(BaseSettings):
     )
     default_quality: int = Field(90, ge=1, le=100, description="JPEG/WebP quality when a request names none")
     webp_effort: int = Field(
-        2,
-        ge=0,
-        le=6,
-        description="WebP encoder effort (libwebp's method) when a request names none: 0 fastest, 6 smallest",
+        2, ge=0, le=6, description="WebP encoder effort (libwebp's method, 0-6) when a request names none; 2 is fastest"
     )
 
     api_keys: list[str] = Field(default_factory=list, description="accepted X-API-Key values (empty = no auth)")
