@@ -16,6 +16,9 @@ server paths.
     ├── Overloaded                503 overloaded         (queue full; Retry-After)
     ├── NotReady                  503 not_ready          (starting or draining; Retry-After)
     └── DeadlineExceeded          504 deadline_exceeded  (waited longer than the request timeout)
+
+Two more are answered by the HTTP protocol itself, before a request reaches the app (``service.server``): 408
+header_timeout and 431 headers_too_large, in the same JSON form.
 """
 
 from __future__ import annotations

@@ -6,9 +6,10 @@ work), then uvicorn stops accepting connections, finishes the requests in
 flight and returns. A second signal stops at once.
 
 Each request's line and headers must arrive within ``UPSCALER_HEADER_TIMEOUT_S``
-of the connection or of the request's first byte (uvicorn has no such deadline:
-a client that never finishes its headers would hold its connection forever); the
-body has its own deadline (``service.uploads``).
+of the connection or of the request's first byte, and be at most
+``UPSCALER_MAX_HEADER_BYTES`` (uvicorn on httptools has neither limit: a client
+that never finishes its headers would hold its connection forever); the body has
+its own deadline (``service.uploads``).
 """
 
 from __future__ import annotations
@@ -37,21 +38,31 @@ STARTUP_FAILURE = 3  # uvicorn's exit status when the app fails to start (models
 _HEADER_TIMEOUT = (
     b'{"error": {"code": "header_timeout", "message": "the request line and headers did not arrive in time"}}'
 )
+_HEADERS_TOO_LARGE = (
+    b'{"error": {"code": "headers_too_large", "message": "the request line and headers are larger than this server '
+    b'takes; send fewer or shorter headers"}}'
+)
 
 
 class HeaderDeadlineProtocol(HttpToolsProtocol):
-    """uvicorn's HTTP protocol with a deadline for the request line and headers: armed when the connection opens
-    and at each request's first byte, disarmed when the headers are complete. Past it the client gets a 408 and the
-    connection is closed."""
+    """uvicorn's HTTP protocol with a deadline and a size limit for the request line and headers (httptools sets
+    neither). The deadline is armed when the connection opens and at each request's first byte, and disarmed when
+    the headers are complete; past it the client gets a 408 and the connection is closed. Past the size limit it
+    gets a 431 and the connection is closed."""
 
     header_timeout_s = 10.0  # set per server by ``with_header_deadline``
+    max_header_bytes = 65536
     _header_timer: asyncio.TimerHandle | None = None
+    _header_bytes = 0
+    _refused = False  # answered and closing: what else the parser finds in the data is not a request
 
     def connection_made(self, transport) -> None:
         super().connection_made(transport)
         self._arm()
 
     def data_received(self, data: bytes) -> None:
+        if self._refused:
+            return
         super().data_received(data)
         # Bytes that begin no request (blank lines, the rest of a body the app did not read) stopped uvicorn's
         # keep-alive timer without starting a request: the connection must still end if nothing follows.
@@ -63,11 +74,35 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
+        self._header_bytes = 0
         self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._count_header_bytes(len(url))
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        self._count_header_bytes(len(name) + len(value) + 4)  # ": " and CRLF
+
+    def _count_header_bytes(self, n: int) -> None:
+        self._header_bytes += n
+        if self._header_bytes > self.max_header_bytes and not self._refused:
+            self._disarm()
+            self._refuse(b"431 Request Header Fields Too Large", _HEADERS_TOO_LARGE)
 
     def on_headers_complete(self) -> None:
         self._disarm()
-        super().on_headers_complete()
+        if not self._refused:
+            super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self._refused:
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self._refused:
+            super().on_message_complete()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -86,14 +121,21 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self._header_timer = None
         if self.transport.is_closing():
             return
-        if self.cycle is None:  # no answer has been written on this connection: a 408 cannot cut into one
-            head = b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
-            self.transport.write(head + b"content-length: %d\r\n\r\n" % len(_HEADER_TIMEOUT) + _HEADER_TIMEOUT)
+        self._refuse(b"408 Request Timeout", _HEADER_TIMEOUT)
+
+    def _refuse(self, status: bytes, body: bytes) -> None:
+        """Answer ``status`` where no answer has been written on this connection yet (it cannot cut into one), and
+        close the connection."""
+        self._refused = True
+        if self.cycle is None:
+            head = b"HTTP/1.1 %s\r\ncontent-type: application/json\r\nconnection: close\r\n" % status
+            self.transport.write(head + b"content-length: %d\r\n\r\n" % len(body) + body)
         self.transport.close()
 
 
-def with_header_deadline(seconds: float) -> type[HeaderDeadlineProtocol]:
-    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), {"header_timeout_s": seconds})
+def with_header_limits(seconds: float, max_bytes: int) -> type[HeaderDeadlineProtocol]:
+    limits = {"header_timeout_s": seconds, "max_header_bytes": max_bytes}
+    return type("HeaderDeadlineProtocol", (HeaderDeadlineProtocol,), limits)
 
 
 class DrainingServer(uvicorn.Server):
@@ -156,7 +198,7 @@ def serve(settings: Settings, sock: socket.socket | None = None, on_ready: Calla
         log_level=settings.log_level,
         access_log=False,
         timeout_graceful_shutdown=60,
-        http=with_header_deadline(settings.header_timeout_s),
+        http=with_header_limits(settings.header_timeout_s, settings.max_header_bytes),
     )
     server = DrainingServer(config, app.state.service)
     server.run(sockets=[sock] if sock else None)  # raises SystemExit(STARTUP_FAILURE) if startup fails

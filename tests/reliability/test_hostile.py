@@ -244,3 +244,18 @@ def test_bytes_that_begin_no_request_after_an_answer_do_not_hold_the_connection(
             pass
         took = time.monotonic() - t0
     assert took < BODY_TIMEOUT_S + 2
+
+
+def test_headers_past_the_size_limit_are_a_431_and_the_connection_is_closed(hostile_server):
+    headers = "".join(f"X-Filler-{i}: {'a' * 1000}\r\n" for i in range(100))  # 100 KB
+    answer, took = stalled(hostile_server[0], f"GET /healthz HTTP/1.1\r\nHost: x\r\n{headers}\r\n".encode())
+    assert answer.startswith(b"HTTP/1.1 431") and b'"headers_too_large"' in answer, answer[:200]
+    assert took < 2
+
+
+def test_headers_within_the_limit_and_a_large_body_behind_them_are_served(hostile_server):
+    server = hostile_server[0]
+    body = encode_image(Image.fromarray(smooth_image(300, 300)), "PNG", compress_level=0)  # 270 KB
+    headers = {"Content-Type": "image/png", "Cookie": "c" * 8000}
+    r = httpx.post(f"{server.url}/v1/upscale", content=body, headers=headers, timeout=30)
+    assert r.status_code == 200
