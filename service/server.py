@@ -51,7 +51,7 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
     gets a 431 and the connection is closed."""
 
     header_timeout_s = 10.0  # set per server by ``with_header_deadline``
-    max_header_bytes = 65536
+    max_header_bytes = 262144
     _header_timer: asyncio.TimerHandle | None = None
     _header_bytes = 0
     _refused = False  # answered and closing: what else the parser finds in the data is not a request

@@ -62,7 +62,7 @@ class Settings(BaseSettings):
         10.0, gt=0, description="deadline for a request's line and headers to arrive (408 and closed after it)"
     )
     max_header_bytes: int = Field(
-        65536, ge=1024, description="largest request line plus headers (431 and closed past it)"
+        262144, ge=1024, description="largest request line plus headers (431 and closed past it)"
     )
     body_timeout_s: float = Field(
         60.0, gt=0, description="deadline for the whole request body to arrive (408 after it; 1 MB/s takes 50 MB)"
