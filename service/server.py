@@ -35,6 +35,7 @@ log = logging.getLogger("service")
 STARTUP_FAILURE = 3  # uvicorn's exit status when the app fails to start (models missing, no GPU, ...)
 
 
+_LINGER_S = 1.0  # how long a refused connection's remaining bytes are drained before it is closed
 _HEADER_TIMEOUT = (
     b'{"error": {"code": "header_timeout", "message": "the request line and headers did not arrive in time"}}'
 )
@@ -124,13 +125,17 @@ class HeaderDeadlineProtocol(HttpToolsProtocol):
         self._refuse(b"408 Request Timeout", _HEADER_TIMEOUT)
 
     def _refuse(self, status: bytes, body: bytes) -> None:
-        """Answer ``status`` where no answer has been written on this connection yet (it cannot cut into one), and
-        close the connection."""
+        """Answer ``status`` unless an earlier answer is still being written (it cannot cut into one), and close the
+        connection."""
         self._refused = True
-        if self.cycle is None:
+        if self.cycle is None or self.cycle.response_complete:
             head = b"HTTP/1.1 %s\r\ncontent-type: application/json\r\nconnection: close\r\n" % status
             self.transport.write(head + b"content-length: %d\r\n\r\n" % len(body) + body)
-        self.transport.close()
+        # A lingering close: the answer, then end of stream, while what the client still sends is read and dropped
+        # for a moment. Closing at once, with its bytes unread, would reset the connection under the answer.
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(_LINGER_S, self.transport.close)
 
 
 def with_header_limits(seconds: float, max_bytes: int) -> type[HeaderDeadlineProtocol]:
