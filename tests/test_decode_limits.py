@@ -2,11 +2,8 @@
 frames, the output format's size; and what cannot be checked beforehand is bounded in time (DecoderPool)."""
 
 import asyncio
-import io
-import struct
 import threading
 import time
-import zlib
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -14,12 +11,13 @@ from hypothesis import strategies as st
 from PIL import Image
 from pydantic import ValidationError
 
+from bench.hostile import ico_with_png_frame, tiff_pages
 from service import codecs
 from service.decoder_pool import DecoderPool
 from service.errors import Overloaded, TooCostly, TooLarge, UnsupportedImage, UpscalerError
 from service.settings import Settings
 
-from .conftest import encode_image, png_chunk, smooth_image
+from .conftest import encode_image, smooth_image
 
 LIMITS = {"scale": 2, "max_input_pixels": 1 << 20, "max_output_pixels": 1 << 24}
 PICTURE = Image.fromarray(smooth_image(40, 56))
@@ -76,21 +74,15 @@ def test_a_png_is_not_read_where_png_is_not_allowed():
 
 
 def test_pillows_guard_refuses_a_container_frame_over_the_pixel_limit():
-    stream = zlib.compress(bytes(2049 * 2048))
-    frame = b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", struct.pack(">IIBBBBB", 2048, 2048, 8, 0, 0, 0, 0))
-    frame += png_chunk(b"IDAT", stream) + png_chunk(b"IEND", b"")
-    ico = struct.pack("<HHH", 0, 1, 1) + struct.pack("<BBBBHHII", 0, 0, 0, 0, 1, 32, len(frame), 22) + frame
     with pytest.raises(TooLarge, match=f"{LIMITS['max_input_pixels']}"):
-        codecs.decode(ico, **LIMITS, formats=("ICO",))
+        codecs.decode(ico_with_png_frame(2048), **LIMITS, formats=("ICO",))
 
 
 def test_a_many_page_tiff_is_refused_from_its_second_page():
-    frames = [Image.fromarray(smooth_image(8, 8, seed=i)) for i in range(300)]
-    buf = io.BytesIO()
-    frames[0].save(buf, "TIFF", save_all=True, append_images=frames[1:])
+    data = tiff_pages(300)
     t0 = time.perf_counter()
     with pytest.raises(UnsupportedImage, match="multi-frame"):
-        codecs.decode(buf.getvalue(), **LIMITS)
+        codecs.decode(data, **LIMITS)
     assert time.perf_counter() - t0 < 1
 
 
