@@ -97,9 +97,9 @@ class _Conv:
 
     def __init__(self, weight: np.ndarray, bias: np.ndarray, slope: np.ndarray | None, isa: str):
         self._library = _kernels()
-        self.isa = _isa_code(self._library, isa)
+        self._isa_code = _isa_code(self._library, isa)
         self.cout, self.cin, self.k, _ = weight.shape
-        self.block = next(b for b in _block_sizes(self._library, self.isa) if self.cout % b == 0)
+        self.block = next(b for b in _block_sizes(self._library, self._isa_code) if self.cout % b == 0)
         packed = weight.reshape(self.cout // self.block, self.block, self.cin, self.k, self.k)
         self.weight = np.ascontiguousarray(packed.transpose(0, 2, 3, 4, 1), np.float32)  # [cout/b][cin][k][k][b]
         self.bias = np.ascontiguousarray(bias, np.float32)
@@ -120,7 +120,7 @@ class _Conv:
         plane, row = x.strides[0] // 4, x.strides[1] // 4
         address = self._library.address
         weights = (address(self.weight), address(self.bias), address(self.slope), self.cout, self.block, self.k)
-        args = (self.isa, address(x), self.cin, plane, row, *weights, address(out), *shape[1:])
+        args = (self._isa_code, address(x), self.cin, plane, row, *weights, address(out), *shape[1:])
         if self._library.lib.fsrcnn_conv(*args):
             raise RuntimeError(f"fsrcnn_conv has no kernel for blocks of {self.block} channels")
         return out
@@ -154,6 +154,7 @@ class NativeNetwork:
         self.isa = supported[0] if isa is None else isa
         if self.isa not in supported:
             raise ValueError(f"this CPU cannot run the native kernels on {self.isa!r}; it runs {supported}")
+        self._isa_code = _isa_code(self._library, self.isa)  # what the C takes, looked up once, not per tile
         with np.load(path, allow_pickle=False) as f:
             arrays = dict(f)
         self.scale, self.context = int(arrays["scale"]), int(arrays["context"])
@@ -227,7 +228,7 @@ class NativeNetwork:
         address = self._library.address
         network = (self._layers, len(self.body), self.channels, self.scale, self.crop, address(self.lag))
         tile = (address(x), *x.shape[1:], *(address(b) for b in buffers), address(f32), address(u8))
-        if self._library.lib.fsrcnn_forward(_isa_code(self._library, self.isa), *network, *tile):
+        if self._library.lib.fsrcnn_forward(self._isa_code, *network, *tile):
             raise RuntimeError("fsrcnn_forward has no kernel for one of the layers")
 
     def _buffer_sizes(self, height: int, width: int) -> tuple[int, int, int]:
