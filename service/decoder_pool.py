@@ -15,7 +15,6 @@ that (``Settings``).
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -41,8 +40,7 @@ class DecoderPool:
         )
         self._slots = asyncio.Semaphore(slots)
         self.budget_s, self.max_abandoned = budget_s, max_abandoned
-        self._abandoned = 0
-        self._lock = threading.Lock()
+        self._abandoned = 0  # counted on the event loop only: the futures' callbacks run there too
 
     @property
     def abandoned(self) -> int:
@@ -77,15 +75,13 @@ class DecoderPool:
     def _abandon(self, future: asyncio.Future) -> None:
         if future.done():
             return
-        with self._lock:
-            self._abandoned += 1
+        self._abandoned += 1
         future.add_done_callback(self._finished)
 
     def _finished(self, future: asyncio.Future) -> None:
         if not future.cancelled():
             future.exception()  # retrieved, so asyncio does not log it: the request was answered already
-        with self._lock:
-            self._abandoned -= 1
+        self._abandoned -= 1
 
     def shutdown(self) -> None:
         self._threads.shutdown(wait=False, cancel_futures=True)
