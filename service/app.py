@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.batcher import Batcher
-from service.codecs import MEDIA_TYPES
+from service.codecs import MEDIA_TYPES, guard_pixels
 from service.decoder_pool import DecoderPool
 from service.engine import Engine, available_cores
 from service.errors import BadParameter, NotReady, Unauthorized, UpscalerError
@@ -148,6 +148,7 @@ def _lifespan(state: ServiceState):
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         s = state.settings
+        guard_pixels(s.max_input_pixels)
         state.engine = await asyncio.to_thread(_build_engine, s)
         if s.device == "cuda" and not state.engine.on_gpu:
             raise RuntimeError("UPSCALER_DEVICE=cuda but ONNX Runtime has no working CUDA provider here")

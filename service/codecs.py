@@ -33,6 +33,7 @@ __all__ = [
     "decode",
     "encode",
     "check_output",
+    "guard_pixels",
     "INPUT_FORMATS",
     "MAX_JPEG_SCANS",
     "OUTPUT_FORMATS",
@@ -41,9 +42,17 @@ __all__ = [
 
 log = logging.getLogger("service.codecs")
 
-# Pillow warns above its pixel limit and refuses above twice it; ``decode`` sets the limit to half the service's, so
-# that Pillow refuses exactly what the service would. The warning says nothing the 413 does not.
+# Pillow warns above its pixel limit and refuses above twice it; ``guard_pixels`` sets the limit to half the
+# service's, so that Pillow refuses exactly what the service would. The warning says nothing the 413 does not.
 warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+
+
+def guard_pixels(max_input_pixels: int) -> None:
+    """Set Pillow's own decompression-bomb guard to ``max_input_pixels``: it refuses a container's frame (ICO) over
+    the limit before decoding it in open(). Pillow's limit is one per process, so the service sets it once, at
+    start-up; ``decode`` checks the declared size itself either way."""
+    Image.MAX_IMAGE_PIXELS = max(1, (max_input_pixels + 1) // 2)
+
 
 INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # Pillow's names; the default allow-list
 MAX_JPEG_SCANS = 100  # progressive encoders write about 10 scans; each scan costs a pass over the whole image
@@ -86,9 +95,6 @@ def _open(data: bytes, formats: tuple[str, ...], max_input_pixels: int) -> Image
         raise UnsupportedImage("the request body is empty; send the image bytes")
     if data.startswith(b"\xff\xd8") and "JPEG" in formats:
         _check_jpeg_scans(data)
-    # Pillow refuses above twice its limit, before a container (ICO, ICNS) decodes a frame in open(). One process
-    # serves one set of limits, so the global is the same on every call.
-    Image.MAX_IMAGE_PIXELS = max(1, (max_input_pixels + 1) // 2)
     try:
         return Image.open(io.BytesIO(data), formats=formats)
     except UnidentifiedImageError:
