@@ -86,7 +86,11 @@ def measure(model: str, tile: int, batch: int, threads: int, repeat: int, sgemm_
 
 def service_layout(path: Path, tile: int, x: np.ndarray, flops_per_tile: float, repeat: int, sgemm_n: int) -> dict:
     """Every peer in the service's layout, as GFLOP/s and as a fraction of its instruction set's SGEMM."""
-    sgemm = {"machine": sgemm_gflops(sgemm_n, repeat=repeat), "avx2": avx2_sgemm_gflops(sgemm_n, repeat)}
+    sgemm = {
+        "machine": sgemm_gflops(sgemm_n, repeat=repeat),
+        # OpenBLAS's AVX2 kernel exists on x86-64 only; it is the peak of the AVX2 kernels, where they run.
+        "avx2": avx2_sgemm_gflops(sgemm_n, repeat) if "avx2" in instruction_sets() else None,
+    }
     workers = Engine(path, tile=tile, prefer_gpu=False, cpu_kernels="onnxruntime")
     runs: dict[str, tuple[list[Callable[[], object]], int]] = {}
     for isa in instruction_sets():

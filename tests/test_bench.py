@@ -35,7 +35,10 @@ def test_engine_benchmark_times_every_peer_against_its_instruction_sets_sgemm(ca
         f"native_{instruction_sets()[0]}" if instruction_sets() else "onnxruntime_cpu_twin"
     )
     assert all(layout["fraction_of_sgemm"][p] > 0 for p in layout["gflops"])
-    assert layout["sgemm_gflops"]["machine"] > 0 and layout["sgemm_gflops"]["avx2"] > 0
+    assert layout["sgemm_gflops"]["machine"] > 0
+    assert (
+        layout["sgemm_gflops"]["avx2"] > 0 if "avx2" in instruction_sets() else layout["sgemm_gflops"]["avx2"] is None
+    )
     threads = result["all_threads"]
     assert result["gflop_per_tile"] > 0 and threads["onnxruntime_ms"] > 0 and threads["pytorch_eager_ms"] > 0
     assert set(threads["graph_optimization_ms"]) == {"model", "cpu_twin"} and threads["cpu_twin_speedup"] > 0
