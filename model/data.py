@@ -4,10 +4,15 @@ LR images are made once per HR image with MATLAB-compatible bicubic
 ``imresize`` (the degradation published tables use); patches are then cut at
 random, aligned positions, with the LR patch carrying ``context`` extra pixels
 per side so the network's valid convolutions see real pixels only.
+
+For models of JPEG-compressed inputs, each LR image is also saved as JPEG
+(``JpegDegradation``) before patches are cut, so the 8x8 block grid lies where
+an encoder puts it: on the whole LR image, not on the patch.
 """
 
 from __future__ import annotations
 
+import io
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +22,18 @@ from PIL import Image
 from model.imresize import imresize
 from model.metrics import mod_crop
 
-__all__ = ["IMAGE_SUFFIXES", "list_images", "load_rgb", "ImagePair", "make_pairs", "PatchSampler"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "list_images",
+    "split_holdout",
+    "load_rgb",
+    "jpeg_roundtrip",
+    "degrade",
+    "JpegDegradation",
+    "ImagePair",
+    "make_pairs",
+    "PatchSampler",
+]
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp")
 
@@ -33,10 +49,54 @@ def list_images(folder: str | Path) -> list[Path]:
     return files
 
 
+def split_holdout(files: list[Path], every: int) -> tuple[list[Path], list[Path]]:
+    """``(train, holdout)``: every ``every``-th file (from the 1st) is held out for validation; 0 = none."""
+    if every <= 0:
+        return files, []
+    return [f for i, f in enumerate(files) if i % every], files[::every]
+
+
 def load_rgb(path: str | Path) -> np.ndarray:
     """Load an image as an (H, W, 3) uint8 RGB array."""
     with Image.open(path) as im:
         return np.asarray(im.convert("RGB"))
+
+
+def jpeg_roundtrip(rgb: np.ndarray, quality: int, subsampling: str = "4:2:0") -> np.ndarray:
+    """Save an (H, W, 3) uint8 image as JPEG with Pillow (libjpeg, IJG tables) and decode it again."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=int(quality), subsampling=subsampling)
+    with Image.open(buf) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+def degrade(hr: np.ndarray, scale: int, jpeg_quality: int | None = None) -> np.ndarray:
+    """The LR image of a (mod-cropped) HR image: MATLAB bicubic, then, if asked, JPEG at that quality (4:2:0)."""
+    lr = imresize(hr, 1 / scale)
+    return lr if jpeg_quality is None else jpeg_roundtrip(lr, jpeg_quality)
+
+
+@dataclass(frozen=True, kw_only=True)
+class JpegDegradation:
+    """JPEG compression of the training LR images, drawn per copy."""
+
+    qualities: tuple[int, int]  # inclusive range of IJG quality, drawn uniformly for each copy
+    copies: int = 4  # compressed versions of each LR image (each with its own quality and subsampling)
+    share_444: float = 0.25  # share saved without chroma subsampling; the rest 4:2:0, as cameras and Pillow save
+
+    def __post_init__(self) -> None:
+        lo, hi = self.qualities
+        if not 1 <= lo <= hi <= 100:
+            raise ValueError(f"JPEG qualities must be 1 <= low <= high <= 100, got {self.qualities}")
+        if self.copies < 1:
+            raise ValueError(f"copies must be at least 1, got {self.copies}")
+
+    def apply(self, lr: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
+        lo, hi = self.qualities
+        return [
+            jpeg_roundtrip(lr, int(rng.integers(lo, hi + 1)), "4:4:4" if rng.random() < self.share_444 else "4:2:0")
+            for _ in range(self.copies)
+        ]
 
 
 @dataclass(frozen=True)
@@ -46,9 +106,18 @@ class ImagePair:
 
 
 def make_pairs(
-    images: list[np.ndarray], scale: int, context: int, rescales: tuple[float, ...] = (1.0,)
+    images: list[np.ndarray],
+    scale: int,
+    context: int,
+    rescales: tuple[float, ...] = (1.0,),
+    jpeg: JpegDegradation | None = None,
+    seed: int = 0,
 ) -> list[ImagePair]:
-    """Mod-crop each HR image (optionally also shrunk by each factor in ``rescales``) and degrade it."""
+    """Mod-crop each HR image (optionally also shrunk by each factor in ``rescales``) and degrade it.
+
+    With ``jpeg``, each HR image gets ``jpeg.copies`` pairs (one per compressed LR) instead of one.
+    """
+    rng = np.random.default_rng(seed)
     pairs = []
     for img in images:
         for factor in rescales:
@@ -57,8 +126,9 @@ def make_pairs(
             if min(hr.shape[:2]) < 4 * scale:
                 continue
             lr = imresize(hr, 1 / scale)
-            lr = np.pad(lr, ((context, context), (context, context), (0, 0)), mode="symmetric")
-            pairs.append(ImagePair(hr=hr, lr=lr))
+            for lr_k in jpeg.apply(lr, rng) if jpeg else [lr]:
+                lr_k = np.pad(lr_k, ((context, context), (context, context), (0, 0)), mode="symmetric")
+                pairs.append(ImagePair(hr=hr, lr=lr_k))
     return pairs
 
 

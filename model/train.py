@@ -9,6 +9,14 @@ rebuild exactly the same network. ``--init`` starts from another checkpoint's
 body (e.g. the x2 model when training x3 or x4); the upsampler, whose shape
 depends on the scale, is trained afresh. ``--init`` also takes an exported
 ``.onnx`` file, so a shipped model can be fine-tuned without its checkpoint.
+
+``--jpeg LOW HIGH`` trains for JPEG-compressed inputs: every LR image is also
+saved as JPEG at qualities drawn from that range (``model.data.JpegDegradation``),
+and validation uses the range's middle quality. ``--holdout N`` keeps every
+N-th training image out of training and validates on those instead of ``--val``:
+
+    python -m model.train --data ../shared/datasets/T91-part ../shared/datasets/Sun-Hays80 --holdout 10 \
+        --scale 2 --jpeg 40 62 --init export/models/fast_x2.onnx --steps 12000 --out runs/fast_jpeg50_x2
 """
 
 from __future__ import annotations
@@ -26,8 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model.data import PatchSampler, list_images, load_rgb, make_pairs
-from model.imresize import imresize
+from model.data import JpegDegradation, PatchSampler, degrade, list_images, load_rgb, make_pairs, split_holdout
 from model.metrics import mod_crop, psnr, rgb_to_y
 from model.network import SRNet, build, config_dict, load_weights, pad_for_inference
 from model.onnx_weights import weights_from_onnx
@@ -55,6 +62,24 @@ class TrainConfig:
     threads: int = 0  # torch CPU threads; 0 = torch's default
     init: str = ""  # checkpoint or exported .onnx whose body weights start this run (fine-tuning)
     resume: bool = False  # continue from out/last.pt
+    jpeg: tuple[int, ...] = ()  # (low, high) JPEG quality range of the training LR images; () = clean LR
+    jpeg_copies: int = 4  # JPEG versions of each LR image
+    holdout: int = 0  # validate on every N-th training image, held out of training (instead of val); 0 = off
+    val_crop: int = 0  # centre-crop validation images to at most this many HR pixels per side; 0 = whole
+
+    @property
+    def val_quality(self) -> int | None:
+        """The JPEG quality validation images are saved at: the middle of the training range."""
+        return (self.jpeg[0] + self.jpeg[1]) // 2 if self.jpeg else None
+
+
+def centre_crop(img: np.ndarray, size: int) -> np.ndarray:
+    """The centre ``size`` x ``size`` pixels of ``img`` (all of a side shorter than that; all of it for 0)."""
+    if size <= 0:
+        return img
+    h, w = img.shape[:2]
+    y, x = max(0, (h - size) // 2), max(0, (w - size) // 2)
+    return img[y : y + size, x : x + size]
 
 
 def learning_rate(cfg: TrainConfig, step: int) -> float:
@@ -81,13 +106,13 @@ def train_step(
 
 
 @torch.no_grad()
-def validate(net: SRNet, images: list[np.ndarray], device: torch.device) -> float:
-    """Mean Y-PSNR (shave = scale) of the network's 8-bit output on HR ``images``."""
+def validate(net: SRNet, images: list[np.ndarray], device: torch.device, jpeg_quality: int | None = None) -> float:
+    """Mean Y-PSNR (shave = scale) of the network's 8-bit output on HR ``images`` (LR saved as JPEG if asked)."""
     net.eval()
     s, scores = net.scale, []
     for img in images:
         hr = mod_crop(img, s)
-        lr = imresize(hr, 1 / s).transpose(2, 0, 1)[None].astype(np.float32) / 255
+        lr = degrade(hr, s, jpeg_quality).transpose(2, 0, 1)[None].astype(np.float32) / 255
         x = torch.from_numpy(pad_for_inference(lr, net.context)).to(device)
         sr = net(x)[0].clamp(0, 1).mul(255).round().byte().cpu().numpy().transpose(1, 2, 0)
         scores.append(psnr(rgb_to_y(hr), rgb_to_y(sr), shave=s))
@@ -158,10 +183,13 @@ def train(cfg: TrainConfig) -> float:
             if torch.is_tensor(v) and k != "step":
                 state[k] = v.to(device)
 
-    images = [load_rgb(p) for folder in cfg.data for p in list_images(folder)]
-    pairs = make_pairs(images, cfg.scale, net.context, cfg.rescales)
+    train_files, held_out = split_holdout([p for folder in cfg.data for p in list_images(folder)], cfg.holdout)
+    val_files = held_out or (list_images(cfg.val) if cfg.val else [])
+    images = [load_rgb(p) for p in train_files]
+    jpeg = JpegDegradation(qualities=tuple(cfg.jpeg), copies=cfg.jpeg_copies) if cfg.jpeg else None
+    pairs = make_pairs(images, cfg.scale, net.context, cfg.rescales, jpeg=jpeg, seed=cfg.seed)
     sampler = PatchSampler(pairs, cfg.scale, net.context, cfg.patch, seed=cfg.seed + step)
-    val_images = [load_rgb(p) for p in list_images(cfg.val)] if cfg.val else []
+    val_images = [centre_crop(load_rgb(p), cfg.val_crop) for p in val_files]
     log.info(
         "%d training images (%d pairs), %d validation images, device %s",
         len(images),
@@ -189,7 +217,7 @@ def train(cfg: TrainConfig) -> float:
             bar.update(1)
             if step % cfg.val_every == 0 or step == cfg.steps:
                 if val_images:
-                    val_psnr = validate(net, val_images, device)
+                    val_psnr = validate(net, val_images, device, cfg.val_quality)
                 writer.writerow(
                     [
                         step,
@@ -230,8 +258,13 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--init", default=d.init, help="checkpoint or exported .onnx to take body weights from")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
+    p.add_argument("--jpeg", type=int, nargs=2, metavar=("LOW", "HIGH"), help="JPEG quality range of the LR images")
+    p.add_argument("--jpeg-copies", type=int, default=d.jpeg_copies)
+    p.add_argument("--holdout", type=int, default=d.holdout, help="validate on every N-th training image instead")
+    p.add_argument("--val-crop", type=int, default=d.val_crop)
     args = vars(p.parse_args(argv))
     args["rescales"] = tuple(args["rescales"])
+    args["jpeg"] = tuple(args["jpeg"] or ())
     return TrainConfig(**args)
 
 
