@@ -43,13 +43,12 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
 COPY deploy/docker/requirements-common.txt deploy/docker/requirements-${FLAVOR}.txt /tmp/requirements/
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --only-binary=:all: -r /tmp/requirements/requirements-${FLAVOR}.txt \
- && /opt/venv/bin/pip uninstall -y pip \
  && /opt/venv/bin/python -c "import onnxruntime, fastapi, uvicorn, PIL, numpy" \
  && ! /opt/venv/bin/python -c "import torch" 2>/dev/null
 
-# gcc for the service's compiled parts (service/fsrcnn.c, the CPU kernels, service/rle_deflate.c, the PNG
-# deflater, and service/png_unfilter.c, the PNG reader's; compiled below); it stays out of the runtime image. Where
-# no compiler can be had, the image still serves, with ONNX Runtime running every model, ISA-L deflating PNGs and
+# gcc for the service's compiled parts (service/runtime/csrc/fsrcnn.c, the CPU kernels; service/imageio/csrc/, the
+# PNG deflater and the PNG reader's unfilter), which setup.py builds; it stays out of the runtime image. Where no
+# compiler can be had, the image still serves, with ONNX Runtime running every model, ISA-L deflating PNGs and
 # Pillow reading them.
 # hadolint ignore=DL3008
 RUN if ! command -v cc >/dev/null; then \
@@ -57,34 +56,28 @@ RUN if ! command -v cc >/dev/null; then \
         || echo "no C compiler could be installed"; \
     fi
 
-# Only what serving needs: the service package and the shipped models with their cards (not export/onnx.py,
-# which needs torch).
-WORKDIR /app
+# The package, installed as pip install . installs it anywhere: the service with its compiled parts, and the shipped
+# models with their cards as package data of export/ (whose scripts need torch and are never run here).
+WORKDIR /src
+COPY pyproject.toml setup.py README.md ./
 COPY service/ service/
-COPY export/models/ export/models/
-# As setup.py builds them, under the names service/compiled.py looks for.
-RUN suffix="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')" \
- && { cc -O3 -std=c11 -ffp-contract=off -shared -fPIC -o "service/_fsrcnn$suffix" service/fsrcnn.c \
-      || echo "the native kernels were not built: the image runs every model on ONNX Runtime"; } \
- && { cc -O3 -std=c11 -shared -fPIC -o "service/_rle_deflate$suffix" service/rle_deflate.c \
-      || echo "the PNG deflater was not built: the image deflates PNGs with ISA-L"; } \
- && { cc -O3 -std=c11 -shared -fPIC -o "service/_png_unfilter$suffix" service/png_unfilter.c \
-      || echo "the PNG reader's unfilter was not built: the image reads every PNG with Pillow"; }
-# Compile now: the root filesystem may be read-only at run time (Kubernetes readOnlyRootFilesystem).
-RUN /opt/venv/bin/python -m compileall -q service /opt/venv/lib
+COPY export/ export/
+RUN /opt/venv/bin/pip install --no-deps --no-build-isolation . \
+ && /opt/venv/bin/pip uninstall -y pip setuptools \
+ && /opt/venv/bin/python -m compileall -q /opt/venv/lib
+# Compiled above: the root filesystem may be read-only at run time (Kubernetes readOnlyRootFilesystem).
 
 FROM base AS runtime
 # A fixed numeric id, so Kubernetes can check runAsNonRoot and volumes can be chowned to it.
 RUN groupadd --system --gid 10001 upscaler \
  && useradd --system --uid 10001 --gid upscaler --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin upscaler
 COPY --from=build /opt/venv /opt/venv
-COPY --from=build /app /app
 COPY deploy/docker/healthcheck.py /usr/local/bin/upscaler-healthcheck
-WORKDIR /app
+# No source tree here: python -m service imports the installed package.
+WORKDIR /
 ENV PATH=/opt/venv/bin:$PATH \
     UPSCALER_HOST=0.0.0.0 \
-    UPSCALER_PORT=8000 \
-    UPSCALER_MODEL_DIR=/app/export/models
+    UPSCALER_PORT=8000
 USER 10001:10001
 EXPOSE 8000
 # Ready, not merely alive: load balancers (Traefik in docker-compose.yml) route only to healthy containers.

@@ -14,11 +14,11 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 # Serving needs no torch.
-$(VENV)/.serve-$(ORT_EXTRA): pyproject.toml setup.py $(wildcard service/*.c service/*.h) | $(PY)
+$(VENV)/.serve-$(ORT_EXTRA): pyproject.toml setup.py $(wildcard service/*/csrc/*.c service/*/csrc/*.h) | $(PY)
 	$(PY) -m pip install --quiet -e ".[$(ORT_EXTRA),client]"
 	touch $@
 
-$(VENV)/.test-$(ORT_EXTRA): pyproject.toml setup.py $(wildcard service/*.c service/*.h) | $(PY)
+$(VENV)/.test-$(ORT_EXTRA): pyproject.toml setup.py $(wildcard service/*/csrc/*.c service/*/csrc/*.h) | $(PY)
 	$(PY) -m pip install --quiet -e ".[$(ORT_EXTRA),train,dev,bench]"
 	touch $@
 
@@ -45,7 +45,7 @@ test: install-test install-browser
 # instruction is emulated), so not part of `make test`.
 test-without-avx512: install-test
 	@command -v qemu-x86_64 >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user >/dev/null)
-	qemu-x86_64 -cpu max $(PY) -m pytest -q -p no:cacheprovider tests/test_native.py tests/test_compiled.py
+	qemu-x86_64 -cpu max $(PY) -m pytest -q -p no:cacheprovider tests/runtime/test_fsrcnn_kernels.py tests/test_compiled.py
 
 # Build the CPU image, run it, wait for /readyz and the HEALTHCHECK, upscale one image, stop it with SIGTERM
 # (deploy/docker-smoke.sh). Needs a Docker engine, or root with docker.io + debootstrap; prints SKIP otherwise.

@@ -1,5 +1,6 @@
-"""Builds the compiled parts (everything else is in pyproject.toml): ``service/fsrcnn.c``, the CPU kernels,
-``service/rle_deflate.c``, the PNG encoder's deflater, and ``service/png_unfilter.c``, the PNG reader's last step.
+"""Builds the compiled parts (everything else is in pyproject.toml): ``service/runtime/csrc/fsrcnn.c``, the CPU
+kernels, ``service/imageio/csrc/rle_deflate.c``, the PNG encoder's deflater, and
+``service/imageio/csrc/png_unfilter.c``, the PNG reader's last step.
 
 Each is a plain shared library that ``service.compiled`` loads with cffi through the part's header (its interface,
 declared once), named like an extension module so that pip builds it with the package (in place for
@@ -13,24 +14,24 @@ from setuptools import Extension, setup
 setup(
     ext_modules=[
         Extension(
-            "service._fsrcnn",
-            sources=["service/fsrcnn.c"],
-            depends=["service/fsrcnn.h"],
+            "service.runtime._fsrcnn",
+            sources=["service/runtime/csrc/fsrcnn.c"],
+            depends=["service/runtime/csrc/fsrcnn.h"],
             # No fused multiply-add where C has two operations: 8-bit pixels are rounded as numpy rounds them.
             extra_compile_args=["-O3", "-std=c11", "-ffp-contract=off"],
             optional=True,
         ),
         Extension(
-            "service._rle_deflate",
-            sources=["service/rle_deflate.c"],
-            depends=["service/rle_deflate.h"],
+            "service.imageio._rle_deflate",
+            sources=["service/imageio/csrc/rle_deflate.c"],
+            depends=["service/imageio/csrc/rle_deflate.h"],
             extra_compile_args=["-O3", "-std=c11"],
             optional=True,
         ),
         Extension(
-            "service._png_unfilter",
-            sources=["service/png_unfilter.c"],
-            depends=["service/png_unfilter.h"],
+            "service.imageio._png_unfilter",
+            sources=["service/imageio/csrc/png_unfilter.c"],
+            depends=["service/imageio/csrc/png_unfilter.h"],
             extra_compile_args=["-O3", "-std=c11"],
             optional=True,
         ),

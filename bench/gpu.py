@@ -34,10 +34,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
-from bench.engine import conv_flops
+from bench.inference import conv_flops
 from bench.machine import MODELS, write_result
 from model.network import SRNet
-from service.engine import Engine
+from service.runtime.engine import Engine
 
 
 def gpu_timed(fn: Callable[[], object], seconds: float = 0.5, warmup: int = 3) -> float:
@@ -111,7 +111,7 @@ def measure_model(name: str, shapes: list[tuple[int, int]], seconds: float) -> d
             gflop = tile_gflop[tile] * batch
             row = {"precision": precision, "tile": tile, "batch": batch, "gflop_per_batch": gflop}
             row["host_ms"] = gpu_timed(lambda e=engine, k=key, x=x: e.run(k, x), seconds) * 1000
-            row["device_ms"] = gpu_timed(_device_runner(engine.sessions[key], x, out_shape), seconds) * 1000
+            row["device_ms"] = gpu_timed(_device_runner(engine.backends[key].session, x, out_shape), seconds) * 1000
             if (tile, batch) == biggest:
                 model_file = engine.specs[key].fp16_path if precision == "fp16" else path
                 try:

@@ -26,7 +26,7 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from bench.machine import MODELS, RESULTS, timed, write_result
 from model.data import list_images, load_rgb
 from model.imresize import imresize
-from service.engine import Engine
+from service.runtime.engine import Engine
 
 ROOT = RESULTS.parent.parent
 SHARED = ROOT.parent / "shared" / "datasets"

@@ -1,5 +1,5 @@
 """The LitServe peer: the shipped model served with LitServe the way its documentation shows, kept here only to be
-measured against (``python -m bench.service`` runs it beside the service; ``pip install -e .[bench]``).
+measured against (``python -m bench.serving`` runs it beside the service; ``pip install -e .[bench]``).
 
 decode_request reads the multipart upload with Pillow, predict runs the whole image through one ONNX Runtime call
 on the shipped ``fast_x2.onnx`` (unmodified), encode_response writes a PNG with Pillow's defaults. One inference
@@ -56,6 +56,6 @@ if __name__ == "__main__":
         accelerator="cpu",
         workers_per_device=args.workers,
         timeout=120,
-        healthcheck_path="/readyz",  # where bench.service waits for its servers
+        healthcheck_path="/readyz",  # where bench.serving waits for its servers
     )
     server.run(host="127.0.0.1", port=args.port, log_level="warning", generate_client_file=False)

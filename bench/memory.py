@@ -8,7 +8,7 @@ ready, one size x size PNG is upscaled (PNG out), and the process's peak RSS
 resident after ordinary traffic: a fresh service serves a closed loop of 64
 512x512 x2 requests at concurrency 8, and its RSS afterwards is compared with
 its idle RSS and with the raw bytes of the 8 requests in flight (malloc keeps
-freed request buffers under 4 MiB for reuse, ``service/libc.py``). Last, the
+freed request buffers under 4 MiB for reuse, ``service/host.py``). Last, the
 refused bombs: one fresh service (with the default limits, ICO allowed) takes
 each of ``bench.hostile``'s worst files in turn, and its peak RSS over idle is
 recorded with the answer's status and time. Linux only.
@@ -29,7 +29,7 @@ from PIL import Image
 
 from bench import hostile
 from bench.machine import write_result
-from bench.service import free_port, running
+from bench.serving import free_port, running
 from client.loadtest import LoadOptions, closed_loop, make_payloads
 
 

@@ -6,7 +6,7 @@ Starts the service (one process) on 127.0.0.1, warms it up with a short closed
 loop, then reads every server thread's user and system CPU time and minor page
 faults from /proc before and after a closed loop of ``--duration`` seconds
 (x2, PNG in, PNG out). Threads are grouped by their OS name, which the service
-gives its pools (``service.libc.name_os_thread``): ``engine`` (the network, and
+gives its pools (``service.host.name_os_thread``): ``engine`` (the network, and
 on a CPU cutting and placing tiles), ``codec`` (decoding and encoding),
 ``tiles`` (cutting and placing float results) and the main thread (the event
 loop: HTTP, routing, batching). The load generator's own CPU is reported beside
@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 from bench.machine import write_result
-from bench.service import free_port, running
+from bench.serving import free_port, running
 from client.loadtest import LoadOptions, closed_loop, make_payloads
 
 _TICKS = os.sysconf("SC_CLK_TCK")

@@ -26,6 +26,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -135,6 +136,7 @@ class BatchReport:
     aborted: str | None = None  # why the run stopped early
     failures: list[Failure] = field(default_factory=list)
     ignored: list[str] = field(default_factory=list)  # files that are not images
+    models: dict[str, str] = field(default_factory=dict)  # input -> the model that ran it (model=auto chooses per file)
 
     @property
     def failed(self) -> int:
@@ -160,6 +162,8 @@ class BatchReport:
             "output_megapixels": round(self.output_pixels / 1e6, 3),
             "megapixels_per_second": round(self.mpix_per_s, 3),
             "aborted": self.aborted,
+            "models_used": dict(sorted(Counter(self.models.values()).items())),
+            "model_per_input": dict(sorted(self.models.items())),
             "failures": [asdict(f) for f in sorted(self.failures, key=lambda f: f.input)],
             "ignored_files": self.ignored,
         }
@@ -267,6 +271,8 @@ class _Run:
         except OSError as exc:
             return self._fail(job, f"the output could not be written: {exc.strerror or exc}", attempts=result.attempts)
         self.report.done += 1
+        if result.model:
+            self.report.models[str(job.source)] = result.model
         self.report.output_pixels += result.width * result.height
         mpix_per_s = self.report.output_pixels / 1e6 / max(time.monotonic() - self.started, 1e-9)
         self.bar.set_postfix_str(f"{mpix_per_s:.2f} MPix/s", refresh=False)

@@ -38,6 +38,7 @@ class Upscaled:
     width: int
     height: int
     attempts: int
+    model: str | None = None  # the model that ran, as the server names it (X-Model)
 
 
 class UpscaleFailed(Exception):
@@ -114,7 +115,7 @@ def _upscaled(response: httpx.Response, attempts: int) -> Upscaled:
             attempts=attempts,
             status=200,
         ) from None
-    return Upscaled(response.content, width, height, attempts)
+    return Upscaled(response.content, width, height, attempts, response.headers.get("x-model"))
 
 
 def _error_of(response: httpx.Response) -> tuple[str | None, str]:

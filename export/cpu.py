@@ -39,11 +39,11 @@ layer:
   convolution with stride s and a one-hot kernel per phase is an exact
   scatter, 0.7 ms.
 
-How much faster than the shipped graph it runs is measured by ``bench.engine``
+How much faster than the shipped graph it runs is measured by ``bench.inference``
 (``cpu_twin_speedup``; docs/performance.md).
 
 The twin also has an output ``pixels_uint8``: the result as (N, sH, sW, 3)
-8-bit pixels, computed as ``service.engine.to_pixels`` does
+8-bit pixels, computed as ``service.runtime.engine.to_pixels`` does
 (``clip(sr * 255 + 0.5, 0, 255)``, truncated) but inside the session run and
 laid out as the output image is, so placing a tile copies whole rows. Only
 8-bit: ONNX Runtime 1.31 runs every node of a graph whatever outputs are asked
@@ -51,7 +51,7 @@ for, so a 16-bit output would cost every batch; 16-bit results are converted
 from ``sr`` in numpy. The twin records the SHA-256 of the model it was written
 from (metadata ``source_sha256``), so the engine can refuse a twin left behind
 by a replaced model. The twin is checked against the shipped model by
-``export.onnx.twin_max_abs_diff``; the service's engine reads it on the CPU
+``export.to_onnx.twin_max_abs_diff``; the service's engine reads it on the CPU
 provider only (and ``bench/naive_server.py`` on a CPU, to compare like with
 like).
 """
@@ -65,11 +65,11 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
-from export.graph import drop_unused_initializers, file_sha256
+from export.graph import drop_unused_initializers
+from service.model_files import SOURCE_SHA256, file_sha256
 
-__all__ = ["CPU_TWIN_SUFFIX", "LOWERED_FOR", "NCHWC_BLOCK", "lower_for_cpu", "transposed_conv_phases"]
+__all__ = ["LOWERED_FOR", "NCHWC_BLOCK", "lower_for_cpu", "transposed_conv_phases"]
 
-CPU_TWIN_SUFFIX = "_cpu"
 LOWERED_FOR = "CPUExecutionProvider"  # metadata value ``lowered_for`` of a twin, so a session can tell
 NCHWC_BLOCK = 16  # channels per NCHWc block on AVX-512 (8 on AVX2); narrower layers are padded to it
 _ONE = 1 - 1e-6  # a slope of exactly 1 (an identity channel) is moved here so a / (1 - a) stays finite
@@ -88,7 +88,7 @@ def lower_for_cpu(src: Path, dst: Path) -> None:
     _pixel_outputs(model.graph)
     del model.graph.value_info[:]  # shapes of rewritten tensors changed; ONNX Runtime infers them again
     model.metadata_props.append(onnx.StringStringEntryProto(key="lowered_for", value=LOWERED_FOR))
-    model.metadata_props.append(onnx.StringStringEntryProto(key="source_sha256", value=file_sha256(src)))
+    model.metadata_props.append(onnx.StringStringEntryProto(key=SOURCE_SHA256, value=file_sha256(src)))
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(dst))
 

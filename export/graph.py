@@ -2,17 +2,9 @@
 
 from __future__ import annotations
 
-import hashlib
-from pathlib import Path
-
 import onnx
 
-__all__ = ["drop_unused_initializers", "file_sha256"]
-
-
-def file_sha256(path: str | Path) -> str:
-    """Hex SHA-256 of a file: what a twin records of the model it was written from."""
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+__all__ = ["drop_unused_initializers"]
 
 
 def drop_unused_initializers(graph: onnx.GraphProto) -> None:

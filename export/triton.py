@@ -21,8 +21,7 @@ from pathlib import Path
 
 import onnxruntime as ort
 
-from service.engine import ModelSpec, discover_models
-from service.settings import DEFAULT_MODEL_DIR
+from service.model_files import ModelSpec, default_model_dir, discover_models
 
 __all__ = ["TritonOptions", "model_config", "write_repository", "main"]
 
@@ -146,9 +145,9 @@ def model_config(name: str, spec: ModelSpec, lr: TensorInfo, sr: TensorInfo, opt
     return "\n".join(lines) + "\n"
 
 
-def write_repository(out: Path, models: Path = DEFAULT_MODEL_DIR, opt: TritonOptions = TritonOptions()) -> list[Path]:
+def write_repository(out: Path, models: Path | None = None, opt: TritonOptions = TritonOptions()) -> list[Path]:
     """Write ``<name>/1/model.onnx`` and ``<name>/config.pbtxt`` for every model found; return the model folders."""
-    specs = discover_models(models)
+    specs = discover_models(models or default_model_dir())
     if not specs:
         raise FileNotFoundError(f"no <variant>_x<scale>.onnx models in {models}")
     written = []
@@ -172,7 +171,7 @@ def write_repository(out: Path, models: Path = DEFAULT_MODEL_DIR, opt: TritonOpt
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(prog="python -m export.triton", description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, required=True, help="model repository folder to write (created if missing)")
-    p.add_argument("--models", type=Path, default=DEFAULT_MODEL_DIR, help="folder of shipped models")
+    p.add_argument("--models", type=Path, default=None, help="folder of models (default: the shipped ones)")
     d = TritonOptions()
     p.add_argument("--tile", type=int, default=d.tile, help="LR tile core T (as UPSCALER_TILE)")
     p.add_argument("--max-batch", type=int, default=d.max_batch, help="max_batch_size (as UPSCALER_MAX_BATCH)")

@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from model.image_quality import mod_crop
 from model.imresize import imresize
-from model.metrics import mod_crop
 
 __all__ = [
     "IMAGE_SUFFIXES",

@@ -1,10 +1,11 @@
 """Evaluate a shipped ONNX model with the super-resolution literature's protocol.
 
-    python -m model.evaluate --data ../shared/datasets/Set5 --scale 2 [--model FILE.onnx] [--json]
+    python -m model.evaluate --data ../shared/datasets/Set5 --scale 2 [--model FILE.onnx] [--jpeg Q] [--json]
 
 HR images are mod-cropped to the scale, degraded with MATLAB-compatible
-bicubic ``imresize``, and upscaled twice: by the model, through ONNX Runtime
-and the service's own tiled inference path, and by bicubic ``imresize``.
+bicubic ``imresize`` (and, with ``--jpeg Q``, that LR saved as JPEG by Pillow
+at quality Q, 4:2:0, as most photos come), and upscaled twice: by the model, through ONNX Runtime
+and the service's own tiled inference path, and by bicubic ``imresize`` of the same (compressed) LR.
 PSNR and SSIM are measured on the BT.601 Y channel (16-235) of the 8-bit
 results with ``scale`` pixels shaved at each border. No torch is imported.
 """
@@ -17,15 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
-from model.data import list_images, load_rgb
+from model.data import degrade, list_images, load_rgb
+from model.image_quality import mod_crop, psnr, rgb_to_y, ssim
 from model.imresize import imresize
-from model.metrics import mod_crop, psnr, rgb_to_y, ssim
-from service.engine import Engine, to_pixels
+from service.model_files import default_model_dir
+from service.runtime.engine import Engine, to_pixels
 
-DEFAULT_MODELS = Path(__file__).resolve().parent.parent / "export" / "models"
+DEFAULT_MODELS = default_model_dir()
 
 
-def evaluate(data: str | Path, scale: int, model: str | Path | None = None, tile: int = 128) -> dict:
+def evaluate(
+    data: str | Path, scale: int, model: str | Path | None = None, tile: int = 128, jpeg_quality: int | None = None
+) -> dict:
     """Per-image and mean PSNR/SSIM of the model and of bicubic; see the module docstring."""
     model = Path(model) if model else DEFAULT_MODELS / f"fast_x{scale}.onnx"
     engine = Engine(model, tile=tile, prefer_gpu=False)
@@ -35,7 +39,7 @@ def evaluate(data: str | Path, scale: int, model: str | Path | None = None, tile
     images = []
     for path in list_images(data):
         hr = mod_crop(load_rgb(path), scale)
-        lr = imresize(hr, 1 / scale)
+        lr = degrade(hr, scale, jpeg_quality)
         sr = to_pixels(engine.upscale(key, lr.astype(np.float32) / 255), np.uint8)
         bic = imresize(lr, scale)
         y_hr, y_sr, y_bic = rgb_to_y(hr), rgb_to_y(sr), rgb_to_y(bic)
@@ -49,7 +53,7 @@ def evaluate(data: str | Path, scale: int, model: str | Path | None = None, tile
             }
         )
     means = {k: float(np.mean([im[k] for im in images])) for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")}
-    return {"model": str(model), "scale": scale, **means, "images": images}
+    return {"model": str(model), "scale": scale, "jpeg_quality": jpeg_quality, **means, "images": images}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,13 +61,14 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", required=True, help="folder of HR images (e.g. Set5)")
     p.add_argument("--scale", type=int, choices=(2, 3, 4), required=True)
     p.add_argument("--model", help="ONNX model (default: the shipped fast model for the scale)")
+    p.add_argument("--jpeg", type=int, metavar="Q", help="save each LR as JPEG at quality Q first")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     args = p.parse_args(argv)
-    result = evaluate(args.data, args.scale, args.model)
+    result = evaluate(args.data, args.scale, args.model, jpeg_quality=args.jpeg)
     if args.json:
         print(json.dumps(result, indent=2))
         return
-    print(f"{result['model']}  x{args.scale}")
+    print(f"{result['model']}  x{args.scale}" + (f"  LR saved as JPEG q{args.jpeg}" if args.jpeg else ""))
     print(f"{'image':<20}{'PSNR':>8}{'SSIM':>8}{'bic PSNR':>10}{'bic SSIM':>10}")
     for im in result["images"] + [{"image": "mean", **result}]:
         print(

@@ -34,7 +34,7 @@ def weights_from_onnx(path: str | Path) -> tuple[dict, dict[str, torch.Tensor]]:
     model = onnx.load(str(path))
     meta = {p.key: p.value for p in model.metadata_props}
     if "config" not in meta:
-        raise ValueError(f"{path} has no 'config' metadata; it was not exported by export.onnx")
+        raise ValueError(f"{path} has no 'config' metadata; it was not exported by export.to_onnx")
     config = json.loads(meta["config"])
     net = SRNet(**config)
     consts = {init.name: numpy_helper.to_array(init) for init in model.graph.initializer}

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model.data import JpegDegradation, PatchSampler, degrade, list_images, load_rgb, make_pairs, split_holdout
-from model.metrics import mod_crop, psnr, rgb_to_y
+from model.image_quality import mod_crop, psnr, rgb_to_y
 from model.network import SRNet, build, config_dict, load_weights, pad_for_inference
 from model.onnx_weights import weights_from_onnx
 

@@ -1,8 +1,8 @@
 """Run the service: ``python -m service`` (settings from UPSCALER_* variables, see README.md).
 
 One process serves by default on a CPU; with a GPU, several processes share
-the port (``UPSCALER_PROCESSES``, see ``service.supervisor``). Either way
-SIGTERM or SIGINT drains first (``service.server``) and the command exits 0.
+the port (``UPSCALER_PROCESSES``, see ``service.http.supervisor``). Either way
+SIGTERM or SIGINT drains first (``service.http.server``) and the command exits 0.
 """
 
 from __future__ import annotations
@@ -11,11 +11,10 @@ import sys
 
 from pydantic import ValidationError
 
-from service.engine import available_cores, cuda_usable
-from service.libc import tune_malloc
-from service.server import configure_logging, serve
+from service.host import available_cores, cuda_usable, tune_malloc
+from service.http.server import configure_logging, serve
+from service.http.supervisor import Supervisor
 from service.settings import Settings, default_processes
-from service.supervisor import Supervisor
 
 
 def main() -> None:

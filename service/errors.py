@@ -17,7 +17,7 @@ server paths.
     ├── NotReady                  503 not_ready          (starting or draining; Retry-After)
     └── DeadlineExceeded          504 deadline_exceeded  (waited longer than the request timeout)
 
-Two more are answered by the HTTP protocol itself, before a request reaches the app (``service.server``): 408
+Two more are answered by the HTTP protocol itself, before a request reaches the app (``service.http.server``): 408
 header_timeout and 431 headers_too_large, in the same JSON form.
 """
 

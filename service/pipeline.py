@@ -15,15 +15,23 @@ from collections.abc import Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 
-from service.batcher import Batcher
-from service.codecs import check_output, decode, encode
-from service.decoder_pool import DecoderPool
-from service.engine import ModelKey
 from service.errors import ClientGone, Overloaded
+from service.imageio.decoder_pool import DecoderPool
+from service.imageio.decoding import decode
+from service.imageio.encoding import check_output, encode
+from service.model_choice import ModelChoice, choose_model
+from service.runtime.batcher import Batcher
 from service.settings import Settings
-from service.uploads import Upload
 
-__all__ = ["UpscaleResult", "Pipeline"]
+__all__ = ["Upload", "UpscaleResult", "Pipeline"]
+
+
+@dataclass(frozen=True)
+class Upload:
+    """An uploaded image, as the HTTP layer read it."""
+
+    data: bytes
+    filename: str | None  # the client's name for the file, if it sent one
 
 
 @dataclass(frozen=True)
@@ -31,6 +39,7 @@ class UpscaleResult:
     body: bytes
     format: str  # png, jpeg or webp
     filename: str | None  # the client's name for the input, if it sent one
+    model: ModelChoice  # the model that ran, and why
     input_size: tuple[int, int]  # (width, height)
     output_size: tuple[int, int]
     timings: dict[str, float]  # seconds: decode, queue, infer, encode
@@ -49,7 +58,8 @@ class Pipeline:
         read: Callable[[], Awaitable[Upload]],
         is_disconnected: Callable[[], Awaitable[bool]],
         *,
-        key: ModelKey,
+        model: str,
+        scale: int,
         fmt: str | None,
         quality: int | None,
         effort: int | None = None,
@@ -63,7 +73,7 @@ class Pipeline:
         decoded = await self.decoders.run(
             decode,
             upload.data,
-            scale=key[1],
+            scale=scale,
             max_input_pixels=s.max_input_pixels,
             max_output_pixels=s.max_output_pixels,
             formats=tuple(s.input_formats),
@@ -72,9 +82,10 @@ class Pipeline:
         t_decode = time.perf_counter() - t0
         in_size = (decoded.width, decoded.height)
         fmt = fmt or decoded.default_format()
-        check_output(decoded.width, decoded.height, key[1], fmt)  # before any tile runs
+        check_output(decoded.width, decoded.height, scale, fmt)  # before any tile runs
+        choice = choose_model(self.batcher.engine.specs, model, scale, s.clean_model, decoded.jpeg_quality)
         job = await _unless_disconnected(
-            is_disconnected, self.batcher.upscale(key, decoded.take_pixels(), s.request_timeout_s)
+            is_disconnected, self.batcher.upscale(choice.key, decoded.take_pixels(), s.request_timeout_s)
         )
         t0 = time.perf_counter()
         body = await self._in_pool(
@@ -88,7 +99,7 @@ class Pipeline:
         )
         timings = {"decode": t_decode, **job.timings(), "encode": time.perf_counter() - t0}
         out_size = (job.out.shape[1], job.out.shape[0])
-        return UpscaleResult(body, fmt, filename, in_size, out_size, timings)
+        return UpscaleResult(body, fmt, filename, choice, in_size, out_size, timings)
 
 
 async def _unless_disconnected(is_disconnected: Callable[[], Awaitable[bool]], coro):

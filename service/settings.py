@@ -7,9 +7,9 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-__all__ = ["Settings", "DEFAULT_MODEL_DIR", "default_codec_threads", "default_max_batch", "default_processes"]
+from service.model_files import default_model_dir
 
-DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "export" / "models"
+__all__ = ["Settings", "default_codec_threads", "default_max_batch", "default_processes"]
 
 
 class Settings(BaseSettings):
@@ -19,8 +19,16 @@ class Settings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="address uvicorn binds to")
     port: int = Field(8000, ge=0, le=65535, description="port uvicorn binds to (0 = any free port)")
-    model_dir: Path = Field(DEFAULT_MODEL_DIR, description="folder of <variant>_x<scale>.onnx models and cards")
-    default_model: str = Field("fast", description="variant used when a request names none")
+    model_dir: Path = Field(
+        default_factory=default_model_dir,
+        description="folder of <variant>_x<scale>.onnx models (default: the shipped ones)",
+    )
+    default_model: str = Field(
+        "auto",
+        description="model used when a request names none; auto: the one made for the input (a JPEG band's, or the "
+        "clean model)",
+    )
+    clean_model: str = Field("fast", description="the model auto runs for lossless inputs and JPEGs in no band")
     variants: list[str] = Field(default_factory=list, description="variants to load (empty = all found)")
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="auto: CUDA if ONNX Runtime has it")
     # fp16 is slower than fp32 on the GPUs measured, for these thin networks (bench/results/gpu.json).
@@ -33,9 +41,9 @@ class Settings(BaseSettings):
     cpu_kernels: str = Field(
         "auto",
         pattern="^(auto|avx512|avx2|onnxruntime)$",
-        description="auto: on a CPU with AVX-512 or AVX2 + FMA, models with a native twin run on the service's own "
-        "kernels (service/fsrcnn.c), on the best of the two; avx512, avx2: on that one (start-up fails where the "
-        "CPU lacks it); onnxruntime: ONNX Runtime runs every model",
+        description="auto: on a CPU with AVX-512 or AVX2 + FMA, models with kernel weights (_native.npz) run on the "
+        "service's own kernels (service/runtime/csrc/fsrcnn.c), on the best of the two; avx512, avx2: on that one "
+        "(start-up fails where the CPU lacks it); onnxruntime: ONNX Runtime runs every model",
     )
     processes: int = Field(
         0, ge=0, description="server processes sharing the port (0 = one per 2 cores with a GPU, 1 without)"
@@ -128,10 +136,14 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _default_is_served(self) -> Settings:
-        if self.variants and self.default_model not in self.variants:
-            raise ValueError(
-                f"UPSCALER_DEFAULT_MODEL={self.default_model!r} is not in UPSCALER_VARIANTS={self.variants}"
+        default = self.clean_model if self.default_model == "auto" else self.default_model
+        if self.variants and default not in self.variants:
+            what = (
+                f"UPSCALER_CLEAN_MODEL={default!r} (what auto runs)"
+                if default != self.default_model
+                else (f"UPSCALER_DEFAULT_MODEL={default!r}")
             )
+            raise ValueError(f"{what} is not in UPSCALER_VARIANTS={self.variants}")
         return self
 
 

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.native import instruction_sets, kernels_unavailable
+from service.runtime.fsrcnn_kernels import instruction_sets, kernels_unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "export" / "models"
@@ -71,18 +71,20 @@ def child_env(**extra: str) -> dict[str, str]:
     return {**os.environ, "PYTHONPATH": pythonpath, **extra}
 
 
-def start_server(tmp_dir: Path, port: int | None = None, **settings: str) -> Server:
+def start_server(
+    tmp_dir: Path, port: int | None = None, cwd: Path = ROOT, env: dict | None = None, **settings: str
+) -> Server:
     """Start ``python -m service`` (on ``port``, or a free one) with UPSCALER_* settings; wait until /readyz is 200.
 
     On the CPU unless ``device`` says otherwise, on every machine: these tests specify the service as CI runs it
     (pixels equal to the CPU engine's, CPU batch sizes, a queue a burst can fill); tests/test_gpu.py covers CUDA."""
     port = port or free_port()
-    env = child_env(UPSCALER_HOST="127.0.0.1", UPSCALER_PORT=str(port), UPSCALER_DEVICE="cpu")
+    env = child_env(UPSCALER_HOST="127.0.0.1", UPSCALER_PORT=str(port), UPSCALER_DEVICE="cpu", **(env or {}))
     env.update({f"UPSCALER_{k.upper()}": str(v) for k, v in settings.items()})
     log_path = tmp_dir / f"server-{port}.log"
     with log_path.open("w") as log:  # the child keeps its own copy of the descriptor
         proc = subprocess.Popen(
-            [sys.executable, "-m", "service"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT
+            [sys.executable, "-m", "service"], cwd=cwd, env=env, stdout=log, stderr=subprocess.STDOUT
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -167,7 +169,7 @@ def assert_same_pixels(got: np.ndarray, reference: np.ndarray, float_tolerance: 
     not bit for bit; a pixel may round the other way only when the reference lies within
     ``float_tolerance`` of a rounding boundary. Everywhere else the bytes must be identical.
     """
-    from service.engine import to_pixels
+    from service.runtime.engine import to_pixels
 
     expected = to_pixels(reference, np.uint8)
     differs = got != expected

@@ -1,19 +1,21 @@
-"""The compiled parts' bindings: each C interface is declared once, in service/<part>.h, which the C includes (so the
-compiler checks the definitions) and cffi reads (so Python calls are checked), and the built library has it all."""
+"""The compiled parts' bindings: each C interface is declared once, in service/<package>/csrc/<part>.h, which the C
+includes (so the compiler checks the definitions) and cffi reads (so Python calls are checked), and the built library
+has it all."""
 
 import re
 
 import pytest
 
 from service.compiled import load_library
-
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 PARTS = ["fsrcnn", "rle_deflate", "png_unfilter"]
+PACKAGE = {"fsrcnn": ROOT / "service" / "runtime", "rle_deflate": ROOT / "service" / "imageio"}
+PACKAGE["png_unfilter"] = PACKAGE["rle_deflate"]
 
 
 def loaded(part: str):
-    library, why_not = load_library(part)
+    library, why_not = load_library(PACKAGE[part], part)
     if library is None:
         pytest.skip(why_not)
     return library
@@ -21,14 +23,14 @@ def loaded(part: str):
 
 @pytest.mark.parametrize("part", PARTS)
 def test_the_c_source_is_compiled_against_its_header(part):
-    source = (ROOT / "service" / f"{part}.c").read_text()
+    source = (PACKAGE[part] / "csrc" / f"{part}.c").read_text()
     assert f'#include "{part}.h"' in source
 
 
 @pytest.mark.parametrize("part", PARTS)
 def test_every_function_the_header_declares_is_in_the_built_library(part):
     library = loaded(part)
-    declared = re.findall(r"^\w[\w\s*]*?\b(\w+)\(", (ROOT / "service" / f"{part}.h").read_text(), re.MULTILINE)
+    declared = re.findall(r"^\w[\w\s*]*?\b(\w+)\(", (PACKAGE[part] / "csrc" / f"{part}.h").read_text(), re.MULTILINE)
     assert declared and set(declared) <= set(dir(library.lib))
     for name in declared:
         assert callable(getattr(library.lib, name))  # AttributeError where the library lacks the symbol

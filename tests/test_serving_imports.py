@@ -3,13 +3,14 @@
 import subprocess
 import sys
 
-from .conftest import ROOT
+from tests.conftest import ROOT
 
 
 def test_serving_path_does_not_import_torch():
     code = (
         "import sys\n"
-        "import service.app, service.engine, service.batcher, service.codecs, service.tiling, model.evaluate\n"
+        "import service.http.app, service.runtime.engine, service.runtime.batcher, service.runtime.tiling\n"
+        "import service.imageio.decoding, service.imageio.encoding, model.evaluate\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in {'torch', 'onnx', 'torchvision'})\n"
         "print(bad); sys.exit(1 if bad else 0)\n"
     )

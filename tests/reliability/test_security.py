@@ -14,12 +14,12 @@ import httpx
 import pytest
 from PIL import Image
 
-from service import app as app_module
-from service.app import create_app
+from service.http import middleware
+from service.http.app import create_app
 from service.settings import Settings
 from tests.conftest import Server, encode_image, smooth_image, start_server, stop_server
+from tests.reliability.conftest import LIMITS
 
-from .conftest import LIMITS
 from .helpers import assert_clean_log, assert_json_error, raw_exchange, rss_mb, unexpected_5xx
 
 KEYS = ["key-one-0123456789", "key-two-abcdefghij"]
@@ -114,7 +114,7 @@ def test_blank_api_key_is_refused_at_start_up(tmp_path):
 def test_keys_are_compared_in_constant_time():
     """Timing is not measured here (too noisy on a shared machine); the comparison is hmac.compare_digest
     against every key, whichever matches."""
-    source = inspect.getsource(app_module._authorized)
+    source = inspect.getsource(middleware.authorized)
     assert "compare_digest" in source and "any(matches)" in source
 
 

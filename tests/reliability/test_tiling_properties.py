@@ -1,4 +1,4 @@
-"""Property tests of the tiling arithmetic (service/tiling.py) for any image size, tile size and context.
+"""Property tests of the tiling arithmetic (service/runtime/tiling.py) for any image size, tile size and context.
 
 The "network" here is exact integer arithmetic in numpy with the real network's shape contract: a
 (T + 2c)^2 input gives a (sT)^2 output using only valid windows, so each output pixel depends on the c-pixel
@@ -13,7 +13,7 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.tiling import TileGrid, tile_origins
+from service.runtime.tiling import TileGrid, tile_origins
 
 SETTINGS = settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 

@@ -1,0 +1,46 @@
+"""GET /v1/models: the models served and what runs them."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.errors import NotReady
+from service.http.dependencies import State
+from service.http.schemas import ModelInfo, ModelsResponse
+
+__all__ = ["router"]
+
+router = APIRouter()
+
+
+@router.get("/v1/models", response_model=ModelsResponse)
+async def models(state: State) -> ModelsResponse:
+    """The variants and scales served, their model-card facts and the execution provider in use."""
+    if state.engine is None:
+        raise NotReady("models are still loading")
+    eng = state.engine
+    infos = [
+        ModelInfo(
+            variant=v,
+            scale=sc,
+            context=spec.context,
+            parameters=spec.card.get("parameters"),
+            macs_per_input_pixel=spec.card.get("macs_per_input_pixel"),
+            trained=spec.card.get("trained", False),
+            set5=spec.card.get("set5"),
+            set5_jpeg=spec.card.get("set5_jpeg"),
+            jpeg_quality=spec.card.get("jpeg_quality"),
+            precision="fp16" if eng.fp16 else "fp32",
+            kernels=eng.kernels((v, sc)),
+            instruction_set=eng.instruction_set((v, sc)),
+        )
+        for (v, sc), spec in sorted(eng.specs.items())
+    ]
+    return ModelsResponse(
+        default_model=state.settings.default_model,
+        clean_model=state.settings.clean_model,
+        provider=eng.provider,
+        tile=eng.tile,
+        max_batch=state.max_batch,
+        models=infos,
+    )

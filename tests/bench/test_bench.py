@@ -1,0 +1,85 @@
+"""Smoke tests of the benchmarks: each runs end to end in --quick mode (tiny inputs, no result files)."""
+
+import json
+import sys
+
+import httpx
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from PIL import Image
+
+from bench import image_coding, inference, int8, memory, serving, threads
+from service.runtime.fsrcnn_kernels import instruction_sets
+from tests.conftest import MODELS, decode_image, encode_image, smooth_image
+
+
+@pytest.mark.parametrize("bench", [inference, image_coding, serving, memory, int8, threads], ids=lambda m: m.__name__)
+def test_benchmark_runs_quick(bench, capsys):
+    # The service benchmark also runs two server and two client processes, the GPU layout.
+    extra = ["--concurrency", "1,2", "--processes", "2", "--client-processes", "2"] if bench is serving else []
+    bench.main(["--quick", *extra])
+    out = capsys.readouterr().out
+    assert out.strip() and "wrote" not in out
+
+
+def test_engine_benchmark_times_every_peer_against_its_instruction_sets_sgemm(capsys):
+    inference.main(["--quick", "--models", "fast_x2"])
+    result = json.loads(capsys.readouterr().out)["models"]["fast_x2"]
+    layout = result["service_layout"]
+    peers = {f"native_{isa}" for isa in instruction_sets()} | {"onnxruntime_cpu_twin", "onnxruntime_shipped_graph"}
+    assert peers <= set(layout["gflops"]) and layout["fastest"] in layout["gflops"]
+    assert layout["service_default"] == (
+        f"native_{instruction_sets()[0]}" if instruction_sets() else "onnxruntime_cpu_twin"
+    )
+    assert all(layout["fraction_of_sgemm"][p] > 0 for p in layout["gflops"])
+    assert layout["sgemm_gflops"]["machine"] > 0
+    assert (
+        layout["sgemm_gflops"]["avx2"] > 0 if "avx2" in instruction_sets() else layout["sgemm_gflops"]["avx2"] is None
+    )
+    threads = result["all_threads"]
+    assert result["gflop_per_tile"] > 0 and threads["onnxruntime_ms"] > 0 and threads["pytorch_eager_ms"] > 0
+    assert set(threads["graph_optimization_ms"]) == {"model", "cpu_twin"} and threads["cpu_twin_speedup"] > 0
+
+
+def test_the_litserve_peer_serves_the_shipped_model(tmp_path):
+    pytest.importorskip("litserve", reason="the LitServe peer needs pip install -e .[bench]")
+    port = serving.free_port()
+    url = f"http://127.0.0.1:{port}"
+    image = smooth_image(40, 30)
+    with serving.running([sys.executable, "-m", "bench.litserve_server", "--port", str(port)], {}, url):
+        files = {"file": ("image.png", encode_image(Image.fromarray(image)), "image/png")}
+        r = httpx.post(f"{url}/v1/upscale", files=files, timeout=60)
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    session = ort.InferenceSession(str(MODELS / "fast_x2.onnx"), providers=["CPUExecutionProvider"])
+    c = int(session.get_modelmeta().custom_metadata_map["context"])
+    x = np.pad(image.astype(np.float32) / 255, ((c, c), (c, c), (0, 0)), mode="symmetric").transpose(2, 0, 1)[None]
+    expected = np.clip(session.run(None, {"lr": x})[0][0].transpose(1, 2, 0), 0, 1) * 255 + 0.5
+    got = np.asarray(decode_image(r.content), np.float32)
+    assert got.shape == (80, 60, 3) and np.abs(got - expected.astype(np.uint8)).max() <= 1
+
+
+def test_thread_benchmark_finds_the_service_threads_by_name(capsys):
+    threads.main(["--quick"])
+    rows = {line.split()[0] for line in capsys.readouterr().out.splitlines()}
+    assert {"main", "engine", "codec"} <= rows  # the service names its pools' OS threads
+
+
+def test_service_benchmark_divides_each_service_figure_by_the_engine_figures_around_it():
+    engine_figures, service_figures = iter([10.0, 12.0, 8.0]), iter([9.9, 9.0])
+    rounds = serving.paired_rounds(lambda: next(engine_figures), lambda: next(service_figures), 2)
+    assert [r["service_vs_engine"] for r in rounds] == pytest.approx([9.9 / 11, 9.0 / 10])
+    assert [(r["engine_before"], r["engine_after"]) for r in rounds] == [(10.0, 12.0), (12.0, 8.0)]
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" not in ort.get_available_providers() or not torch.cuda.is_available(),
+    reason="needs ONNX Runtime's CUDA provider and torch with a GPU",
+)
+def test_gpu_benchmark_runs_quick(capsys):
+    from bench import gpu
+
+    gpu.main(["--quick", "--models", "fast_x2"])
+    out = capsys.readouterr().out
+    assert '"device_output_mpix_per_s"' in out and "wrote" not in out
