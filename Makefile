@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # onnxruntime-gpu only where an NVIDIA GPU answers; the CPU build everywhere else (they cannot share a venv).
 ORT_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: serve test test-without-avx512 lint install-serve install-test install-browser install-docker docker-smoke clean
+.PHONY: serve test test-without-avx512 screenshot lint install-serve install-test install-browser install-docker docker-smoke clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -60,6 +60,10 @@ install-docker:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap >/dev/null) \
 	    || echo "could not install docker.io/debootstrap; the container smoke test will skip"; \
 	else echo "no docker and no root apt-get; the container smoke test will skip"; fi
+
+# docs/web-page.png, the web page with a result (docs/screenshot.py): a picture for people, not a test.
+screenshot: install-test install-browser
+	PYTHONPATH=. $(PY) docs/screenshot.py
 
 lint: install-test
 	$(PY) -m ruff check . && $(PY) -m ruff format --check .

@@ -4,7 +4,7 @@
 
 Needs onnxruntime-gpu and a CUDA GPU (and torch with CUDA for the eager
 baseline); writes bench/results/gpu.json. For every model, precision (fp32,
-and the shipped fp16 twin) and tile shape (LR tile core x batch) it measures:
+and the shipped _fp16 file) and tile shape (LR tile core x batch) it measures:
 
 - ``host``: the service's ``Engine.run`` exactly as it serves, fp32 tiles in
   host memory, the output copied back to the host (what a request costs);
@@ -101,7 +101,7 @@ def measure_model(name: str, shapes: list[tuple[int, int]], seconds: float) -> d
     for precision in ("fp32", "fp16"):
         engine = Engine(path, prefer_gpu=True, precision=precision)  # sessions take any tile shape
         if not engine.on_gpu or engine.fp16 != (precision == "fp16"):
-            raise SystemExit(f"{name} {precision}: ORT runs it on {engine.provider} (fp16 twin: {engine.fp16})")
+            raise SystemExit(f"{name} {precision}: ORT runs it on {engine.provider} (_fp16 file: {engine.fp16})")
         key = next(iter(engine.specs))
         for tile, batch in shapes:
             n = tile + 2 * context

@@ -4,14 +4,14 @@ tiles, each as a fraction of the machine's SGEMM rate for its instruction set.
     python -m bench.inference [--models fast_x2,turbo_x2] [--tile 128] [--batch 8] [--quick]
 
 Writes ``bench/results/engine-<machine class>.json`` (``bench.machine.machine_class``). Every figure counts the
-multiply-adds of the network as trained (not the extra ones of ONNX Runtime's CPU twin: its padded channels, one-hot
+multiply-adds of the network as trained (not the extra ones of ONNX Runtime's _cpu graph: its padded channels, one-hot
 shuffles and a layer computed twice) at the real tile shape.
 
 The service's layout: one single-threaded run per core at once, each of the service's CPU batch size for that
 runtime (4 tiles on the native kernels, 2 on ONNX Runtime). Timed there, in one run:
 
 * ``native_<isa>``: ``service.runtime.fsrcnn_kernels`` on every instruction set this CPU runs (``avx512``, ``avx2``);
-* ``onnxruntime_cpu_twin``: ONNX Runtime on the CPU twin (``export.cpu``), what the service runs without the kernels;
+* ``onnxruntime_cpu_twin``: ONNX Runtime on the _cpu graph (``export.cpu``), what the service runs without the kernels;
 * ``onnxruntime_shipped_graph``: ONNX Runtime on the shipped model file, unmodified;
 * ``openvino``: OpenVINO on the shipped model file, unmodified, in float32 (``pip install -e .[bench]``; left out
   where it is not installed). OpenVINO would otherwise run in bf16 where the CPU has it, which changes the pixels.
@@ -131,7 +131,7 @@ def _engine_runs(engine: Engine, x: np.ndarray) -> tuple[list[Callable[[], objec
 
 
 def _shipped_graph_runs(path: Path, x: np.ndarray, workers: int) -> tuple[list[Callable[[], object]], int]:
-    """The model file as shipped, one thread per run, at the level the engine gives a model without a twin."""
+    """The model file as shipped, one thread per run, at the level the engine gives a model without a derived file."""
     opts = ort.SessionOptions()
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     opts.intra_op_num_threads = 1
@@ -180,7 +180,7 @@ def _concurrent(calls: list[Callable[[], object]], repeat: int) -> float:
 
 
 def all_threads(path: Path, tile: int, net: SRNet, x: np.ndarray, flops: float, threads: int, repeat: int) -> dict:
-    """ONNX Runtime (the CPU twin, through the engine) against PyTorch eager, one batch on every thread; and each
+    """ONNX Runtime (the _cpu graph, through the engine) against PyTorch eager, one batch on every thread; and each
     file at both of ONNX Runtime's graph optimisation levels."""
     engine = Engine(path, tile=tile, threads=threads, prefer_gpu=False)
     key = next(iter(engine.specs))
@@ -193,7 +193,7 @@ def all_threads(path: Path, tile: int, net: SRNet, x: np.ndarray, flops: float, 
     ms = {name: _by_optimization_level(f, x, threads, repeat) for name, f in by_file.items() if f is not None}
     return {
         "graph_optimization_ms": ms,
-        # Each file at the level the engine runs it at: the shipped graph "extended", its CPU twin "all".
+        # Each file at the level the engine runs it at: the shipped graph "extended", its _cpu graph "all".
         "cpu_twin_speedup": ms["model"]["extended"] / ms["cpu_twin"]["all"] if "cpu_twin" in ms else None,
         "onnxruntime_ms": t_ort * 1000,
         "pytorch_eager_ms": t_torch * 1000,

@@ -3,7 +3,7 @@
 The whole image goes through one ONNX Runtime call (no tiling, no batching
 across requests, inference on the event loop) and the result is encoded with
 Pillow's defaults. It runs the model file the service runs on the same device
-(on a CPU the CPU twin, ``export.cpu``), so the ratio between the two measures
+(on a CPU the _cpu graph, ``export.cpu``), so the ratio between the two measures
 the serving design alone. Run: ``python -m bench.naive_server --port 8001``.
 """
 

@@ -1,13 +1,13 @@
-"""Lower an exported SRNet for ONNX Runtime's CPU kernels: the ``<variant>_x<scale>_cpu.onnx`` twin.
+"""Lower an exported SRNet for ONNX Runtime's CPU kernels: the ``<variant>_x<scale>_cpu.onnx``.
 
 The shipped ``<variant>_x<scale>.onnx`` is PyTorch's own export: the network as
 trained, the source of its weights (``model.onnx_weights``) and what GPUs run.
-The twin computes the same function, up to float rounding (at most 7.5e-7 on
+The derived file computes the same function, up to float rounding (at most 7.5e-7 on
 the shipped models), in a form that ONNX Runtime's fastest CPU convolutions can
 run from end to end.
 
 Those convolutions (graph optimisation level "all", which the engine uses for
-twins) work in a blocked layout, NCHWc: channels in blocks of 16 floats on
+derived files) work in a blocked layout, NCHWc: channels in blocks of 16 floats on
 AVX-512 (8 on AVX2). ONNX Runtime keeps a tensor in that layout from one Conv
 to the next only through Conv, Relu, Add and BatchNormalization (which becomes
 a 1x1 depthwise Conv, an Add fusing into it); before any other operator it
@@ -16,7 +16,7 @@ layers are bound by memory traffic, so the shipped graph loses time at every
 layer:
 
 * per-channel ``PRelu`` has no NCHWc form (and its own kernel is a slow
-  broadcast pass). The twin writes PRelu(z, a) = a z + (1 - a) relu(z) with
+  broadcast pass). The derived file writes PRelu(z, a) = a z + (1 - a) relu(z) with
   NCHWc operators, in the cheapest of three forms for its neighbours:
   - the next layer is a narrowing 1x1 Conv W (shrink): it becomes
     W diag(a) z + W diag(1 - a) relu(z), two Convs and a Relu;
@@ -26,11 +26,11 @@ layer:
     BatchNormalization added. In the last two forms the factor (1 - a) is
     folded into the next layer's weights.
 * a Conv with fewer input channels than a block reads NCHW, so each 12-channel
-  mapping layer was reordered. The twin pads layers narrower than 16 channels
+  mapping layer was reordered. The derived file pads layers narrower than 16 channels
   to 16 with zero weights (the kernels compute whole blocks anyway).
 * ``ConvTranspose`` has no NCHWc kernel. With stride s and a kernel of T*s
   taps (SRNet's, ``model.network``), every output phase (r_y, r_x) is a T x T
-  correlation of the input, so the twin computes all s*s phases as one Conv
+  correlation of the input, so the derived file computes all s*s phases as one Conv
   with s*s*C outputs (no extra multiply-adds) and interleaves them with the
   pixel shuffle below; phases whose window starts one input pixel later are
   placed one LR pixel earlier.
@@ -42,16 +42,16 @@ layer:
 How much faster than the shipped graph it runs is measured by ``bench.inference``
 (``cpu_twin_speedup``; docs/performance.md).
 
-The twin also has an output ``pixels_uint8``: the result as (N, sH, sW, 3)
+The derived file also has an output ``pixels_uint8``: the result as (N, sH, sW, 3)
 8-bit pixels, computed as ``service.runtime.engine.to_pixels`` does
 (``clip(sr * 255 + 0.5, 0, 255)``, truncated) but inside the session run and
 laid out as the output image is, so placing a tile copies whole rows. Only
 8-bit: ONNX Runtime 1.31 runs every node of a graph whatever outputs are asked
 for, so a 16-bit output would cost every batch; 16-bit results are converted
-from ``sr`` in numpy. The twin records the SHA-256 of the model it was written
-from (metadata ``source_sha256``), so the engine can refuse a twin left behind
-by a replaced model. The twin is checked against the shipped model by
-``export.to_onnx.twin_max_abs_diff``; the service's engine reads it on the CPU
+from ``sr`` in numpy. The derived file records the SHA-256 of the model it was written
+from (metadata ``source_sha256``), so the engine can refuse a derived file left behind
+by a replaced model. The derived file is checked against the shipped model by
+``export.to_onnx.derived_max_abs_diff``; the service's engine reads it on the CPU
 provider only (and ``bench/naive_server.py`` on a CPU, to compare like with
 like).
 """
@@ -70,7 +70,7 @@ from service.model_files import SOURCE_SHA256, file_sha256
 
 __all__ = ["LOWERED_FOR", "NCHWC_BLOCK", "lower_for_cpu", "transposed_conv_phases"]
 
-LOWERED_FOR = "CPUExecutionProvider"  # metadata value ``lowered_for`` of a twin, so a session can tell
+LOWERED_FOR = "CPUExecutionProvider"  # metadata value ``lowered_for`` of a derived file, so a session can tell
 NCHWC_BLOCK = 16  # channels per NCHWc block on AVX-512 (8 on AVX2); narrower layers are padded to it
 _ONE = 1 - 1e-6  # a slope of exactly 1 (an identity channel) is moved here so a / (1 - a) stays finite
 

@@ -1,4 +1,4 @@
-"""The weights of an exported SRNet for the service's own CPU kernels: the ``<variant>_x<scale>_native.npz`` twin.
+"""The weights of an exported SRNet for the service's own CPU kernels: ``<variant>_x<scale>_native.npz``.
 
 ``service/runtime/csrc/fsrcnn.c`` runs the network with PReLU fused into each convolution
 and without ONNX Runtime's 16-channel blocks (see ``service.runtime.fsrcnn_kernels``). The
@@ -14,7 +14,7 @@ as plain arrays (numpy's ``.npz``, no pickles), in the form the kernels run:
 * ``skip.weight`` (C*s*s, 1, 5, 5), ``skip.crop``: the fixed bicubic skip's
   phases and how far inside the tile its 5x5 window starts;
 * ``scale``, ``context``, ``source_sha256`` (the model file it was written from,
-  so the engine can refuse a twin left behind by a replaced model).
+  so the engine can refuse a derived file left behind by a replaced model).
 """
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def native_arrays(net: SRNet) -> dict[str, np.ndarray]:
 
 
 def write_native(src: Path, dst: Path) -> None:
-    """Write the native twin of the exported model ``src`` to ``dst``."""
+    """Write the kernel weights file of the exported model ``src`` to ``dst``."""
     config, state = weights_from_onnx(src)
     net = SRNet(**config).eval()
     load_weights(net, state)

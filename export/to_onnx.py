@@ -2,7 +2,7 @@
 
     python -m export.to_onnx --checkpoint runs/fast_x2/best.pt --out export/models --val ../shared/datasets/Set5
     python -m export.to_onnx --variant fast --scale 2 --untrained --out /tmp/models   # for tests
-    python -m export.to_onnx --twins export/models/fast_x2.onnx   # rewrite an exported model's twins and card
+    python -m export.to_onnx --derived export/models/fast_x2.onnx   # rewrite an exported model's derived files and card
     python -m export.to_onnx --checkpoint runs/jpeg-mid_x2/last.pt --name fast-jpeg-mid --jpeg-band 41 62 \
         --out export/models --val ../shared/datasets/Set5   # a model for JPEG inputs, chosen by model=auto
     python -m export.to_onnx --evaluate export/models/fast_x2.onnx --val ../shared/datasets/Set5  # refresh the card
@@ -117,7 +117,7 @@ def export_fp16(src: Path, dst: Path) -> None:
     """fp16 weights and activations for GPUs, keeping fp32 graph inputs and outputs.
 
     The graph is convolutions, activations, a slice, a pixel shuffle and an add, so every float initialiser
-    becomes fp16 and two Casts wrap the graph (a Cast after ``lr``, one before ``sr``). The twin records the
+    becomes fp16 and two Casts wrap the graph (a Cast after ``lr``, one before ``sr``). The derived records the
     SHA-256 of ``src`` (metadata ``source_sha256``), so the engine can refuse it once ``src`` is replaced.
     """
     model = onnx.load(str(src))
@@ -249,10 +249,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--variant", default="fast", help="with --untrained")
     p.add_argument("--scale", type=int, choices=(2, 3, 4), default=2, help="with --untrained")
     p.add_argument("--untrained", action="store_true", help="export a freshly initialised network")
-    p.add_argument("--out", help="output folder (required unless --twins)")
+    p.add_argument("--out", help="output folder (required unless --derived)")
     p.add_argument("--val", help="HR folder (Set5) to measure PSNR/SSIM for the model card")
     p.add_argument("--no-fp16", action="store_true")
-    p.add_argument("--twins", nargs="+", type=Path, metavar="MODEL", help="only rewrite these models' twins and cards")
+    p.add_argument(
+        "--derived", nargs="+", type=Path, metavar="MODEL", help="only rewrite these models' derived files, cards"
+    )
     p.add_argument("--name", help="the model's name (default: its network variant); files are <name>_x<scale>.*")
     p.add_argument(
         "--jpeg-band", type=int, nargs=2, metavar=("LOW", "HIGH"), help="JPEG qualities model=auto runs it for"
@@ -261,9 +263,9 @@ def main(argv: list[str] | None = None) -> None:
         "--evaluate", nargs="+", type=Path, metavar="MODEL", help="only refresh these cards' figures (--val)"
     )
     args = p.parse_args(argv)
-    if args.twins:
-        for path in args.twins:
-            rewrite_twins(path)
+    if args.derived:
+        for path in args.derived:
+            rewrite_derived(path)
         return
     if args.evaluate:
         for path in args.evaluate:
@@ -327,7 +329,7 @@ def main(argv: list[str] | None = None) -> None:
     }
     if args.jpeg_band:
         card["jpeg_quality"] = list(args.jpeg_band)
-    card.update(write_twins(path, net.context, fp16=not args.no_fp16))
+    card.update(write_derived(path, net.context, fp16=not args.no_fp16))
     if args.val:
         card.update(evaluation(path, net.scale, args.val))
     write_card(out, stem, card)
@@ -343,48 +345,48 @@ def refresh_card(path: Path, val: str | None, jpeg_band: list[int] | None) -> No
     write_card(path.parent, path.stem, card)
 
 
-def write_twins(path: Path, context: int, fp16: bool = True) -> dict[str, float | None]:
-    """Write the fp16 (unless ``fp16`` is false), CPU and native twins of ``path``; return their card entries."""
+def write_derived(path: Path, context: int, fp16: bool = True) -> dict[str, float | None]:
+    """Write the _fp16 (unless ``fp16`` is false), _cpu and kernel weights files of ``path``; return card entries."""
     entries = {}
-    twins = {
+    writers = {
         "fp16": (export_fp16, FP16_SUFFIX + ".onnx"),
         "cpu": (lower_for_cpu, CPU_GRAPH_SUFFIX + ".onnx"),
         "native": (write_native, KERNEL_WEIGHTS_SUFFIX + ".npz"),
     }
-    for name, (write, suffix) in twins.items():
+    for name, (write, suffix) in writers.items():
         if name == "fp16" and not fp16:
             continue
-        twin = path.with_name(path.stem + suffix)
-        write(path, twin)
+        derived = path.with_name(path.stem + suffix)
+        write(path, derived)
         why_not = kernels_unavailable() if name == "native" else None
         if why_not:  # recorded as such in the card
-            log.warning("wrote %s; not compared with %s: %s", twin, path.name, why_not)
+            log.warning("wrote %s; not compared with %s: %s", derived, path.name, why_not)
             entries["native_max_abs_diff"] = None
             continue
-        err = twin_max_abs_diff(path, twin, context)
+        err = derived_max_abs_diff(path, derived, context)
         if name != "fp16" and err > PARITY_TOLERANCE:
-            raise SystemExit(f"{twin} differs from {path} by {err:.2e} > {PARITY_TOLERANCE}")
+            raise SystemExit(f"{derived} differs from {path} by {err:.2e} > {PARITY_TOLERANCE}")
         entries[f"{name}_max_abs_diff"] = float(f"{err:.3g}")
-        log.info("wrote %s; max abs difference from %s %.2e", twin, path.name, err)
+        log.info("wrote %s; max abs difference from %s %.2e", derived, path.name, err)
     return entries
 
 
-def twin_max_abs_diff(model: Path, twin: Path, context: int) -> float:
-    """Max abs difference of a twin (ONNX, on the CPU provider, or native) from its model on a random tile."""
+def derived_max_abs_diff(model: Path, derived: Path, context: int) -> float:
+    """Max abs difference of a derived (ONNX, on the CPU provider, or native) from its model on a random tile."""
     x = np.random.default_rng(0).random((1, 3, 64 + 2 * context, 64 + 2 * context), dtype=np.float32)
     a = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
-    if twin.suffix == ".npz":
-        b = NativeNetwork(twin).run(x)
+    if derived.suffix == ".npz":
+        b = NativeNetwork(derived).run(x)
     else:
-        b = ort.InferenceSession(str(twin), providers=["CPUExecutionProvider"]).run(["sr"], {"lr": x})[0]
+        b = ort.InferenceSession(str(derived), providers=["CPUExecutionProvider"]).run(["sr"], {"lr": x})[0]
     return float(np.abs(a - b).max())
 
 
-def rewrite_twins(path: Path) -> None:
-    """Rewrite the twins of an already exported model and refresh its card, if it has one (the weights are not
+def rewrite_derived(path: Path) -> None:
+    """Rewrite the derived files of an already exported model and refresh its card, if it has one (the weights are not
     touched)."""
     context = int({p.key: p.value for p in onnx.load(str(path)).metadata_props}["context"])
-    entries = write_twins(path, context)
+    entries = write_derived(path, context)
     card_path = path.with_suffix(".json")
     if card_path.exists():
         write_card(path.parent, path.stem, json.loads(card_path.read_text()) | entries)

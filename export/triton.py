@@ -153,7 +153,7 @@ def write_repository(out: Path, models: Path | None = None, opt: TritonOptions =
     written = []
     for (variant, scale), spec in sorted(specs.items()):
         name = f"{variant}_x{scale}"
-        # Without TensorRT, fp16 compute comes from the fp16 twin (fp32 inputs and outputs, like the fp32 model).
+        # Without TensorRT, fp16 compute comes from the _fp16 file (fp32 inputs and outputs, like the fp32 model).
         use_fp16_file = opt.kind == "gpu" and opt.accelerator == "cuda" and opt.precision == "fp16"
         source = spec.fp16_path if use_fp16_file and spec.fp16_path else spec.path
         lr, sr = _io(source)

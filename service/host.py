@@ -58,11 +58,10 @@ def tune_malloc() -> None:
     and output (docs/performance.md has the figures).
 
     Smaller blocks come from the heap, and each heap keeps up to ``TRIM_THRESHOLD`` of free memory at its top.
-    Before, blocks of 1 MiB or more (a 512x512 request's 3 MB output, its 2 MB PNG) were mapped alone, and the
-    heaps gave back all but 128 KiB of what the rest freed; the next request faulted it all in again, page by
-    page: about 2,900 page faults and 7 ms of CPU a request (README, Performance; the higher mmap threshold
-    alone removed about 1,000 of them). The cost is memory kept for reuse: after a burst the resident size
-    stays at what the busiest moment needed.
+    With glibc's defaults, blocks of 1 MiB or more (a 512x512 request's 3 MB output, its 2 MB PNG) would be mapped
+    alone, and the heaps would give back all but 128 KiB of what the rest freed, so the next request would fault it
+    all in again, page by page (docs/performance.md has the count). The cost is memory kept for reuse: after a
+    burst the resident size stays at what the busiest moment needed.
     """
     libc = _libc()
     if libc is not None and hasattr(libc, "mallopt"):

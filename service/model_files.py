@@ -180,7 +180,7 @@ def _derived(model: Path, model_sha256: str, name: str, written_from: Callable[[
     if source != model_sha256:
         log.warning(
             "ignoring %s: it was not written from this %s; delete it, or rewrite it with "
-            "python -m export.to_onnx --twins %s (needs the train extra)",
+            "python -m export.to_onnx --derived %s (needs the train extra)",
             *(derived.name, model.name, model),
         )
         return None

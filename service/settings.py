@@ -33,7 +33,9 @@ class Settings(BaseSettings):
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="auto: CUDA if ONNX Runtime has it")
     # fp16 is slower than fp32 on the GPUs measured, for these thin networks (bench/results/gpu.json).
     precision: str = Field(
-        "auto", pattern="^(auto|fp32|fp16)$", description="auto = fp32; fp16: the fp16 twins on a GPU, where present"
+        "auto",
+        pattern="^(auto|fp32|fp16)$",
+        description="auto = fp32; fp16: the models' _fp16 files on a GPU, where present",
     )
     threads: int = Field(
         0, ge=0, description="ONNX Runtime threads per model run (0 = cores / engine_workers on CPU, 1 on GPU)"
@@ -168,7 +170,6 @@ def default_max_batch(on_gpu: bool, native: bool = False) -> int:
 def default_processes(on_gpu: bool, cores: int) -> int:
     """The server processes when ``UPSCALER_PROCESSES`` is 0. One process decodes, encodes, cuts tiles and speaks
     HTTP under one interpreter lock, and uses at most about 2.3 cores doing so. On a CPU the network is the limit
-    and one process keeps every core busy. With a GPU, on 16-core H200 machines, one process served 35 output
-    MPix/s and 4 processes 140 in one run; 4 gave 114 and 8 gave 144 in another (bench/results/service-cuda-*.json).
-    So there one process per 2 cores, each with its own engine."""
+    and one process keeps every core busy. With a GPU the interpreter lock is the limit, so there one process per 2
+    cores, each with its own engine (docs/performance.md, GPU, has the figures)."""
     return max(1, cores // 2) if on_gpu else 1

@@ -44,7 +44,7 @@ class ObserveRequests:
     nothing else caught.
 
     A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware`` (``@app.middleware("http")``) ran each request
-    in a task group with memory streams, 1.5-2 ms of event-loop CPU a request on this project's CPU. The
+    in a task group with memory streams, milliseconds of event-loop CPU a request. The
     latency it records (metrics and the access log's ``ms``) runs until the whole body has been handed to the
     server, so a slow reader shows as a slower request.
     """

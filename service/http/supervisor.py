@@ -2,9 +2,8 @@
 
 One process decodes, encodes, cuts tiles and speaks HTTP under a single
 interpreter lock, and uses at most about 2.3 cores doing so. With a GPU doing
-the network in milliseconds, that lock is the limit: on a 16-core H200
-machine one process served 35 output MPix/s and four 140 in the same run
-(bench/results/service-cuda-p1.json, service-cuda-shared-socket.json).
+the network in milliseconds, that lock is the limit, and several processes
+serve several times as much (docs/performance.md, GPU).
 
 The supervisor spawns the children (fresh interpreters: none inherits the
 parent's threads or ONNX Runtime state). Each child builds the whole service

@@ -15,7 +15,7 @@ integer output, so memory stays bounded by a few batches, not by the images.
 A batch goes through three steps: cut (tiles to a float batch), run (the
 network, in ``engine.workers`` engine threads: one per core on a CPU, one on
 a GPU) and place (results to integer pixels in the job's output). Where the
-model makes the output pixels itself (8-bit, from the CPU twins or the native
+model makes the output pixels itself (8-bit, from the _cpu graphs or the native
 kernels), cutting and placing are plain copies and the engine thread does all
 three. Otherwise (float results, as on a GPU) cutting and placing run in their
 own small thread pool, and up to ``depth`` batches are between cut and place at once,

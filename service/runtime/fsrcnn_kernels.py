@@ -9,7 +9,7 @@ them with ONNX Runtime and OpenVINO on the same tiles).
 One C source is compiled for two instruction sets, AVX-512F and AVX2 + FMA;
 :func:`instruction_sets` says which this CPU runs, and a :class:`NativeNetwork`
 packs its weights for one of them (the best, unless told otherwise). A model
-runs here when its ``<stem>_native.npz`` twin (``export.kernel_weights``) was written
+runs here when its kernel weights, ``<stem>_native.npz`` (``export.kernel_weights``), were written
 from its model file, the library was built (``pip install`` builds it from
 setup.py) and the CPU has one of the two; otherwise the engine keeps ONNX
 Runtime. cffi releases the GIL for each call, so concurrent runs use the cores;
@@ -190,7 +190,7 @@ class NativeNetwork:
         }
         wrong = [what for what, bad in problems.items() if bad]
         if wrong:
-            raise ValueError(f"{path} is not a consistent native twin: {'; '.join(wrong)}")
+            raise ValueError(f"{path} holds no consistent kernel weights: {'; '.join(wrong)}")
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """(N, 3, T + 2c, T + 2c) float32 in [0, 1] -> (N, 3, sT, sT) float32 (not clipped)."""

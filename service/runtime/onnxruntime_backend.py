@@ -56,10 +56,10 @@ _shared_cpu_arena = False
 def _share_cpu_arena(opts: ort.SessionOptions) -> None:
     """Let every session of this process draw CPU memory from one arena.
 
-    Each session otherwise keeps its own arena sized for its largest batch; with
-    six models warmed up, the service's idle RSS was 716 MB, and 287 MB shared
-    (bench/results/memory.json). Up to ``the engine's workers`` batches run at once,
-    so a shared arena is as large as that many of the largest batches need.
+    Each session otherwise keeps its own arena sized for its largest batch, and the
+    service's idle memory grows with every model served (bench/results/memory.json).
+    Up to one batch per engine worker runs at once, so a shared arena is as large as
+    that many of the largest batches need.
     """
     global _shared_cpu_arena
     if not _shared_cpu_arena:
@@ -92,11 +92,11 @@ def providers(prefer_gpu: bool) -> list:
     return chosen
 
 
-def _session_options(on_cpu: bool, threads: int, cpu_twin: bool = False) -> ort.SessionOptions:
+def _session_options(on_cpu: bool, threads: int, cpu_graph: bool = False) -> ort.SessionOptions:
     opts = ort.SessionOptions()
-    # On CPU, "all" adds ORT's blocked NCHWc layout. CPU twins are written for it (export/cpu.py); the shipped
+    # On CPU, "all" adds ORT's blocked NCHWc layout. The _cpu graphs are written for it (export/cpu.py); the shipped
     # graphs gain nothing consistent from it, faster on one machine and slower on another (docs/performance.md).
-    level = "ORT_ENABLE_EXTENDED" if on_cpu and not cpu_twin else "ORT_ENABLE_ALL"
+    level = "ORT_ENABLE_EXTENDED" if on_cpu and not cpu_graph else "ORT_ENABLE_ALL"
     opts.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
     # With CUDA, ORT's CPU threads run only the shape operators: one is enough unless asked for more.
     opts.intra_op_num_threads = threads if on_cpu else threads or 1
@@ -110,15 +110,15 @@ def _session_options(on_cpu: bool, threads: int, cpu_twin: bool = False) -> ort.
 def open_sessions(
     specs: dict[ModelKey, ModelSpec], providers: list, threads: int, precision: str
 ) -> dict[ModelKey, OnnxRuntimeBackend]:
-    """One session per model: on the CPU provider its CPU twin where there is one; on CUDA the model, or its
-    fp16 twin where fp16 is asked for and the twin exists."""
+    """One session per model: on the CPU provider its _cpu graph where there is one; on CUDA the model, or its
+    _fp16 file where fp16 is asked for and the file exists."""
     on_cpu = providers == ["CPUExecutionProvider"]
-    opts, twin_opts = _session_options(on_cpu, threads), _session_options(on_cpu, threads, cpu_twin=True)
+    opts, cpu_opts = _session_options(on_cpu, threads), _session_options(on_cpu, threads, cpu_graph=True)
     sessions = {}
     for key, spec in specs.items():
-        twin = on_cpu and spec.cpu_path is not None
-        path = spec.cpu_path if twin else spec.path
-        sessions[key] = ort.InferenceSession(str(path), twin_opts if twin else opts, providers=providers)
+        lowered = on_cpu and spec.cpu_path is not None
+        path = spec.cpu_path if lowered else spec.path
+        sessions[key] = ort.InferenceSession(str(path), cpu_opts if lowered else opts, providers=providers)
         on_cuda = sessions[key].get_providers()[0] == "CUDAExecutionProvider"
         if on_cuda and precision == "fp16" and spec.fp16_path is not None:
             sessions[key] = ort.InferenceSession(str(spec.fp16_path), opts, providers=providers)

@@ -83,3 +83,23 @@ def test_gpu_benchmark_runs_quick(capsys):
     gpu.main(["--quick", "--models", "fast_x2"])
     out = capsys.readouterr().out
     assert '"device_output_mpix_per_s"' in out and "wrote" not in out
+
+
+def test_jpeg_input_benchmark_sends_each_row_to_the_model_of_its_band(tmp_path, capsys):
+    from bench import jpeg_inputs
+
+    for i in range(2):
+        Image.fromarray(smooth_image(64 + 8 * i, 72)).save(tmp_path / f"{i}.png")
+    jpeg_inputs.main(["--quick", "--data", str(tmp_path), "--scales", "2"])
+    rows = json.loads(capsys.readouterr().out)["scales"]["2"]
+    bands = {
+        f"{card['variant']}_x2": card["jpeg_quality"]
+        for card in (json.loads(p.read_text()) for p in MODELS.glob("*_x2.json"))
+        if card.get("jpeg_quality")
+    }
+    assert bands, "no JPEG models shipped"
+    assert rows[0]["lr"] == "clean (PNG)" and rows[0]["auto_ran"] == ["fast_x2"]
+    for row in rows[1:]:
+        quality = int(row["lr"].removeprefix("JPEG q"))
+        expected = [m for m, (lo, hi) in bands.items() if lo <= quality <= hi] or ["fast_x2"]
+        assert row["auto_ran"] == expected[:1]

@@ -1,4 +1,4 @@
-"""ONNX export: checker, metadata, dynamic shapes, parity with PyTorch, fp16, CPU and native twins, model card."""
+"""ONNX export: checker, metadata, dynamic shapes, parity with PyTorch, the derived files, model card."""
 
 import hashlib
 import json
@@ -12,7 +12,7 @@ from onnx import helper, numpy_helper
 
 from export.cpu import lower_for_cpu
 from export.kernel_weights import write_native
-from export.to_onnx import export_onnx, parity, twin_max_abs_diff
+from export.to_onnx import derived_max_abs_diff, export_onnx, parity
 from export.to_onnx import main as export_main
 from model.network import build, config_dict
 from model.onnx_weights import weights_from_onnx
@@ -28,10 +28,10 @@ def exported(tmp_path_factory):
     return out
 
 
-def test_export_writes_model_twins_and_card(exported):
+def test_export_writes_model_derived_files_and_card(exported):
     names = {p.name for p in exported.iterdir()}
-    twins = {"fast_x3_fp16.onnx", "fast_x3_cpu.onnx", "fast_x3_native.npz"}
-    assert {"fast_x3.onnx", *twins, "fast_x3.json", "fast_x3.md"} <= names
+    derived = {"fast_x3_fp16.onnx", "fast_x3_cpu.onnx", "fast_x3_native.npz"}
+    assert {"fast_x3.onnx", *derived, "fast_x3.json", "fast_x3.md"} <= names
 
 
 def test_exported_model_passes_the_checker_with_opset_at_least_17(exported):
@@ -56,20 +56,20 @@ def test_onnx_runtime_matches_pytorch_at_two_sizes(tmp_path):
     assert parity(net, tmp_path / "m.onnx", sizes=((1, 30, 40), (3, 57, 21))) <= 1e-4
 
 
-def test_fp16_twin_is_close_to_fp32(exported):
+def test_fp16_graph_is_close_to_fp32(exported):
     x = np.random.default_rng(0).random((1, 3, 50, 50), dtype=np.float32)
     run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
     a, b = run(exported / "fast_x3.onnx"), run(exported / "fast_x3_fp16.onnx")
     assert b.dtype == np.float32 and np.abs(a - b).max() < 2e-3
 
 
-def test_cpu_twin_computes_what_the_model_computes(exported):
+def test_cpu_graph_computes_what_the_model_computes(exported):
     x = np.random.default_rng(0).random((2, 3, 41, 53), dtype=np.float32)
     run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
     assert np.abs(run(exported / "fast_x3.onnx") - run(exported / "fast_x3_cpu.onnx")).max() < 1e-5
 
 
-def test_cpu_twin_also_gives_eight_bit_pixels_as_image_tiles(exported):
+def test_cpu_graph_also_gives_eight_bit_pixels_as_image_tiles(exported):
     x = np.random.default_rng(1).random((2, 3, 30, 30), dtype=np.float32)
     sess = ort.InferenceSession(str(exported / "fast_x3_cpu.onnx"), providers=["CPUExecutionProvider"])
     assert [o.name for o in sess.get_outputs()] == ["sr", "pixels_uint8"]  # every output costs every run
@@ -78,20 +78,20 @@ def test_cpu_twin_also_gives_eight_bit_pixels_as_image_tiles(exported):
     assert np.array_equal(pixels, to_pixels(sr.transpose(0, 2, 3, 1), np.uint8))
 
 
-@pytest.mark.parametrize("twin", ["_cpu", "_fp16"])
-def test_twins_record_the_model_they_were_written_from(exported, twin):
-    meta = {p.key: p.value for p in onnx.load(exported / f"fast_x3{twin}.onnx").metadata_props}
+@pytest.mark.parametrize("derived", ["_cpu", "_fp16"])
+def test_derived_files_record_the_model_they_were_written_from(exported, derived):
+    meta = {p.key: p.value for p in onnx.load(exported / f"fast_x3{derived}.onnx").metadata_props}
     assert meta["source_sha256"] == hashlib.sha256((exported / "fast_x3.onnx").read_bytes()).hexdigest()
 
 
-def test_cpu_twin_has_no_prelu_pixel_shuffle_or_learned_transposed_convolution(exported):
-    twin = onnx.load(exported / "fast_x3_cpu.onnx")
-    ops = [n.op_type for n in twin.graph.node]
+def test_cpu_graph_has_no_prelu_pixel_shuffle_or_learned_transposed_convolution(exported):
+    derived = onnx.load(exported / "fast_x3_cpu.onnx")
+    ops = [n.op_type for n in derived.graph.node]
     assert "PRelu" not in ops and "DepthToSpace" not in ops
-    consts = {init.name: numpy_helper.to_array(init) for init in twin.graph.initializer}
-    shuffles = [consts[n.input[1]] for n in twin.graph.node if n.op_type == "ConvTranspose"]
+    consts = {init.name: numpy_helper.to_array(init) for init in derived.graph.initializer}
+    shuffles = [consts[n.input[1]] for n in derived.graph.node if n.op_type == "ConvTranspose"]
     assert len(shuffles) == 2 and all(set(np.unique(k)) == {0, 1} for k in shuffles)  # skip and upsampler
-    assert {p.key: p.value for p in twin.metadata_props}["lowered_for"] == "CPUExecutionProvider"
+    assert {p.key: p.value for p in derived.metadata_props}["lowered_for"] == "CPUExecutionProvider"
 
 
 def _odd_slopes_model(path, variant: str, scale: int) -> int:
@@ -111,20 +111,20 @@ def _odd_slopes_model(path, variant: str, scale: int) -> int:
 
 
 @pytest.mark.parametrize(
-    ("write", "twin"),
+    ("write", "derived"),
     [(lower_for_cpu, "m_cpu.onnx"), pytest.param(write_native, "m_native.npz", marks=needs_kernels)],
     ids=["cpu", "native"],
 )
 @pytest.mark.parametrize("scale", [2, 3, 4])
 @pytest.mark.parametrize("variant", ["fast", "turbo"])
-def test_twins_are_exact_for_every_scale_and_slopes_of_every_sign(tmp_path, variant, scale, write, twin):
+def test_derived_files_are_exact_for_every_scale_and_slopes_of_every_sign(tmp_path, variant, scale, write, derived):
     context = _odd_slopes_model(tmp_path / "m.onnx", variant, scale)
-    write(tmp_path / "m.onnx", tmp_path / twin)
-    # Float rounding, relative to outputs that reach about 9 with these slopes (both twins reach 1.5e-6 of that).
+    write(tmp_path / "m.onnx", tmp_path / derived)
+    # Float rounding, relative to outputs that reach about 9 with these slopes (both files reach 1.5e-6 of that).
     x = np.random.default_rng(0).random((1, 3, 64 + 2 * context, 64 + 2 * context), dtype=np.float32)
     session = ort.InferenceSession(str(tmp_path / "m.onnx"), providers=["CPUExecutionProvider"])
     largest = np.abs(session.run(None, {"lr": x})[0]).max()
-    assert twin_max_abs_diff(tmp_path / "m.onnx", tmp_path / twin, context) < 3e-6 * largest
+    assert derived_max_abs_diff(tmp_path / "m.onnx", tmp_path / derived, context) < 3e-6 * largest
 
 
 def test_a_prelu_with_one_slope_for_all_channels_is_lowered_exactly(exported, tmp_path):
@@ -135,7 +135,7 @@ def test_a_prelu_with_one_slope_for_all_channels_is_lowered_exactly(exported, tm
     prelu.input[1] = "one_slope"
     onnx.save(model, tmp_path / "m.onnx")
     lower_for_cpu(tmp_path / "m.onnx", tmp_path / "m_cpu.onnx")
-    assert twin_max_abs_diff(tmp_path / "m.onnx", tmp_path / "m_cpu.onnx", 7) < 1e-5
+    assert derived_max_abs_diff(tmp_path / "m.onnx", tmp_path / "m_cpu.onnx", 7) < 1e-5
 
 
 def _optimized_for_cpu(path, tmp_path) -> onnx.ModelProto:
@@ -147,8 +147,8 @@ def _optimized_for_cpu(path, tmp_path) -> onnx.ModelProto:
     return onnx.load(opts.optimized_model_filepath)
 
 
-def test_onnx_runtime_keeps_the_cpu_twin_in_its_blocked_layout_from_input_to_upsampler(exported, tmp_path):
-    """Each reorder between NCHW and NCHWc is a pass over memory; the twin should need one, before the shuffle."""
+def test_onnx_runtime_keeps_the_cpu_graph_in_its_blocked_layout_from_input_to_upsampler(exported, tmp_path):
+    """Each reorder between NCHW and NCHWc is a pass over memory; the _cpu graph should need one, before the shuffle."""
     probe = helper.make_model(
         helper.make_graph(
             [helper.make_node("Conv", ["x", "w"], ["y"])],
@@ -170,10 +170,10 @@ def test_onnx_runtime_keeps_the_cpu_twin_in_its_blocked_layout_from_input_to_ups
     assert ops.count("ReorderOutput") == 1 and "ReorderInput" not in ops and "PRelu" not in ops
 
 
-def test_rewriting_twins_refreshes_them_from_the_model_and_updates_the_card(exported, tmp_path):
+def test_rewriting_derived_files_refreshes_them_from_the_model_and_updates_the_card(exported, tmp_path):
     for name in ("fast_x3.onnx", "fast_x3.json"):
         (tmp_path / name).write_bytes((exported / name).read_bytes())
-    export_main(["--twins", str(tmp_path / "fast_x3.onnx")])
+    export_main(["--derived", str(tmp_path / "fast_x3.onnx")])
     card = json.loads((tmp_path / "fast_x3.json").read_text())
     assert card["cpu_max_abs_diff"] < 1e-5 and card["fp16_max_abs_diff"] < 2e-3
     # Compared where the kernels run; recorded as not compared (None) where they cannot.
@@ -221,8 +221,8 @@ def test_weights_read_back_from_onnx_rebuild_the_exported_network(tmp_path, vari
     assert all(torch.equal(state[k], expected[k]) for k in expected)
 
 
-def test_twins_of_a_model_without_a_card_can_be_rewritten(exported, tmp_path):
+def test_derived_files_of_a_model_without_a_card_can_be_rewritten(exported, tmp_path):
     (tmp_path / "custom_x3.onnx").write_bytes((exported / "fast_x3.onnx").read_bytes())
-    export_main(["--twins", str(tmp_path / "custom_x3.onnx")])
-    twins = {"custom_x3_fp16.onnx", "custom_x3_cpu.onnx", "custom_x3_native.npz"}
-    assert {p.name for p in tmp_path.iterdir()} == {"custom_x3.onnx", *twins}
+    export_main(["--derived", str(tmp_path / "custom_x3.onnx")])
+    derived = {"custom_x3_fp16.onnx", "custom_x3_cpu.onnx", "custom_x3_native.npz"}
+    assert {p.name for p in tmp_path.iterdir()} == {"custom_x3.onnx", *derived}

@@ -6,7 +6,6 @@ they skip where either is missing. Set UPSCALER_SCREENSHOT=docs/web-page.png to 
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,7 +13,7 @@ import httpx
 import pytest
 from PIL import Image
 
-from tests.conftest import DATASETS, Server, encode_image, smooth_image, start_server, stop_server
+from tests.conftest import Server, encode_image, smooth_image, start_server, stop_server
 
 CHROMIUM = Path("/usr/bin/chromium")
 KEY = "k1"
@@ -161,23 +160,3 @@ def test_error_responses_read_clearly(server, page, status, body, retry_after, e
         [status, body, retry_after],
     )
     assert expected in text
-
-
-def test_screenshot_of_a_result(server, page, tmp_path):
-    """Saves docs/web-page.png when UPSCALER_SCREENSHOT names a path; skipped otherwise."""
-    target = os.environ.get("UPSCALER_SCREENSHOT")
-    butterfly = DATASETS / "Set5" / "butterfly.png"
-    if not target or not butterfly.exists():
-        pytest.skip("set UPSCALER_SCREENSHOT=docs/web-page.png to save a screenshot (needs shared/datasets/Set5)")
-    with Image.open(butterfly) as im:
-        small = im.convert("RGB").resize((im.width // 2, im.height // 2), Image.Resampling.BICUBIC)
-    src = tmp_path / "butterfly.png"
-    small.save(src)
-    page.set_viewport_size({"width": 1100, "height": 1000})
-    page.goto(f"{server.url}/")
-    page.wait_for_selector("#scale option[value='2']", state="attached")
-    upscale(page, src, scale=2)
-    page.wait_for_function(RESULT_SHOWN)
-    page.select_option("#zoom", "4")
-    page.evaluate("document.querySelector('#viewport').scrollTo(0, 150)")
-    page.screenshot(path=target, full_page=True)

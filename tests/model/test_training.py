@@ -63,3 +63,39 @@ def test_init_from_a_shipped_onnx_model_reproduces_it(name):
     with torch.inference_mode():
         ours = net.eval()(torch.from_numpy(x)).numpy()
     assert np.abs(ours - session.run(None, {"lr": x})[0]).max() < 1e-5
+
+
+def test_jpeg_degradation_makes_copies_saved_at_qualities_of_its_range():
+    from model.data import JpegDegradation, jpeg_roundtrip, make_pairs
+
+    hr = (np.random.default_rng(1).random((64, 80, 3)) * 255).astype(np.uint8)
+    clean = make_pairs([hr], scale=2, context=7)
+    compressed = make_pairs([hr], scale=2, context=7, jpeg=JpegDegradation(qualities=(30, 40), copies=3), seed=2)
+    assert len(clean) == 1 and len(compressed) == 3
+    assert all(p.lr.shape == clean[0].lr.shape and not np.array_equal(p.lr, clean[0].lr) for p in compressed)
+    # The degradation is Pillow's encoder at the drawn quality: re-encoding the clean LR at some quality of the
+    # range reproduces each copy's pixels exactly.
+    lr = clean[0].lr[7:-7, 7:-7]
+    candidates = [jpeg_roundtrip(lr, q, s) for q in range(30, 41) for s in ("4:2:0", "4:4:4")]
+    for pair in compressed:
+        assert any(np.array_equal(pair.lr[7:-7, 7:-7], c) for c in candidates)
+
+
+def test_a_jpeg_run_records_its_degradation_and_validates_on_held_out_images(images, tmp_path):
+    cfg = TrainConfig(
+        data=[str(images)],
+        scale=2,
+        out=str(tmp_path / "run"),
+        batch=2,
+        patch=8,
+        threads=1,
+        steps=2,
+        val_every=2,
+        jpeg=(40, 60),
+        jpeg_copies=2,
+        holdout=3,
+    )
+    best = train(cfg)
+    _, ckpt = load_network(tmp_path / "run" / "last.pt")
+    assert ckpt["train_config"]["jpeg"] == (40, 60) and ckpt["train_config"]["holdout"] == 3
+    assert cfg.val_quality == 50 and np.isfinite(best)  # validated on the held-out image, at the range's middle

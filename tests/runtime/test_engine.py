@@ -64,7 +64,7 @@ def test_silent_fallback_from_cuda_reopens_sessions_with_the_cpu_layout(monkeypa
     opts = engine.backends[("fast", 2)].session.get_session_options()
     assert opts.intra_op_num_threads == 2 and engine.workers == cpu_layout(2, 0)[1]
     # (CUDA sessions use "all" too: the thread count above is what tells the CPU's set-up from CUDA's.)
-    assert opts.graph_optimization_level == _ALL  # the CPU twin's, written for ORT's NCHWc layout
+    assert opts.graph_optimization_level == _ALL  # the _cpu graph's, written for ORT's NCHWc layout
     assert _lowered_for(engine) == "CPUExecutionProvider"
 
 
@@ -94,7 +94,7 @@ def test_twins_are_not_served_as_models_of_their_own():
     assert set(Engine(MODELS, prefer_gpu=False).specs) == {(v, s) for v in ("fast", "turbo") for s in (2, 3, 4)}
 
 
-@pytest.mark.parametrize("kernels", ["auto", "onnxruntime"])  # the native kernels where they run, the CPU twin
+@pytest.mark.parametrize("kernels", ["auto", "onnxruntime"])  # the native kernels where they run, the _cpu graph
 def test_eight_bit_pixels_from_the_twin_are_to_pixels_of_its_float_result_as_image_tiles(kernels):
     engine = Engine(MODELS / "fast_x2.onnx", prefer_gpu=False, cpu_kernels=kernels)
     assert engine.makes_pixels(("fast", 2), np.uint8) and not engine.makes_pixels(("fast", 2), np.uint16)

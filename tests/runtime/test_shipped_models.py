@@ -32,7 +32,7 @@ def test_every_scale_is_shipped_with_a_card(variant):
 @pytest.mark.parametrize("scale", SCALES)
 @pytest.mark.parametrize(("twin", "tolerance"), [("_cpu", 1e-5), ("_fp16", 2e-3)])
 def test_twins_compute_what_their_shipped_model_computes(variant, scale, twin, tolerance):
-    """A twin written from older weights would serve another model on that target."""
+    """A derived file written from older weights would serve another model on that target."""
     x = np.random.default_rng(0).random((1, 3, 60, 60), dtype=np.float32)
     run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
     stem = f"{variant}_x{scale}"
@@ -49,7 +49,7 @@ def test_cpu_twins_give_the_pixels_of_their_shipped_model(variant, scale):
     twin = ort.InferenceSession(str(MODELS / f"{variant}_x{scale}_cpu.onnx"), providers=["CPUExecutionProvider"])
     pixels = twin.run(["pixels_uint8"], {"lr": x})[0]
     expected = to_pixels(sr.transpose(0, 2, 3, 1), np.uint8)
-    assert np.abs(pixels.astype(int) - expected).max() <= 1  # the twin's float rounding may move a pixel by 1
+    assert np.abs(pixels.astype(int) - expected).max() <= 1  # the derived file's float rounding may move a pixel by 1
     assert np.mean(pixels != expected) < 1e-3
 
 

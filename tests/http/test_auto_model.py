@@ -1,0 +1,61 @@
+"""model=auto through the real server and the shipped models: a JPEG runs the model of its quality's band, anything
+else the clean model; the answer names the model and why; a named model is still honoured."""
+
+import io
+
+import pytest
+from PIL import Image
+
+from tests.conftest import encode_image, smooth_image
+
+
+def jpeg(quality: int) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(smooth_image(48, 40)).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bands(client) -> dict[tuple[int, int], str]:
+    models = client.get("/v1/models").json()["models"]
+    found = {tuple(m["jpeg_quality"]): f"{m['variant']}_x2" for m in models if m["scale"] == 2 and m["jpeg_quality"]}
+    assert found, "the shipped models have no JPEG bands at x2"
+    return found
+
+
+def expected_model(bands: dict[tuple[int, int], str], quality: int) -> str:
+    return next((model for (low, high), model in bands.items() if low <= quality <= high), "fast_x2")
+
+
+def upscale(client, data: bytes, **params):
+    response = client.post("/v1/upscale", content=data, params={"scale": 2, **params})
+    assert response.status_code == 200, response.text
+    return response
+
+
+@pytest.mark.parametrize("quality", [15, 30, 50, 65, 75, 90, 98])
+def test_a_jpeg_runs_the_model_of_its_band(client, bands, quality):
+    response = upscale(client, jpeg(quality))
+    assert response.headers["x-model"] == expected_model(bands, quality)
+    assert response.headers["x-model-reason"].startswith(f"auto: JPEG quality {quality}")
+
+
+def test_every_band_is_reached_by_some_quality_and_low_qualities_leave_the_clean_model(client, bands):
+    ran = {upscale(client, jpeg(q)).headers["x-model"] for q in range(10, 100, 5)}
+    assert set(bands.values()) <= ran and "fast_x2" != expected_model(bands, 30)
+
+
+def test_a_png_runs_the_clean_model(client):
+    response = upscale(client, encode_image(Image.fromarray(smooth_image(48, 40))))
+    assert response.headers["x-model"] == "fast_x2" and response.headers["x-model-reason"] == "auto: not a JPEG"
+
+
+def test_a_named_model_is_honoured_for_a_jpeg(client):
+    response = upscale(client, jpeg(30), model="fast")
+    assert response.headers["x-model"] == "fast_x2" and response.headers["x-model-reason"] == "named in the request"
+
+
+def test_models_lists_auto_as_the_default_and_each_models_band(client, bands):
+    body = client.get("/v1/models").json()
+    assert body["default_model"] == "auto" and body["clean_model"] == "fast"
+    assert all(high >= low for low, high in bands)
