@@ -1,4 +1,9 @@
-"""Service settings: one validated object, read from ``UPSCALER_*`` environment variables."""
+"""Service settings: one validated object, read from ``UPSCALER_*`` environment variables.
+
+Settings whose value 0 means "for this machine" are resolved by the functions below, all here: ``default_processes``
+before the server starts, the engine's threads and workers (``cpu_layout``) when it opens its sessions, and the
+batch size and codec threads once the engine knows whether it runs on a GPU and on which kernels.
+"""
 
 from __future__ import annotations
 
@@ -7,9 +12,10 @@ from pathlib import Path
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from service.host import available_cores
 from service.model_files import default_model_dir
 
-__all__ = ["Settings", "default_codec_threads", "default_max_batch", "default_processes"]
+__all__ = ["Settings", "cpu_layout", "default_codec_threads", "default_max_batch", "default_processes"]
 
 
 class Settings(BaseSettings):
@@ -173,3 +179,14 @@ def default_processes(on_gpu: bool, cores: int) -> int:
     and one process keeps every core busy. With a GPU the interpreter lock is the limit, so there one process per 2
     cores, each with its own engine (docs/performance.md, GPU, has the figures)."""
     return max(1, cores // 2) if on_gpu else 1
+
+
+def cpu_layout(threads: int = 0, workers: int = 0, cores: int | None = None) -> tuple[int, int]:
+    """(threads per run, concurrent runs) on a CPU; 0 means "fill the cores with the other".
+
+    By default every core runs its own batch on one thread: one thread never waits for the other at the end of
+    each operator, which matters most in the service, where codec threads take turns on the same cores.
+    """
+    cores = cores or available_cores()
+    workers = workers or (max(1, cores // threads) if threads else cores)
+    return threads or max(1, cores // workers), workers

@@ -21,21 +21,11 @@ from service.model_files import ModelKey, discover_models
 from service.runtime import onnxruntime_backend
 from service.runtime.backends import CPU_KERNELS, Backend, batch_from_windows, kernel_backends, to_pixels
 from service.runtime.tiling import TileGrid
+from service.settings import cpu_layout
 
-__all__ = ["Engine", "cpu_layout", "to_pixels"]
+__all__ = ["Engine", "to_pixels"]
 
 log = logging.getLogger("service.runtime.engine")
-
-
-def cpu_layout(threads: int = 0, workers: int = 0, cores: int | None = None) -> tuple[int, int]:
-    """(threads per run, concurrent runs) on a CPU; 0 means "fill the cores with the other".
-
-    By default every core runs its own batch on one thread: one thread never waits for the other at the end of
-    each operator, which matters most in the service, where codec threads take turns on the same cores.
-    """
-    cores = cores or available_cores()
-    workers = workers or (max(1, cores // threads) if threads else cores)
-    return threads or max(1, cores // workers), workers
 
 
 class Engine:

@@ -10,7 +10,8 @@ import pytest
 
 from service import host
 from service.runtime import onnxruntime_backend
-from service.runtime.engine import Engine, cpu_layout, to_pixels
+from service.runtime.engine import Engine, to_pixels
+from service.settings import cpu_layout
 from tests.conftest import MODELS
 
 _ALL, _EXTENDED = (getattr(ort.GraphOptimizationLevel, f"ORT_ENABLE_{k}") for k in ("ALL", "EXTENDED"))
