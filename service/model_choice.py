@@ -4,8 +4,10 @@ A model whose card has a ``jpeg_quality`` band was trained for JPEG-compressed i
 whose estimated quality (``service.imageio.jpeg_quality``, from the file's quantisation tables) lies in the band,
 and the clean model (``UPSCALER_CLEAN_MODEL``, ``fast`` by default) for everything else: lossless inputs (PNG, BMP,
 TIFF, GIF, 16-bit), JPEGs of a quality no band covers (the bands end where the clean model is the better one), and
-WebP. Lossy WebP goes to the clean model because libwebp's in-loop deblocking filter leaves none of the 8x8
-blocks the JPEG models were trained to undo, and a WebP file carries no tables to estimate its quality from.
+WebP. A lossy WebP's quality is not read (its quantiser sits in the VP8 frame header, which Pillow does not expose),
+and without it the clean model is the safe choice: it is the best at high WebP qualities, while at WebP 75 and
+below a JPEG model would gain more (docs/model.md); a client that knows its WebPs are strongly compressed can name
+one.
 """
 
 from __future__ import annotations

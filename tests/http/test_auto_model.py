@@ -40,7 +40,7 @@ def test_a_jpeg_runs_the_model_of_its_band(client, bands, quality):
     assert response.headers["x-model-reason"].startswith(f"auto: JPEG quality {quality}")
 
 
-def test_every_band_is_reached_by_some_quality_and_low_qualities_leave_the_clean_model(client, bands):
+def test_every_band_is_reached_by_some_quality_and_a_low_quality_does_not_run_the_clean_model(client, bands):
     ran = {upscale(client, jpeg(q)).headers["x-model"] for q in range(10, 100, 5)}
     assert set(bands.values()) <= ran and "fast_x2" != expected_model(bands, 30)
 
