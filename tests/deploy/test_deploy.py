@@ -26,7 +26,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, SHIPPED_VARIANTS
 
 yaml = pytest.importorskip("yaml")
 
@@ -372,7 +372,7 @@ def test_triton_repository_has_every_shipped_model(triton_repo):
     assert (
         {p.name for p in triton_repo.iterdir()}
         == shipped
-        == {f"{v}_x{s}" for v in ("fast", "turbo") for s in (2, 3, 4)}
+        == {f"{v}_x{s}" for v in SHIPPED_VARIANTS for s in (2, 3, 4)}
     )
     for name in shipped:
         assert (triton_repo / name / "1" / "model.onnx").is_file()
