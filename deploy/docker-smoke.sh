@@ -155,7 +155,7 @@ done
 # and to Pillow's reader.
 for part in rle_deflate:deflater png_reader:reader; do
     built="$(docker exec "$CONTAINER" /opt/venv/bin/python -c \
-        "from service import ${part%%:*} as m; print(m.unavailable() or 'built')")"
+        "from service.imageio import ${part%%:*} as m; print(m.unavailable() or 'built')")"
     [ "$built" = built ] || fail "the image has no PNG ${part#*:}: $built"
     log "PNG ${part#*:}: built"
 done
