@@ -46,7 +46,8 @@ class Backend(Protocol):
         ...
 
     def run_pixels(self, batch: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
-        """(N, sT, sT, 3) integer pixels of ``dtype``, exactly as ``to_pixels`` makes them from ``run``."""
+        """(N, sT, sT, 3) integer pixels of ``dtype``, exactly as ``to_pixels`` makes them from ``run``; only for a
+        ``dtype`` it ``makes_pixels`` of (the engine converts ``run``'s floats for the others)."""
         ...
 
 
@@ -84,9 +85,7 @@ class KernelBackend:
         return np.dtype(dtype) == np.uint8
 
     def run_pixels(self, batch: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
-        if self.makes_pixels(dtype):
-            return self.network.run_pixels(batch)
-        return to_pixels(self.run(batch).transpose(0, 2, 3, 1), dtype)
+        return self.network.run_pixels(batch)
 
 
 def kernel_backends(specs: dict[ModelKey, ModelSpec], cpu_kernels: str, threads: int) -> dict[ModelKey, KernelBackend]:

@@ -118,7 +118,10 @@ class Engine:
     def run_pixels(self, key: ModelKey, batch: np.ndarray, dtype: np.dtype | type) -> np.ndarray:
         """(N, 3, T + 2c, T + 2c) float32 in [0, 1] -> (N, sT, sT, 3) integer pixels of ``dtype`` as ``to_pixels``
         makes them: by the model itself where ``makes_pixels``, else from ``run`` in numpy."""
-        return self.backends[key].run_pixels(batch, dtype)
+        backend = self.backends[key]
+        if backend.makes_pixels(dtype):
+            return backend.run_pixels(batch, dtype)
+        return to_pixels(backend.run(batch).transpose(0, 2, 3, 1), dtype)
 
     @staticmethod
     def batch(windows: list[np.ndarray], scales: list[float]) -> np.ndarray:
