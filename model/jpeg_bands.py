@@ -15,35 +15,21 @@ from __future__ import annotations
 
 import argparse
 import json
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 
-from model.data import degrade, list_images, load_rgb, split_holdout
-from model.image_quality import mod_crop, psnr, rgb_to_y
+from model.data import list_images, load_rgb, split_holdout
+from model.evaluate import evaluate_images
 from model.train import centre_crop
-from service.runtime.engine import Engine, to_pixels
 
 QUALITIES = (98, 95, 92, 90, 87, 85, 82, 80, 77, 75, 72, 70, 65, 60, 55, 50, 45, 40, 35, 30, 25, 20, 15, 10)
 RESULTS = Path(__file__).resolve().parent.parent / "bench" / "results"
 
 
-@cache
-def _engine(model: Path) -> Engine:
-    return Engine(model, tile=128, prefer_gpu=False)
-
-
 def mean_psnr(model: Path, images: list[np.ndarray], scale: int, quality: int) -> float:
-    engine = _engine(model)
-    key = next(iter(engine.specs))
-    scores = []
-    for img in images:
-        hr = mod_crop(img, scale)
-        lr = degrade(hr, scale, quality)
-        sr = to_pixels(engine.upscale(key, lr.astype(np.float32) / 255), np.uint8)
-        scores.append(psnr(rgb_to_y(hr), rgb_to_y(sr), shave=scale))
-    return float(np.mean(scores))
+    names = [str(i) for i in range(len(images))]
+    return evaluate_images(images, names, scale, model, jpeg_quality=quality)["psnr"]
 
 
 def bands(table: dict[str, dict[int, float]], clean: str) -> dict[str, list[int]]:
