@@ -13,6 +13,7 @@ from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from service.host import available_cores
+from service.imageio.decoding import INPUT_FORMATS
 from service.model_files import default_model_dir
 
 __all__ = ["Settings", "cpu_layout", "default_codec_threads", "default_max_batch", "default_processes"]
@@ -84,7 +85,7 @@ class Settings(BaseSettings):
         60.0, gt=0, description="deadline for the whole request body to arrive (408 after it; 1 MB/s takes 50 MB)"
     )
     input_formats: list[str] = Field(
-        default_factory=lambda: ["PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF"],
+        default_factory=lambda: list(INPUT_FORMATS),
         description="image formats decoded (Pillow's names); any other upload is a 415 before it is opened",
     )
     decode_budget_s: float = Field(
@@ -142,15 +143,17 @@ class Settings(BaseSettings):
             raise ValueError("UPSCALER_API_KEYS has an empty key; it would let requests without a key in")
         return v
 
+    @property
+    def model_needed(self) -> tuple[str, str]:
+        """The model a request naming none needs served, and the setting that names it: the clean model for auto."""
+        if self.default_model == "auto":
+            return self.clean_model, f"UPSCALER_CLEAN_MODEL={self.clean_model!r} (what auto runs)"
+        return self.default_model, f"UPSCALER_DEFAULT_MODEL={self.default_model!r}"
+
     @model_validator(mode="after")
     def _default_is_served(self) -> Settings:
-        default = self.clean_model if self.default_model == "auto" else self.default_model
-        if self.variants and default not in self.variants:
-            what = (
-                f"UPSCALER_CLEAN_MODEL={default!r} (what auto runs)"
-                if default != self.default_model
-                else (f"UPSCALER_DEFAULT_MODEL={default!r}")
-            )
+        needed, what = self.model_needed
+        if self.variants and needed not in self.variants:
             raise ValueError(f"{what} is not in UPSCALER_VARIANTS={self.variants}")
         return self
 

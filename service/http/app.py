@@ -56,10 +56,9 @@ def _lifespan(state: ServiceState):
         state.engine = await asyncio.to_thread(_build_engine, s)
         if s.device == "cuda" and not state.engine.on_gpu:
             raise RuntimeError("UPSCALER_DEVICE=cuda but ONNX Runtime has no working CUDA provider here")
-        default = s.clean_model if s.default_model == "auto" else s.default_model
-        if not any(k.variant == default for k in state.engine.specs):
-            what = "UPSCALER_CLEAN_MODEL (what auto runs)" if s.default_model == "auto" else "UPSCALER_DEFAULT_MODEL"
-            raise RuntimeError(f"{what}={default!r} has no model in {s.model_dir}")
+        needed, what = s.model_needed
+        if not any(k.variant == needed for k in state.engine.specs):
+            raise RuntimeError(f"{what} has no model in {s.model_dir}")
         log.info("execution provider in use: %s", state.engine.provider)
         if s.processes > 1 and not state.engine.on_gpu:
             log.warning(
