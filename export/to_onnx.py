@@ -106,7 +106,7 @@ def parity(net: SRNet, path: Path, sizes=((1, 40, 36), (2, 61, 77)), seed: int =
         x = torch.rand(n, 3, h, w, generator=gen)
         with torch.no_grad():
             ref = net.eval()(x).numpy()
-        got = sess.run(None, {"lr": x.numpy()})[0]
+        got = sess.run(None, {INPUT: x.numpy()})[0]
         if got.shape != ref.shape:
             raise AssertionError(f"ONNX output shape {got.shape} != PyTorch {ref.shape}")
         worst = max(worst, float(np.abs(got - ref).max()))
@@ -127,12 +127,12 @@ def export_fp16(src: Path, dst: Path) -> None:
             half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name)
             graph.initializer[i].CopyFrom(half)
     for node in graph.node:
-        node.input[:] = ["lr_fp16" if name == "lr" else name for name in node.input]
-        node.output[:] = ["sr_fp16" if name == "sr" else name for name in node.output]
+        node.input[:] = [INPUT + "_fp16" if name == INPUT else name for name in node.input]
+        node.output[:] = [OUTPUT + "_fp16" if name == OUTPUT else name for name in node.output]
     nodes = [
-        helper.make_node("Cast", ["lr"], ["lr_fp16"], to=TensorProto.FLOAT16),
+        helper.make_node("Cast", [INPUT], [INPUT + "_fp16"], to=TensorProto.FLOAT16),
         *graph.node,
-        helper.make_node("Cast", ["sr_fp16"], ["sr"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", [OUTPUT + "_fp16"], [OUTPUT], to=TensorProto.FLOAT),
     ]
     del graph.node[:]
     graph.node.extend(nodes)
@@ -374,11 +374,11 @@ def write_derived(path: Path, context: int, fp16: bool = True) -> dict[str, floa
 def derived_max_abs_diff(model: Path, derived: Path, context: int) -> float:
     """Max abs difference of a derived (ONNX, on the CPU provider, or native) from its model on a random tile."""
     x = np.random.default_rng(0).random((1, 3, 64 + 2 * context, 64 + 2 * context), dtype=np.float32)
-    a = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {"lr": x})[0]
+    a = ort.InferenceSession(str(model), providers=["CPUExecutionProvider"]).run(None, {INPUT: x})[0]
     if derived.suffix == ".npz":
         b = NativeNetwork(derived).run(x)
     else:
-        b = ort.InferenceSession(str(derived), providers=["CPUExecutionProvider"]).run(["sr"], {"lr": x})[0]
+        b = ort.InferenceSession(str(derived), providers=["CPUExecutionProvider"]).run([OUTPUT], {INPUT: x})[0]
     return float(np.abs(a - b).max())
 
 
