@@ -37,6 +37,20 @@ def run(coro):
     return asyncio.run(coro)
 
 
+def slow_network(engine: Engine, monkeypatch: pytest.MonkeyPatch, seconds: float = 0.02) -> None:
+    """Make every batch take at least ``seconds``, whichever of the engine's calls the batcher makes."""
+
+    def slowly(method):
+        def slow(*args):
+            time.sleep(seconds)
+            return method(*args)
+
+        return slow
+
+    monkeypatch.setattr(engine, "run", slowly(engine.run))
+    monkeypatch.setattr(engine, "run_pixels", slowly(engine.run_pixels))
+
+
 async def _with_batcher(engine, body, **options):
     batches: list[int] = []
     batcher = Batcher(engine, on_batch=lambda key, size, seconds: batches.append(size), **options)
@@ -112,7 +126,9 @@ def test_full_queue_refuses_new_work(engine):
     run(_with_batcher(engine, body, max_batch=4, max_queue_tiles=50))
 
 
-def test_expired_job_fails_and_leaves_the_queue(engine):
+def test_expired_job_fails_and_leaves_the_queue(engine, monkeypatch):
+    slow_network(engine, monkeypatch)  # 200 batches of at least 20 ms each: the job cannot finish in 50 ms
+
     async def body(batcher, batches):
         with pytest.raises(DeadlineExceeded):
             await batcher.upscale(KEY, smooth_image(320, 320), timeout=0.05)
@@ -121,7 +137,9 @@ def test_expired_job_fails_and_leaves_the_queue(engine):
     run(_with_batcher(engine, body, max_batch=2))
 
 
-def test_cancelled_request_drops_its_tiles(engine):
+def test_cancelled_request_drops_its_tiles(engine, monkeypatch):
+    slow_network(engine, monkeypatch)  # so the request is still running when it is cancelled
+
     async def body(batcher, batches):
         task = asyncio.ensure_future(batcher.upscale(KEY, smooth_image(320, 320), timeout=60))
         await asyncio.sleep(0.05)
@@ -133,6 +151,7 @@ def test_cancelled_request_drops_its_tiles(engine):
         return ran, len(batches)
 
     ran, later = run(_with_batcher(engine, body, max_batch=2, depth=3))
+    assert ran < 200  # cancelled part-way (320 x 320 at tile 16 is 400 tiles, 200 batches)
     assert later <= ran + 3  # at most the batches in flight (depth) when it was cancelled
 
 
@@ -155,17 +174,9 @@ def test_batches_overlap_up_to_the_depth_and_no_further(engine, monkeypatch):
         with lock:
             in_flight -= 1
 
-    def slowly(method):  # a network slower than cutting, so later batches are cut while it runs
-        def slow(*args):
-            time.sleep(0.02)
-            return method(*args)
-
-        return slow
-
     monkeypatch.setattr(batcher_module, "_cut", counting_cut)
     monkeypatch.setattr(batcher_module, "_place", counting_place)
-    monkeypatch.setattr(engine, "run", slowly(engine.run))  # whichever the batcher calls for this model
-    monkeypatch.setattr(engine, "run_pixels", slowly(engine.run_pixels))
+    slow_network(engine, monkeypatch)  # slower than cutting, so later batches are cut while it runs
 
     img = smooth_image(64, 64).astype(np.float32) / 255
 
