@@ -26,7 +26,9 @@ import csv
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -52,7 +54,8 @@ class TrainConfig:
     steps: int = 30000  # optimiser steps in total
     batch: int = 16  # patches per step
     patch: int = 32  # LR patch size (HR patch = scale * patch)
-    loss: str = "l1"  # l1 (robust, sharp) or l2 (what PSNR measures; good for a final fine-tune)
+    loss: str = "l1"  # l1 (robust, sharp), l2 (what PSNR measures) or l1-luma (for JPEG inputs; see luma_l1_loss)
+    chroma_weight: float = 0.25  # l1-luma only: weight of the RGB term beside the luma term
     lr: float = 1e-3  # peak Adam learning rate
     lr_min: float = 1e-5  # learning rate at the end of the cosine decay
     warmup: int = 500  # linear warm-up steps
@@ -90,19 +93,43 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * progress))
 
 
-LOSSES = {"l1": F.l1_loss, "l2": F.mse_loss}
+# BT.601 luma weights of R, G, B (the Y that Y-PSNR scores), without the constant offset.
+_LUMA = torch.tensor([65.481, 128.553, 24.966]).div(255).view(1, 3, 1, 1)
+
+
+def luma_l1_loss(sr: torch.Tensor, hr: torch.Tensor, chroma_weight: float) -> torch.Tensor:
+    """L1 on luma plus ``chroma_weight`` times L1 on RGB.
+
+    For JPEG inputs most of the RGB error is chroma the encoder subsampled and quantised hardest,
+    which a network this small cannot restore and Y-PSNR does not score; weighting luma spends
+    its capacity on the detail that can be recovered, and the RGB term keeps colour anchored.
+    """
+    diff = sr - hr
+    luma = (diff * _LUMA.to(diff.device)).sum(1)
+    return luma.abs().mean() + chroma_weight * diff.abs().mean()
+
+
+LOSSES = ("l1", "l2", "l1-luma")
+Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def loss_function(cfg: TrainConfig) -> Loss:
+    """The training loss ``cfg`` names, as ``loss(sr, hr)``."""
+    if cfg.loss == "l1-luma":
+        return partial(luma_l1_loss, chroma_weight=cfg.chroma_weight)
+    return {"l1": F.l1_loss, "l2": F.mse_loss}[cfg.loss]
 
 
 def train_step(
-    net: SRNet, opt: torch.optim.Optimizer, lr_batch: torch.Tensor, hr_batch: torch.Tensor, loss_name: str = "l1"
+    net: SRNet, opt: torch.optim.Optimizer, lr_batch: torch.Tensor, hr_batch: torch.Tensor, loss: Loss = F.l1_loss
 ) -> float:
     """One optimiser step; returns the loss before the step."""
     net.train()
-    loss = LOSSES[loss_name](net(lr_batch), hr_batch)
+    value = loss(net(lr_batch), hr_batch)
     opt.zero_grad(set_to_none=True)
-    loss.backward()
+    value.backward()
     opt.step()
-    return loss.item()
+    return value.item()
 
 
 @torch.no_grad()
@@ -119,7 +146,34 @@ def validate(net: SRNet, images: list[np.ndarray], device: torch.device, jpeg_qu
     return float(np.mean(scores))
 
 
-def _checkpoint(net: SRNet, opt: torch.optim.Optimizer, cfg: TrainConfig, step: int, best: float) -> dict:
+def describe_run(ckpt: dict) -> str:
+    """One line saying what the run that wrote ``ckpt`` did, for the lineage of the runs it starts."""
+    tc = ckpt["train_config"]
+    data = f"JPEG {tc['jpeg'][0]}-{tc['jpeg'][1]}" if tc.get("jpeg") else "clean LR"
+    return f"{Path(tc['out']).name}: {ckpt['step']} steps of {ckpt['variant']}, {loss_label(tc)}, lr {tc['lr']}, {data}"
+
+
+def loss_label(train_config: dict) -> str:
+    """The loss a run's ``train_config`` names, in words."""
+    if train_config.get("loss") == "l1-luma":
+        return f"L1 on luma + {train_config['chroma_weight']} x L1 on RGB"
+    return train_config.get("loss", "l1").upper()
+
+
+def lineage_of(path: str) -> list[str]:
+    """The runs (and reshapes) that made the weights at ``path``, oldest first: a run's own line comes last."""
+    if not path:
+        return []
+    if path.endswith(".onnx"):
+        return [f"{Path(path).name} (an exported model; its card says how it was trained)"]
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    own = [describe_run(ckpt)] if "train_config" in ckpt else []
+    return ckpt.get("lineage", []) + own
+
+
+def _checkpoint(
+    net: SRNet, opt: torch.optim.Optimizer, cfg: TrainConfig, step: int, best: float, lineage: list[str]
+) -> dict:
     return {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "model_config": config_dict(net),
@@ -129,6 +183,7 @@ def _checkpoint(net: SRNet, opt: torch.optim.Optimizer, cfg: TrainConfig, step: 
         "step": step,
         "best_psnr": best,
         "train_config": asdict(cfg),
+        "lineage": lineage,  # how the weights this run started from were made, oldest first
     }
 
 
@@ -168,12 +223,12 @@ def train(cfg: TrainConfig) -> float:
 
     net = build(cfg.variant, cfg.scale)
     opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr)
-    step, best = 0, float("-inf")
+    step, best, lineage = 0, float("-inf"), lineage_of(cfg.init)
     if cfg.resume and (out / "last.pt").exists():
         ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
         load_weights(net, ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        step, best = ckpt["step"], ckpt["best_psnr"]
+        step, best, lineage = ckpt["step"], ckpt["best_psnr"], ckpt.get("lineage", lineage)
         log.info("resumed from %s at step %d", out / "last.pt", step)
     elif cfg.init:
         _init_from(net, cfg.init)
@@ -198,6 +253,7 @@ def train(cfg: TrainConfig) -> float:
         device,
     )
 
+    criterion = loss_function(cfg)
     log_path = out / "log.csv"
     new_log = not (cfg.resume and log_path.exists())
     with open(log_path, "w" if new_log else "a", newline="") as fh:
@@ -211,7 +267,7 @@ def train(cfg: TrainConfig) -> float:
                 group["lr"] = learning_rate(cfg, step)
             lr_np, hr_np = sampler.batch(cfg.batch)
             lr_t, hr_t = torch.from_numpy(lr_np).to(device), torch.from_numpy(hr_np).to(device)
-            loss = train_step(net, opt, lr_t, hr_t, cfg.loss)
+            loss = train_step(net, opt, lr_t, hr_t, criterion)
             running = loss if step == 0 else 0.98 * running + 0.02 * loss
             step += 1
             bar.update(1)
@@ -230,8 +286,8 @@ def train(cfg: TrainConfig) -> float:
                 fh.flush()
                 if not val_images or val_psnr > best:
                     best = val_psnr if val_images else best
-                    torch.save(_checkpoint(net, opt, cfg, step, best), out / "best.pt")
-                torch.save(_checkpoint(net, opt, cfg, step, best), out / "last.pt")
+                    torch.save(_checkpoint(net, opt, cfg, step, best, lineage), out / "best.pt")
+                torch.save(_checkpoint(net, opt, cfg, step, best, lineage), out / "last.pt")
             bar.set_postfix(loss=f"{running:.4f}", val_psnr=f"{val_psnr:.2f}", refresh=False)
         bar.close()
     return best if val_images else float("nan")
@@ -248,7 +304,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--steps", type=int, default=d.steps)
     p.add_argument("--batch", type=int, default=d.batch)
     p.add_argument("--patch", type=int, default=d.patch)
-    p.add_argument("--loss", choices=sorted(LOSSES), default=d.loss)
+    p.add_argument("--loss", choices=LOSSES, default=d.loss)
+    p.add_argument("--chroma-weight", type=float, default=d.chroma_weight)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--lr-min", type=float, default=d.lr_min)
     p.add_argument("--warmup", type=int, default=d.warmup)

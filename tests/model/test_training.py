@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from model.network import build
-from model.train import TrainConfig, _init_from, load_network, train
+from model.train import TrainConfig, _init_from, load_network, loss_function, train
 
 SHIPPED = Path(__file__).resolve().parents[2] / "export" / "models"
 
@@ -99,3 +99,15 @@ def test_a_jpeg_run_records_its_degradation_and_validates_on_held_out_images(ima
     _, ckpt = load_network(tmp_path / "run" / "last.pt")
     assert ckpt["train_config"]["jpeg"] == (40, 60) and ckpt["train_config"]["holdout"] == 3
     assert cfg.val_quality == 50 and np.isfinite(best)  # validated on the held-out image, at the range's middle
+
+
+def test_luma_loss_scores_luma_errors_fully_and_chroma_errors_by_their_weight():
+    hr = torch.full((1, 3, 4, 4), 0.5)
+    luma_error = hr + 0.1  # a grey shift: all luma (BT.601 weights sum to 219/255)
+    chroma_error = hr + torch.tensor([0.1, -0.1 * 65.481 / 128.553, 0.0]).view(1, 3, 1, 1)  # luma unchanged
+    cfg = TrainConfig(loss="l1-luma", chroma_weight=0.25)
+    loss = loss_function(cfg)
+    assert loss(hr, hr).item() == 0
+    assert loss(luma_error, hr).item() == pytest.approx(0.1 * 219 / 255 + 0.25 * 0.1, rel=1e-5)
+    rgb_l1 = (chroma_error - hr).abs().mean().item()
+    assert loss(chroma_error, hr).item() == pytest.approx(0.25 * rgb_l1, rel=1e-4)
