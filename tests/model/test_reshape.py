@@ -1,0 +1,69 @@
+"""model.reshape: a neighbouring shape started from a trained network."""
+
+import numpy as np
+import pytest
+import torch
+
+from model.network import SRNet, build, macs_per_input_pixel, pad_for_inference
+from model.reshape import main, reshape
+from model.train import load_network
+
+
+def upscale(net: SRNet, lr: np.ndarray) -> torch.Tensor:
+    with torch.no_grad():
+        return net(torch.from_numpy(pad_for_inference(lr, net.context)))
+
+
+@pytest.fixture
+def lr() -> np.ndarray:
+    return np.random.default_rng(0).random((1, 3, 20, 24), dtype=np.float32)
+
+
+def trained_like(net: SRNet) -> SRNet:
+    """``net`` with random non-zero slopes and biases, as training leaves them."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in net.named_parameters():
+            if name.endswith("bias") or p.ndim == 1:
+                p.copy_(torch.rand(p.shape, generator=gen) * 0.2)
+    return net
+
+
+def test_added_mapping_layers_start_as_the_identity(lr):
+    src = trained_like(build("fast", 2))
+    dst = reshape(src, d=56, m=6)
+    assert dst.config.m == 6 and dst.context == src.context + 2
+    torch.testing.assert_close(upscale(dst, lr), upscale(src, lr), rtol=0, atol=1e-6)
+
+
+def test_pruning_drops_the_channels_that_carry_nothing(lr):
+    src = trained_like(build("fast", 3))
+    with torch.no_grad():
+        src.body[0].weight[-8:] = 0  # 8 extract channels that are always zero after the PReLU
+        src.body[0].bias[-8:] = 0
+        src.upsample.weight[:8] = 0  # 8 expand channels nothing reads
+    dst = reshape(src, d=48, m=4)
+    assert dst.config.d == 48
+    torch.testing.assert_close(upscale(dst, lr), upscale(src, lr), rtol=0, atol=1e-6)
+
+
+def test_deep_costs_what_fast_costs_within_one_percent():
+    fast, deep = macs_per_input_pixel(build("fast", 2)), macs_per_input_pixel(build("deep", 2))
+    assert abs(deep - fast) / fast < 0.01
+
+
+def test_growing_feature_channels_is_refused():
+    with pytest.raises(ValueError, match="prune"):
+        reshape(build("fast", 2), d=64, m=4)
+
+
+def test_the_written_checkpoint_loads_as_the_variant_and_says_where_it_came_from(tmp_path):
+    src = tmp_path / "src.pt"
+    torch.save(
+        {"model_config": build("fast", 2).config.__dict__, "model": build("fast", 2).state_dict(), "variant": "fast"},
+        src,
+    )
+    main(["--checkpoint", str(src), "--variant", "deep", "--out", str(tmp_path / "run" / "init.pt")])
+    net, ckpt = load_network(tmp_path / "run" / "init.pt")
+    assert net.config == build("deep", 2).config
+    assert ckpt["lineage"][-1].startswith("reshaped from fast (d 56, m 4) to deep")
