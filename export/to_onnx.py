@@ -33,6 +33,7 @@ from export.cpu import lower_for_cpu
 from export.graph import drop_unused_initializers
 from export.kernel_weights import write_native
 from model.network import SRNet, build, config_dict, load_weights, macs_per_input_pixel
+from model.train import loss_label
 from service.model_files import (
     CPU_GRAPH_SUFFIX,
     FP16_SUFFIX,
@@ -171,7 +172,13 @@ def write_card(out: Path, stem: str, card: dict) -> None:
         lines += ["", f"`model=auto` runs this model for JPEG inputs of estimated quality {lo}-{hi}."]
     tr = card.get("training", {})
     if tr:
-        lines += ["", "## Training", ""] + [f"- {k}: {v}" for k, v in tr.items()]
+        lines += ["", "## Training", ""]
+        for k, v in tr.items():
+            lines += (
+                [f"- {k}:", *(f"  {i}. {line}" for i, line in enumerate(v, 1))]
+                if isinstance(v, list)
+                else [f"- {k}: {v}"]
+            )
     ev = card.get("set5")
     if ev:
         pub = card.get("published_fsrcnn_set5", [None, None])
@@ -286,9 +293,10 @@ def main(argv: list[str] | None = None) -> None:
             "steps": ckpt["step"],
             "batch": tc["batch"],
             "lr_patch": tc["patch"],
-            "loss": tc.get("loss", "l1").upper(),
+            "loss": loss_label(tc),
             "optimizer": f"Adam, lr {tc['lr']} with {tc['warmup']} warm-up steps, cosine decay to {tc['lr_min']}",
             "init": _init_label(tc["init"]),
+            "lineage": ckpt.get("lineage", []),
             "seed": tc["seed"],
             "device": ckpt.get("device", "cpu"),
             "time": f"{seconds:.0f} s" if seconds is not None else "not recorded",

@@ -26,6 +26,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from service.model_files import read_metadata
 from tests.conftest import ROOT, SHIPPED_VARIANTS
 
 yaml = pytest.importorskip("yaml")
@@ -382,8 +383,9 @@ def test_triton_repository_has_every_shipped_model(triton_repo):
 def test_triton_configs_parse_with_tritons_proto_and_fit_the_models(pb, triton_repo):
     for folder in sorted(triton_repo.iterdir()):
         config = parse(pb, folder / "config.pbtxt")
+        meta = read_metadata(folder / "1" / "model.onnx")  # the model's own context (deep needs more than fast)
         scale = int(folder.name[-1])
-        tile_in, tile_out = 128 + 2 * 7, 128 * scale
+        tile_in, tile_out = 128 + 2 * int(meta["context"]), 128 * scale
         assert config.name == folder.name
         assert config.platform == "onnxruntime_onnx" and config.backend == "onnxruntime"
         assert config.max_batch_size == 8
