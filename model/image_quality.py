@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["rgb_to_y", "mod_crop", "psnr", "ssim"]
+__all__ = ["BT601_LUMA", "rgb_to_y", "mod_crop", "psnr", "ssim"]
+
+# Weights of R, G, B in BT.601 luma for 0-255 inputs, per 255 (MATLAB rgb2ycbcr); Y = 16 + sum(w * rgb) / 255.
+BT601_LUMA = (65.481, 128.553, 24.966)
 
 
 def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
@@ -19,7 +22,8 @@ def rgb_to_y(rgb: np.ndarray) -> np.ndarray:
     Rounded as MATLAB's ``rgb2ycbcr`` rounds for uint8 input; returned as float64.
     """
     x = rgb.astype(np.float64)
-    return np.round(16.0 + (65.481 * x[..., 0] + 128.553 * x[..., 1] + 24.966 * x[..., 2]) / 255.0)
+    wr, wg, wb = BT601_LUMA
+    return np.round(16.0 + (wr * x[..., 0] + wg * x[..., 1] + wb * x[..., 2]) / 255.0)
 
 
 def mod_crop(img: np.ndarray, scale: int) -> np.ndarray:

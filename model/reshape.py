@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from model.network import VARIANTS, SRNet, config_dict, macs_per_input_pixel
-from model.train import lineage_of, load_network
+from model.train import lineage, load_network
 
 __all__ = ["reshape"]
 
@@ -79,9 +79,9 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     src, ckpt = load_network(args.checkpoint)
     shape = VARIANTS[args.variant]
-    dst = reshape(src, int(shape["d"]), int(shape["m"]))
-    if config_dict(dst)["s"] != shape["s"] or dst.config.channel_slopes != shape.get("channel_slopes", True):
+    if src.config.s != shape["s"] or src.config.channel_slopes != shape.get("channel_slopes", True):
         raise SystemExit(f"{args.variant} differs from the checkpoint's network in more than d and m")
+    dst = reshape(src, int(shape["d"]), int(shape["m"]))
     step = f"reshaped from {ckpt.get('variant', 'fast')} (d {src.config.d}, m {src.config.m}) to {args.variant}"
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     torch.save(
@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> None:
             "model_config": config_dict(dst),
             "variant": args.variant,
             "model": dst.state_dict(),
-            "lineage": lineage_of(args.checkpoint) + [f"{step} (d {dst.config.d}, m {dst.config.m})"],
+            "lineage": lineage(ckpt) + [f"{step} (d {dst.config.d}, m {dst.config.m})"],
         },
         args.out,
     )

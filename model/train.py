@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from model.data import JpegDegradation, PatchSampler, degrade, list_images, load_rgb, make_pairs, split_holdout
-from model.image_quality import mod_crop, psnr, rgb_to_y
+from model.image_quality import BT601_LUMA, mod_crop, psnr, rgb_to_y
 from model.network import SRNet, build, config_dict, load_weights, pad_for_inference
 from model.onnx_weights import weights_from_onnx
 
@@ -93,8 +93,8 @@ def learning_rate(cfg: TrainConfig, step: int) -> float:
     return cfg.lr_min + 0.5 * (cfg.lr - cfg.lr_min) * (1 + math.cos(math.pi * progress))
 
 
-# BT.601 luma weights of R, G, B (the Y that Y-PSNR scores), without the constant offset.
-_LUMA = torch.tensor([65.481, 128.553, 24.966]).div(255).view(1, 3, 1, 1)
+# The luma that Y-PSNR scores, as weights of R, G, B in [0, 1] (the constant offset drops out of a difference).
+_LUMA = torch.tensor(BT601_LUMA).div(255).view(1, 3, 1, 1)
 
 
 def luma_l1_loss(sr: torch.Tensor, hr: torch.Tensor, chroma_weight: float) -> torch.Tensor:
@@ -109,15 +109,16 @@ def luma_l1_loss(sr: torch.Tensor, hr: torch.Tensor, chroma_weight: float) -> to
     return luma.abs().mean() + chroma_weight * diff.abs().mean()
 
 
-LOSSES = ("l1", "l2", "l1-luma")
 Loss = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+_RGB_LOSSES: dict[str, Loss] = {"l1": F.l1_loss, "l2": F.mse_loss}
+LOSSES = (*_RGB_LOSSES, "l1-luma")
 
 
 def loss_function(cfg: TrainConfig) -> Loss:
     """The training loss ``cfg`` names, as ``loss(sr, hr)``."""
     if cfg.loss == "l1-luma":
         return partial(luma_l1_loss, chroma_weight=cfg.chroma_weight)
-    return {"l1": F.l1_loss, "l2": F.mse_loss}[cfg.loss]
+    return _RGB_LOSSES[cfg.loss]
 
 
 def train_step(
@@ -160,15 +161,19 @@ def loss_label(train_config: dict) -> str:
     return train_config.get("loss", "l1").upper()
 
 
+def lineage(ckpt: dict) -> list[str]:
+    """The runs (and reshapes) that made the weights in ``ckpt``, oldest first: a run's own line comes last."""
+    own = [describe_run(ckpt)] if "train_config" in ckpt else []
+    return ckpt.get("lineage", []) + own
+
+
 def lineage_of(path: str) -> list[str]:
-    """The runs (and reshapes) that made the weights at ``path``, oldest first: a run's own line comes last."""
+    """``lineage`` of the checkpoint at ``path``; an exported ``.onnx`` is one line that points to its card."""
     if not path:
         return []
     if path.endswith(".onnx"):
         return [f"{Path(path).name} (an exported model; its card says how it was trained)"]
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    own = [describe_run(ckpt)] if "train_config" in ckpt else []
-    return ckpt.get("lineage", []) + own
+    return lineage(torch.load(path, map_location="cpu", weights_only=False))
 
 
 def _checkpoint(

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from model.network import SRNet, build, macs_per_input_pixel, pad_for_inference
+from model.network import SRNet, build, config_dict, macs_per_input_pixel, pad_for_inference
 from model.reshape import main, reshape
 from model.train import load_network
 
@@ -58,11 +58,8 @@ def test_growing_feature_channels_is_refused():
 
 
 def test_the_written_checkpoint_loads_as_the_variant_and_says_where_it_came_from(tmp_path):
-    src = tmp_path / "src.pt"
-    torch.save(
-        {"model_config": build("fast", 2).config.__dict__, "model": build("fast", 2).state_dict(), "variant": "fast"},
-        src,
-    )
+    src, fast = tmp_path / "src.pt", build("fast", 2)
+    torch.save({"model_config": config_dict(fast), "model": fast.state_dict(), "variant": "fast"}, src)
     main(["--checkpoint", str(src), "--variant", "deep", "--out", str(tmp_path / "run" / "init.pt")])
     net, ckpt = load_network(tmp_path / "run" / "init.pt")
     assert net.config == build("deep", 2).config

@@ -9,6 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
+from model.image_quality import BT601_LUMA
 from model.network import build
 from model.train import TrainConfig, _init_from, load_network, loss_function, train
 
@@ -104,7 +105,8 @@ def test_a_jpeg_run_records_its_degradation_and_validates_on_held_out_images(ima
 def test_luma_loss_scores_luma_errors_fully_and_chroma_errors_by_their_weight():
     hr = torch.full((1, 3, 4, 4), 0.5)
     luma_error = hr + 0.1  # a grey shift: all luma (BT.601 weights sum to 219/255)
-    chroma_error = hr + torch.tensor([0.1, -0.1 * 65.481 / 128.553, 0.0]).view(1, 3, 1, 1)  # luma unchanged
+    wr, wg, _ = BT601_LUMA
+    chroma_error = hr + torch.tensor([0.1, -0.1 * wr / wg, 0.0]).view(1, 3, 1, 1)  # luma unchanged
     cfg = TrainConfig(loss="l1-luma", chroma_weight=0.25)
     loss = loss_function(cfg)
     assert loss(hr, hr).item() == 0
