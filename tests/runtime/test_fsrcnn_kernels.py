@@ -14,9 +14,9 @@ from service.runtime import backends as backends_module
 from service.runtime import fsrcnn_kernels as native
 from service.runtime.engine import Engine, to_pixels
 from service.runtime.fsrcnn_kernels import NativeNetwork, kernels_unavailable
-from tests.conftest import MODELS, needs_kernels, on_every_isa
+from tests.conftest import MODELS, SHIPPED_VARIANTS, needs_kernels, on_every_isa
 
-SHIPPED = [f"{v}_x{s}" for v in ("fast", "turbo") for s in (2, 3, 4)]
+SHIPPED = [f"{v}_x{s}" for v in SHIPPED_VARIANTS for s in (2, 3, 4)]  # the JPEG models too (x2 q75 is deep)
 
 
 def conv_reference(x: np.ndarray, w: np.ndarray, b: np.ndarray, slope: np.ndarray | None) -> np.ndarray:
