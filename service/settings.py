@@ -72,6 +72,12 @@ class Settings(BaseSettings):
         2.0, ge=0, description="how long a non-full batch waits for more tiles (several workers: only if none is idle)"
     )
     max_queue_tiles: int = Field(4096, ge=1, description="tiles waiting across all requests before 503")
+    scheduling: str = Field(
+        "fair",
+        pattern="^(fair|by-model)$",
+        description="fair: waiting requests take turns for batches whatever model they run; by-model: the model of "
+        "the oldest waiting request runs until its tiles are all taken (the older rule, for comparison)",
+    )
     request_timeout_s: float = Field(120.0, gt=0, description="deadline from arrival to inference done")
 
     max_body_bytes: int = Field(50 * 2**20, ge=1024, description="largest accepted request body")

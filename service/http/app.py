@@ -80,6 +80,7 @@ def _lifespan(state: ServiceState):
             max_batch=state.max_batch,
             max_wait=s.max_wait_ms / 1000,
             max_queue_tiles=s.max_queue_tiles,
+            scheduling=s.scheduling,
             on_batch=lambda *batch: _on_batch(state, *batch),
         )
         state.batcher.start()

@@ -6,11 +6,23 @@ One scheduler task forms batches of up to ``max_batch`` tiles of one model,
 waiting at most ``max_wait`` for a batch to fill, so images of any size share
 batches; while engine workers are idle, a batch takes no more than each one's
 share of the waiting tiles, so that one small image is still spread over all.
-Within a model, tiles are taken round-robin from the waiting jobs in
-arrival order: a huge image gets one tile per round like everyone else and
-cannot starve small ones. Tiles are cut (and converted to float) only when
-their batch is formed, and results are written straight into the job's
-integer output, so memory stays bounded by a few batches, not by the images.
+
+Which tiles the next batch runs is a matter of turns (``scheduling="fair"``,
+the default): the waiting jobs, whatever their model, scale or size, take turns
+in one rotation. The job whose turn it is names the batch's model and gives its
+tiles first; if it has fewer than a batch, that model's next jobs in the
+rotation fill the rest. Then the job whose turn it was goes to the back. So a
+request waits for at most one batch per request ahead of it in the rotation,
+plus the batches already formed, before each batch of its own: never for the
+whole of a huge image, whichever model either runs, and a request of at most
+one batch of tiles is done after its first turn. ``scheduling="by-model"`` is
+the older rule, kept to measure against: the next batch runs the model of the
+oldest waiting job, one tile per job of that model per round, so a big job
+keeps its model chosen until all its tiles are taken.
+
+Tiles are cut (and converted to float) only when their batch is formed, and
+results are written straight into the job's integer output, so memory stays
+bounded by a few batches, not by the images.
 
 A batch goes through three steps: cut (tiles to a float batch), run (the
 network, in ``engine.workers`` engine threads: one per core on a CPU, one on
@@ -32,10 +44,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future, InvalidStateError, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -48,11 +61,13 @@ from service.model_files import ModelKey
 from service.runtime.engine import Engine, to_pixels
 from service.runtime.tiling import TileGrid
 
-__all__ = ["Job", "Batcher"]
+__all__ = ["Job", "Batcher", "SCHEDULING"]
 
 log = logging.getLogger("service.runtime.batcher")
 
 T = TypeVar("T")
+
+SCHEDULING = ("fair", "by-model")  # how the next batch's model is chosen (the module's docstring)
 
 
 @dataclass(eq=False)
@@ -94,12 +109,17 @@ class Batcher:
         max_queue_tiles: int = 4096,
         depth: int | None = None,
         tile_threads: int = 2,
+        scheduling: str = "fair",
         on_batch: Callable[[ModelKey, int, float], None] | None = None,
     ):
+        if scheduling not in SCHEDULING:
+            raise ValueError(f"scheduling must be one of {SCHEDULING}, not {scheduling!r}")
         self.engine = engine
         self.max_batch, self.max_wait, self.max_queue_tiles = max_batch, max_wait, max_queue_tiles
+        self.scheduling = scheduling
         self.on_batch = on_batch  # metrics hook: (model, batch size, seconds)
-        self._jobs: dict[ModelKey, deque[Job]] = {}
+        self._jobs: list[Job] = []  # every job not yet done, in arrival order
+        self._turns: deque[Job] = deque()  # jobs with tiles to batch, in the order of their next turn
         self._queued = 0  # tiles not yet batched, over all jobs
         self._wake = asyncio.Event()
         # Batches between cut and place: by default, one running per engine worker plus two being cut or placed
@@ -141,7 +161,8 @@ class Batcher:
             future=asyncio.get_running_loop().create_future(),
             todo=deque(range(len(grid))),
         )
-        self._jobs.setdefault(key, deque()).append(job)
+        self._jobs.append(job)
+        self._turns.append(job)
         self._queued += len(grid)
         self._wake.set()
         return job
@@ -161,44 +182,55 @@ class Batcher:
     def _forget(self, job: Job) -> None:
         self._queued -= len(job.todo)
         job.todo.clear()
-        queue = self._jobs.get(job.key)
-        if queue and job in queue:
-            queue.remove(job)
+        if job in self._jobs:
+            self._jobs.remove(job)
+        if job in self._turns:
+            self._turns.remove(job)
 
     def _expire(self) -> None:
         now = time.monotonic()
-        for queue in self._jobs.values():
-            for job in list(queue):
-                if not job.dead and now > job.deadline:
-                    job.future.set_exception(
-                        DeadlineExceeded(
-                            "the request waited longer than its deadline; the server is overloaded, retry later"
-                        )
+        for job in list(self._jobs):
+            if not job.dead and now > job.deadline:
+                job.future.set_exception(
+                    DeadlineExceeded(
+                        "the request waited longer than its deadline; the server is overloaded, retry later"
                     )
-                if job.dead and not job.running:
-                    self._forget(job)
+                )
+            if job.dead and not job.running:
+                self._forget(job)
 
     def _next_key(self) -> ModelKey | None:
-        """The model whose oldest waiting job arrived first."""
-        waiting = [(job.submitted, key) for key, q in self._jobs.items() for job in q if job.todo and not job.dead]
-        return min(waiting)[1] if waiting else None
+        """The model of the next batch: that of the job whose turn it is (fair), or of the oldest waiting job."""
+        while self._turns and (self._turns[0].dead or not self._turns[0].todo):
+            self._turns.popleft()  # finished cutting or abandoned: it has no more turns
+        if not self._turns:
+            return None
+        if self.scheduling == "fair":
+            return self._turns[0].key
+        return min(self._turns, key=lambda job: job.submitted).key
 
     def _take(self, key: ModelKey) -> list[tuple[Job, int]]:
-        """Tiles of ``key`` for one batch, one per job per round, oldest job first: up to max_batch, and while
-        engine workers are idle no more than each one's share of the waiting tiles, so that a small image alone
-        still keeps every worker busy."""
-        picks: list[tuple[Job, int]] = []
-        jobs = [j for j in self._jobs[key] if j.todo and not j.dead]
+        """Tiles of ``key`` for one batch: up to max_batch, and while engine workers are idle no more than each
+        one's share of the waiting tiles, so that a small image alone still keeps every worker busy.
+
+        Fair: the job whose turn it is gives its tiles first, then the model's next jobs in turn order fill the
+        batch; the job whose turn it was goes to the back of the rotation (a job that only filled keeps its place),
+        and a job with no tiles left leaves it. By model: one tile per job per round, oldest job first."""
+        jobs = [j for j in self._turns if j.key == key and j.todo and not j.dead]
+        fair = self.scheduling == "fair"
+        if not fair:
+            jobs.sort(key=lambda j: j.submitted)
         idle = self._idle_workers()
         size = self.max_batch if idle <= 0 else min(self.max_batch, -(-sum(len(j.todo) for j in jobs) // idle))
-        while jobs and len(picks) < size:
-            for job in jobs:
-                if len(picks) == size:
-                    break
-                picks.append((job, job.todo.popleft()))
-                job.running += 1
-                self._queued -= 1
-            jobs = [j for j in jobs if j.todo]
+        picks: list[tuple[Job, int]] = []
+        for job in itertools.islice(_in_turn_order(jobs) if fair else _one_per_job_per_round(jobs), size):
+            picks.append((job, job.todo.popleft()))
+            job.running += 1
+            self._queued -= 1
+        if fair and jobs:
+            self._turns.remove(jobs[0])
+            if jobs[0].todo:
+                self._turns.append(jobs[0])
         return picks
 
     async def _run(self) -> None:
@@ -224,7 +256,7 @@ class Batcher:
         # A partial batch waits a moment for more tiles, as long as that keeps no engine worker idle: with one
         # worker (a GPU) fuller batches are worth the wait, but where idle workers could share the tiles now (on a
         # CPU) waiting only delays them.
-        partial = sum(len(j.todo) for j in self._jobs[key]) < self.max_batch
+        partial = sum(len(j.todo) for j in self._jobs if j.key == key) < self.max_batch
         if partial and self.max_wait > 0 and (self.engine.workers == 1 or self._idle_workers() <= 0):
             await asyncio.sleep(self.max_wait)
             self._expire()
@@ -294,6 +326,22 @@ class Batcher:
                 job.future.set_result(job)
             if job.dead or (not job.todo and not job.running):
                 self._forget(job)
+
+
+def _in_turn_order(jobs: list[Job]) -> Iterator[Job]:
+    """Each job once per tile it has left, job by job: the first job's tiles, then the next job's."""
+    for job in jobs:
+        while job.todo:
+            yield job
+
+
+def _one_per_job_per_round(jobs: list[Job]) -> Iterator[Job]:
+    """Each job once per tile it has left, one tile per job per round."""
+    while jobs:
+        for job in jobs:
+            if job.todo:
+                yield job
+        jobs = [j for j in jobs if j.todo]
 
 
 def _then(done: Future, pool: Executor, step: Callable[[], T], next_step: Callable[[T], None]) -> None:

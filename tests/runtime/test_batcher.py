@@ -115,6 +115,114 @@ def test_a_huge_image_does_not_starve_small_ones(engine):
     assert total >= 100 and max(waits) <= 5 * depth
 
 
+@pytest.fixture(scope="module")
+def mixed():
+    """Two models at three scales, as ``auto`` serves them (the clean one and a JPEG band's); one engine worker, so
+    batches run in the order they are formed."""
+    return Engine(MODELS, tile=16, prefer_gpu=False, workers=1, variants=["fast", "fast-jpeg-q90"])
+
+
+OTHER_MODELS = {  # a big job's model and a small one's, as the service sees them
+    "another variant": (("fast-jpeg-q90", 2), ("fast", 2)),
+    "another scale": (("fast", 4), ("fast", 2)),
+    "another variant and scale": (("fast-jpeg-q90", 4), ("fast", 2)),
+    "another variant, scale 3": (("fast", 3), ("fast-jpeg-q90", 3)),
+}
+
+
+async def _with_keys(engine, body, **options):
+    """``_with_batcher``, recording each batch's model and size in the order they finish."""
+    batches: list[tuple[tuple[str, int], int]] = []
+    batcher = Batcher(engine, on_batch=lambda key, size, seconds: batches.append((key, size)), **options)
+    batcher.start()
+    try:
+        return await body(batcher, batches)
+    finally:
+        await batcher.stop()
+
+
+async def _small_behind_big(batcher, batches, big_key, small_key):
+    """A big job of ``big_key``, then (once it is being served) a one-batch job of ``small_key``: how many batches
+    finished while the small one waited, and how many of the big one's tiles were still to be run then."""
+    big = batcher.submit(big_key, smooth_image(160, 160), timeout=60)  # 100 tiles
+    while not batches:
+        await asyncio.sleep(0.001)
+    before = len(batches)
+    await batcher.upscale(small_key, smooth_image(16, 24, seed=1), timeout=60)  # 2 tiles
+    waited = len(batches) - before
+    left = len(big.todo) + big.running
+    await big.future
+    return waited, left
+
+
+@pytest.mark.parametrize("case", OTHER_MODELS)
+def test_a_small_request_waits_a_few_batches_behind_a_big_one_of_another_model(mixed, monkeypatch, case):
+    """Fair: the small job's turn comes after the batches already formed, whatever model or scale the big one runs."""
+    slow_network(mixed, monkeypatch)  # 25 batches of at least 20 ms: the big job runs on while the small one waits
+    big_key, small_key = OTHER_MODELS[case]
+    depth = 3
+    body = lambda batcher, batches: _small_behind_big(batcher, batches, big_key, small_key)  # noqa: E731
+    waited, left = run(_with_keys(mixed, body, max_batch=4, max_wait=0, depth=depth))
+    assert waited <= depth + 2  # the batches formed before it, one turn of the job ahead of it, then its own
+    assert left > 0  # the big job was still running when the small one was done
+
+
+def test_by_model_scheduling_keeps_a_big_jobs_model_until_its_tiles_are_taken(mixed, monkeypatch):
+    """The older rule (UPSCALER_SCHEDULING=by-model), kept to measure against: the small job of another model waits
+    for every tile of the big one."""
+    slow_network(mixed, monkeypatch)
+    big_key, small_key = OTHER_MODELS["another variant and scale"]
+    body = lambda batcher, batches: _small_behind_big(batcher, batches, big_key, small_key)  # noqa: E731
+    waited, left = run(_with_keys(mixed, body, max_batch=4, max_wait=0, depth=3, scheduling="by-model"))
+    assert left == 0 and waited >= 24  # all 25 of the big job's batches but the first ran before it
+
+
+def test_jobs_of_different_models_and_scales_take_turns_batch_by_batch(mixed):
+    keys = [("fast", 2), ("fast-jpeg-q90", 3), ("fast", 4)]
+
+    async def body(batcher, batches):
+        jobs = [batcher.submit(key, smooth_image(48, 32, seed=i), timeout=60) for i, key in enumerate(keys)]  # 6 tiles
+        await asyncio.gather(*(job.future for job in jobs))
+        return batches
+
+    batches = run(_with_keys(mixed, body, max_batch=2, max_wait=0))
+    assert [key for key, _ in batches] == keys * 3  # 3 batches of 2 tiles each, in turns
+    assert all(size == 2 for _, size in batches)
+
+
+def test_a_turn_is_filled_with_other_waiting_tiles_of_its_model(mixed):
+    """Batching keeps its gain: a one-tile job's turn runs a full batch, topped up from its model's other jobs."""
+
+    async def body(batcher, batches):
+        big = batcher.submit(("fast", 2), smooth_image(64, 32), timeout=60)  # 8 tiles
+        small = batcher.submit(("fast", 2), smooth_image(8, 8), timeout=60)  # 1 tile
+        await asyncio.gather(big.future, small.future)
+        return batches
+
+    assert run(_with_keys(mixed, body, max_batch=4, max_wait=0)) == [
+        (("fast", 2), 4),
+        (("fast", 2), 4),
+        (("fast", 2), 1),
+    ]
+
+
+def test_every_job_of_a_mix_gets_the_pixels_of_its_own_model(mixed):
+    keys = [("fast", 2), ("fast-jpeg-q90", 2), ("fast", 3), ("fast-jpeg-q90", 4)]
+    images = [smooth_image(40, 24, seed=i) for i in range(len(keys))]
+
+    async def body(batcher, batches):
+        return await asyncio.gather(*(batcher.upscale(k, im, timeout=60) for k, im in zip(keys, images, strict=True)))
+
+    jobs = run(_with_keys(mixed, body, max_batch=3, max_wait=0))
+    for job, key, im in zip(jobs, keys, images, strict=True):
+        assert np.array_equal(job.out, to_pixels(mixed.upscale(key, im.astype(np.float32) / 255), np.uint8)), key
+
+
+def test_an_unknown_scheduling_rule_is_refused(engine):
+    with pytest.raises(ValueError, match="scheduling"):
+        Batcher(engine, scheduling="fifo")
+
+
 def test_full_queue_refuses_new_work(engine):
     async def body(batcher, batches):
         first = asyncio.ensure_future(batcher.upscale(KEY, smooth_image(160, 160), timeout=60))  # 100 tiles
