@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from client.loadtest import LoadOptions, ProcessLoad, closed_loop, main, make_payloads, open_loop
+from client.loadtest import LoadOptions, ProcessLoad, closed_loop, main, make_payloads, open_loop, parse_mix
 from tests.conftest import ROOT, free_port
 
 
@@ -88,6 +88,59 @@ def test_command_writes_json_csv_and_plot(server, tmp_path):
     with (tmp_path / "loadtest.csv").open() as f:
         assert len(list(csv.DictReader(f))) == 2
     assert (tmp_path / "loadtest.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+MIX = "small:32:png:2:2,large:48x40:jpeg80:3:1"
+
+
+def test_a_mix_reports_each_class_beside_the_overall_figures(server):
+    step = closed_loop(server.url, parse_mix(MIX), 3, LoadOptions(duration=30, max_requests=9))
+    assert step.requests == step.ok == 9 and set(step.classes) == {"small", "large"}
+    small, large = step.classes["small"], step.classes["large"]
+    assert small["ok"] + large["ok"] == 9 and small["ok"] > 0 and large["ok"] > 0
+    pixels = small["ok"] * 32 * 32 * 4 + large["ok"] * 48 * 40 * 9  # each class at its own scale
+    rounding = step.output_mpix_per_s * 1e6 * 0.0005
+    assert step.output_mpix_per_s * step.seconds * 1e6 == pytest.approx(pixels, rel=0.001, abs=rounding)
+    assert 0 < large["p50_ms"] <= large["p99_ms"]
+
+
+def test_a_mix_in_several_client_processes_keeps_its_classes_apart(server):
+    with ProcessLoad(2) as clients:
+        step = clients.closed_loop(server.url, parse_mix(MIX), 3, LoadOptions(duration=30, max_requests=6))
+    assert step.ok == 6 and step.classes["small"]["ok"] + step.classes["large"]["ok"] == 6
+    assert step.classes["small"]["ok"] > 0 and step.classes["large"]["ok"] > 0
+
+
+def test_the_open_loop_sends_each_class_its_weights_share(server):
+    step = open_loop(server.url, parse_mix(MIX), 20, LoadOptions(duration=0.6, max_requests=100))
+    assert (step.classes["small"]["ok"], step.classes["large"]["ok"]) == (8, 4)
+
+
+def test_a_closed_loop_mix_needs_a_worker_for_every_class(server):
+    with pytest.raises(ValueError, match="concurrency of at least 2"):
+        closed_loop(server.url, parse_mix(MIX), 1, LoadOptions(duration=1, max_requests=1))
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [
+        "web:256:gif:2:1",
+        "web:256:png:5:1",
+        "web:256:png:2:0",
+        "web:256x:png:2:1",
+        "web:256:png:2",
+        "a:8:png:2:1,a:9:png:2:1",
+    ],
+)
+def test_a_malformed_mix_is_refused(spec):
+    with pytest.raises(ValueError):
+        parse_mix(spec)
+
+
+def test_the_command_writes_each_class_of_a_mix(server, tmp_path):
+    main(["--server", server.url, "--concurrency", "3", "--max-requests", "3", "--mix", MIX, "--out", str(tmp_path)])
+    (step,) = json.loads((tmp_path / "loadtest.json").read_text())["steps"]
+    assert set(step["classes"]) == {"small", "large"} and step["ok"] == 3
 
 
 LOCUST = shutil.which("locust", path=str(ROOT / ".venv" / "bin")) or shutil.which("locust")
