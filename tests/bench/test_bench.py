@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import image_coding, inference, int8, memory, serving, threads
+from bench import image_coding, inference, int8, memory, mixed_traffic, serving, threads
 from service.runtime.fsrcnn_kernels import instruction_sets
 from tests.conftest import MODELS, decode_image, encode_image, smooth_image
 
@@ -103,3 +103,14 @@ def test_jpeg_input_benchmark_sends_each_row_to_the_model_of_its_band(tmp_path, 
         quality = int(row["lr"].removeprefix("JPEG q"))
         expected = [m for m, (lo, hi) in bands.items() if lo <= quality <= hi] or ["fast_x2"]
         assert row["auto_ran"] == expected[:1]
+
+
+def test_mixed_traffic_benchmark_sends_every_case_to_every_scheduler(capsys):
+    result = mixed_traffic.main(["--quick"])
+    assert [run["scheduling"] for run in result["runs"]] == list(mixed_traffic.SCHEDULERS)
+    for run in result["runs"]:
+        for case in run["small_behind_big"].values():
+            assert case["small"]["status"] == case["big"]["status"] == 200
+        assert run["same_work"]["requests"] == run["same_work"]["ok"] == 6  # 4 small + 2 big, as --quick asks
+        assert set(run["mix"]["classes"]) == set(run["alone"]) == {"web", "batch"}
+    assert "wrote" not in capsys.readouterr().out
