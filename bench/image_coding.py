@@ -116,7 +116,7 @@ def png_decoding(files: dict[str, bytes], repeat: int) -> dict[str, dict[str, fl
     for name, data in files.items():
 
         def decode(data=data):
-            return decoding.decode(data, scale=2, max_input_pixels=1 << 30, max_output_pixels=1 << 32)
+            return decoding.decode(data, decoding.Limits(max_input_pixels=1 << 30, max_output_pixels=1 << 32))
 
         reader = timed(decode, repeat=repeat)
         with patch.object(png_reader, "parse", lambda data: None):

@@ -19,7 +19,7 @@ from service.errors import BadParameter
 from service.imageio.jpeg_quality import JpegQuality
 from service.model_files import ModelKey, ModelSpec
 
-__all__ = ["AUTO", "ModelChoice", "check_requested", "choose_model", "jpeg_bands"]
+__all__ = ["scales_of", "AUTO", "ModelChoice", "check_requested", "choose_model", "jpeg_bands"]
 
 AUTO = "auto"
 
@@ -40,13 +40,20 @@ def jpeg_bands(specs: Mapping[ModelKey, ModelSpec], scale: int) -> list[tuple[in
     return sorted(bands)
 
 
-def check_requested(specs: Mapping[ModelKey, ModelSpec], requested: str, scale: int, clean: str) -> None:
-    """Raise BadParameter (400) before the body is read if the request names a model this server cannot run."""
+def check_requested(specs: Mapping[ModelKey, ModelSpec], requested: str, scale: int | None, clean: str) -> None:
+    """Raise BadParameter (400) before the body is read if the request names a model this server cannot run: at
+    ``scale``, or at any scale where the scale depends on the image's size (None)."""
     variant = clean if requested == AUTO else requested
-    if ModelKey(variant, scale) not in specs:
+    if (ModelKey(variant, scale) not in specs) if scale else not scales_of(specs, requested, clean):
         served = ", ".join(f"{v} x{s}" for v, s in sorted(specs))
         what = f"auto needs the clean model {clean!r}" if requested == AUTO else f"no model {variant!r}"
-        raise BadParameter(f"{what} for scale {scale}; this server has: {served}")
+        raise BadParameter(f"{what}{f' for scale {scale}' if scale else ''}; this server has: {served}")
+
+
+def scales_of(specs: Mapping[ModelKey, ModelSpec], requested: str, clean: str) -> tuple[int, ...]:
+    """The scales the requested model runs at (for auto, the clean model's: every JPEG band falls back to it)."""
+    variant = clean if requested == AUTO else requested
+    return tuple(sorted(key.scale for key in specs if key.variant == variant))
 
 
 def choose_model(

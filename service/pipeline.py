@@ -1,4 +1,4 @@
-"""One upscale request, start to finish: read -> decode -> batcher/engine -> encode.
+"""One upscale request, start to finish: read -> decode -> batcher/engine -> resample -> encode.
 
 Knows nothing of HTTP: the caller passes a coroutine that reads the body and
 one that tells whether the client has gone away. Large intermediate buffers
@@ -17,9 +17,11 @@ from dataclasses import dataclass
 
 from service.errors import ClientGone, Overloaded
 from service.imageio.decoder_pool import DecoderPool
-from service.imageio.decoding import decode
+from service.imageio.decoding import Decoded, Limits, decode
 from service.imageio.encoding import check_output, encode
-from service.model_choice import ModelChoice, choose_model
+from service.imageio.resampling import resample
+from service.model_choice import ModelChoice, choose_model, scales_of
+from service.output_size import OutputPlan, SizeRequest
 from service.runtime.batcher import Batcher
 from service.settings import Settings
 
@@ -40,9 +42,10 @@ class UpscaleResult:
     format: str  # png, jpeg or webp
     filename: str | None  # the client's name for the input, if it sent one
     model: ModelChoice  # the model that ran, and why
+    plan: OutputPlan  # the model scale and the final size
     input_size: tuple[int, int]  # (width, height)
     output_size: tuple[int, int]
-    timings: dict[str, float]  # seconds: decode, queue, infer, encode
+    timings: dict[str, float]  # seconds: decode, queue, infer, encode (resampling included)
 
 
 class Pipeline:
@@ -59,7 +62,7 @@ class Pipeline:
         is_disconnected: Callable[[], Awaitable[bool]],
         *,
         model: str,
-        scale: int,
+        size: SizeRequest,
         fmt: str | None,
         quality: int | None,
         effort: int | None = None,
@@ -70,36 +73,35 @@ class Pipeline:
         upload = await read()
         filename = upload.filename
         t0 = time.perf_counter()
-        decoded = await self.decoders.run(
-            decode,
-            upload.data,
-            scale=scale,
-            max_input_pixels=s.max_input_pixels,
-            max_output_pixels=s.max_output_pixels,
-            formats=tuple(s.input_formats),
-        )
+        specs = self.batcher.engine.specs
+        limits = Limits(s.max_input_pixels, s.max_output_pixels, size, scales_of(specs, model, s.clean_model))
+        decoded = await self.decoders.run(decode, upload.data, limits, tuple(s.input_formats))
         del upload  # the body is no longer needed
         t_decode = time.perf_counter() - t0
-        in_size = (decoded.width, decoded.height)
+        in_size, plan = (decoded.width, decoded.height), decoded.plan
         fmt = fmt or decoded.default_format()
-        check_output(decoded.width, decoded.height, scale, fmt)  # before any tile runs
-        choice = choose_model(self.batcher.engine.specs, model, scale, s.clean_model, decoded.jpeg_quality)
+        check_output(plan.width, plan.height, fmt)  # before any tile runs
+        choice = choose_model(specs, model, plan.model_scale, s.clean_model, decoded.jpeg_quality)
         job = await _unless_disconnected(
             is_disconnected, self.batcher.upscale(choice.key, decoded.take_pixels(), s.request_timeout_s)
         )
         t0 = time.perf_counter()
-        body = await self._in_pool(
-            encode,
-            job.out,
-            decoded,
-            fmt=fmt,
-            quality=quality or s.default_quality,
-            webp_effort=s.webp_effort if effort is None else effort,
-            png_compress_level=s.png_compress_level,
-        )
+        options = {
+            "fmt": fmt,
+            "quality": quality or s.default_quality,
+            "webp_effort": s.webp_effort if effort is None else effort,
+            "png_compress_level": s.png_compress_level,
+        }
+        body = await self._in_pool(_finish, job.out, decoded, plan, options)
         timings = {"decode": t_decode, **job.timings(), "encode": time.perf_counter() - t0}
-        out_size = (job.out.shape[1], job.out.shape[0])
-        return UpscaleResult(body, fmt, filename, choice, in_size, out_size, timings)
+        return UpscaleResult(body, fmt, filename, choice, plan, in_size, (plan.width, plan.height), timings)
+
+
+def _finish(out, decoded: Decoded, plan: OutputPlan, options: dict) -> bytes:
+    """The model's output resampled to the final size where the request asked for another, then encoded."""
+    if plan.needs_resampling(decoded.width, decoded.height):
+        out = resample(out, plan.width, plan.height, plan.box)
+    return encode(out, decoded, alpha_box=tuple(b / plan.model_scale for b in plan.box), **options)
 
 
 async def _unless_disconnected(is_disconnected: Callable[[], Awaitable[bool]], coro):

@@ -28,8 +28,9 @@ from service.imageio import png_reader
 from service.imageio.encoding import OUTPUT_FORMATS
 from service.imageio.jpeg_quality import JpegQuality, estimate_quality
 from service.imageio.png_writer import SIGNATURE
+from service.output_size import OutputPlan, SizeRequest
 
-__all__ = ["Decoded", "decode", "guard_pixels", "INPUT_FORMATS", "MAX_JPEG_SCANS"]
+__all__ = ["Decoded", "Limits", "decode", "guard_pixels", "INPUT_FORMATS", "MAX_JPEG_SCANS"]
 
 log = logging.getLogger("service.imageio.decoding")
 
@@ -65,6 +66,7 @@ class Decoded:
     icc_profile: bytes | None
     exif: bytes | None
     jpeg_quality: JpegQuality | None = None  # how compressed a JPEG input is, from its quantisation tables
+    plan: OutputPlan | None = None  # the model scale and the final size, made from the header before decoding
 
     def take_pixels(self) -> np.ndarray:
         """Hand the pixels over (to the batcher) and drop this reference, so they can be freed early."""
@@ -135,16 +137,34 @@ def _after_entropy_coded_data(data: bytes, pos: int) -> int:
     return found.start() if found else len(data)
 
 
-def _check_size(w: int, h: int, scale: int, max_input_pixels: int, max_output_pixels: int) -> None:
+@dataclass(frozen=True)
+class Limits:
+    """What an upload may ask for: the pixels in, the pixels the model makes and the final result's, and the size
+    it asks for against the model scales served."""
+
+    max_input_pixels: int
+    max_output_pixels: int
+    size: SizeRequest = SizeRequest()
+    scales: tuple[int, ...] = (2, 3, 4)
+
+
+def _check_size(w: int, h: int, limits: Limits) -> OutputPlan:
+    """The plan for a ``w`` x ``h`` image, once every size involved is within the limits."""
     if w < 1 or h < 1:
         raise UnsupportedImage(f"the image is {w}x{h}; it needs at least one pixel")
-    if w * h > max_input_pixels:
-        raise TooLarge(f"the image is {w}x{h} = {w * h} pixels; this server accepts at most {max_input_pixels}")
-    if w * h * scale * scale > max_output_pixels:
-        raise TooLarge(
-            f"x{scale} of {w}x{h} would be {w * h * scale * scale} pixels; "
-            f"this server makes at most {max_output_pixels}; use a smaller scale or image"
-        )
+    if w * h > limits.max_input_pixels:
+        raise TooLarge(f"the image is {w}x{h} = {w * h} pixels; this server accepts at most {limits.max_input_pixels}")
+    plan = limits.size.plan(w, h, limits.scales)
+    s, most = plan.model_scale, limits.max_output_pixels
+    for what, pixels in (
+        (f"x{s} of {w}x{h}", w * h * s * s),
+        (f"{plan.width}x{plan.height}", plan.width * plan.height),
+    ):
+        if pixels > most:
+            raise TooLarge(
+                f"{what} would be {pixels} pixels; this server makes at most {most}; ask for a smaller size or image"
+            )
+    return plan
 
 
 def _check_frames(im: Image.Image) -> None:
@@ -220,25 +240,47 @@ def _orientation(exif: bytes | None, info: dict) -> int:
     return int(found[1]) if found else 1
 
 
-def decode(
-    data: bytes,
-    *,
-    scale: int,
-    max_input_pixels: int,
-    max_output_pixels: int,
-    formats: tuple[str, ...] = INPUT_FORMATS,
-) -> Decoded:
-    """Decode request bytes of one of ``formats`` (Pillow's names); raises UnsupportedImage (415) or TooLarge (413)
-    with a clear message."""
+def decode(data: bytes, limits: Limits, formats: tuple[str, ...] = INPUT_FORMATS) -> Decoded:
+    """Decode request bytes of one of ``formats`` (Pillow's names), with the plan for the size asked for; raises
+    UnsupportedImage (415), TooLarge (413) or BadParameter (422, a size that cannot be made) with a clear message,
+    all but the last from the header, before any pixel is decoded."""
     plain = png_reader.parse(data) if "PNG" in formats else None
     if plain is not None:
-        _check_size(plain.width, plain.height, scale, max_input_pixels, max_output_pixels)
+        plan = _check_size(plain.width, plain.height, limits)
         pixels = png_reader.read(plain)
         if pixels is not None:
-            return _plain(pixels)
-    im = _open(data, formats, max_input_pixels)
-    _check_size(*im.size, scale, max_input_pixels, max_output_pixels)
+            return _planned(_plain(pixels), plan)
+    im = _open(data, formats, limits.max_input_pixels)
+    size = _upright_size(im)
+    plan = _check_size(*size, limits)
     _check_frames(im)
+    decoded = _decode_opened(data, im)
+    if (decoded.width, decoded.height) != size:  # an orientation the header did not show (EXIF after a PNG's data)
+        plan = _check_size(decoded.width, decoded.height, limits)
+    return _planned(decoded, plan)
+
+
+def _upright_size(im: Image.Image) -> tuple[int, int]:
+    """The size of the image once its EXIF orientation is applied, as far as the header tells: a size asked for is
+    of the picture as it is seen."""
+    w, h = im.size
+    if im.format == "PNG":  # getexif() would decode a PNG to look for chunks after its data
+        orientation = _orientation(im.info.get("exif"), im.info)
+    else:
+        try:
+            orientation = im.getexif().get(_ORIENTATION, 1)
+        except Exception:  # corrupt EXIF: kept as stored, as _oriented does
+            orientation = 1
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
+def _planned(decoded: Decoded, plan: OutputPlan) -> Decoded:
+    decoded.plan = plan
+    return decoded
+
+
+def _decode_opened(data: bytes, im: Image.Image) -> Decoded:
+    """The pixels and metadata of an image Pillow has opened and whose size has been checked."""
     try:
         if _is_sixteen_bit_colour_png(data) and (decoded := _sixteen_bit_colour(data, im)) is not None:
             return decoded

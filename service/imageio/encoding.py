@@ -32,15 +32,16 @@ _PIL_FORMAT = {"jpeg": "JPEG", "webp": "WEBP"}
 _JPEG_MAX_EXIF = 65533  # one APP1 segment: 64 KiB minus its length field
 
 
-def check_output(width: int, height: int, scale: int, fmt: str) -> None:
-    """Refuse, before any tile runs, an output that ``fmt`` cannot hold (WebP 16383 and JPEG 65535 pixels a side)."""
-    side = max(width, height) * scale
+def check_output(width: int, height: int, fmt: str) -> None:
+    """Refuse, before any tile runs, a ``width`` x ``height`` result that ``fmt`` cannot hold (WebP 16383 and JPEG
+    65500 pixels a side)."""
+    side = max(width, height)
     if side > _MAX_SIDE[fmt]:
         others = [f for f in OUTPUT_FORMATS if _MAX_SIDE[f] >= side]
-        instead = f"ask for format={others[0]}" if others else "ask for a smaller scale"
+        instead = f"ask for format={others[0]}" if others else "ask for a smaller size"
         raise TooLarge(
-            f"x{scale} of {width}x{height} is {width * scale}x{height * scale}; {fmt.upper()} holds at most "
-            f"{_MAX_SIDE[fmt]} pixels a side; {instead}, or a smaller scale"
+            f"the result would be {width}x{height}; {fmt.upper()} holds at most {_MAX_SIDE[fmt]} pixels a side; "
+            f"{instead}, or a smaller size"
         )
 
 
@@ -54,11 +55,14 @@ def _color_planes(sr: np.ndarray, decoded: Decoded, fmt: str) -> np.ndarray:
     return color
 
 
-def _alpha_plane(decoded: Decoded, width: int, height: int, dtype: np.dtype) -> np.ndarray | None:
-    """The alpha channel upscaled with bicubic resampling (the network upscales colour only)."""
+def _alpha_plane(
+    decoded: Decoded, width: int, height: int, dtype: np.dtype, box: tuple[float, ...] | None
+) -> np.ndarray | None:
+    """The alpha channel (of the ``box`` of the input the result shows) upscaled with bicubic resampling (the network
+    upscales colour only)."""
     if decoded.alpha is None:
         return None
-    alpha = np.asarray(decoded.alpha.resize((width, height), Image.Resampling.BICUBIC))
+    alpha = np.asarray(decoded.alpha.resize((width, height), Image.Resampling.BICUBIC, box=box))
     if decoded.alpha.mode == "F":  # 16-bit alpha, resampled in float
         alpha = np.clip(np.round(alpha), 0, 65535).astype(np.uint16)
         return alpha if dtype == np.uint16 else (alpha >> 8).astype(np.uint8)
@@ -66,18 +70,26 @@ def _alpha_plane(decoded: Decoded, width: int, height: int, dtype: np.dtype) -> 
 
 
 def encode(
-    sr: np.ndarray, decoded: Decoded, *, fmt: str, quality: int, png_compress_level: int, webp_effort: int = 2
+    sr: np.ndarray,
+    decoded: Decoded,
+    *,
+    fmt: str,
+    quality: int,
+    png_compress_level: int,
+    webp_effort: int = 2,
+    alpha_box: tuple[float, ...] | None = None,
 ) -> bytes:
     """Encode the (sH, sW, 3) result, restoring alpha, grayscale, bit depth, ICC profile and EXIF.
 
     PNG goes through the service's own block-wise encoder (service.png), JPEG and WebP through Pillow.
-    JPEG has no alpha channel, so alpha is dropped there. ``webp_effort`` is libwebp's method (0-6).
+    JPEG has no alpha channel, so alpha is dropped there. ``webp_effort`` is libwebp's method (0-6). ``alpha_box``:
+    the part of the input the result shows, in its pixels (all of it by default).
     """
     if fmt not in OUTPUT_FORMATS:
         raise BadParameter(f"format must be one of {', '.join(OUTPUT_FORMATS)}")
     h, w = sr.shape[:2]
     color = _color_planes(sr, decoded, fmt)
-    alpha = _alpha_plane(decoded, w, h, color.dtype) if fmt != "jpeg" else None
+    alpha = _alpha_plane(decoded, w, h, color.dtype, alpha_box) if fmt != "jpeg" else None
     if fmt == "png":
         return encode_png(color, alpha, level=png_compress_level, icc_profile=decoded.icc_profile, exif=decoded.exif)
     im = Image.fromarray(color[:, :, 0] if color.shape[2] == 1 else color)

@@ -18,7 +18,7 @@ from service.imageio.decoder_pool import DecoderPool
 from service.settings import Settings
 from tests.conftest import encode_image, smooth_image
 
-LIMITS = {"scale": 2, "max_input_pixels": 1 << 20, "max_output_pixels": 1 << 24}
+LIMITS = decoding.Limits(max_input_pixels=1 << 20, max_output_pixels=1 << 24)
 PICTURE = Image.fromarray(smooth_image(40, 56))
 
 
@@ -39,7 +39,7 @@ def with_empty_scans(data: bytes, n: int) -> bytes:
 )
 def test_jpegs_as_encoders_write_them_are_decoded(params):
     data = jpeg(**params)
-    assert decoding.decode(data, **LIMITS).rgb.shape == (40, 56, 3)
+    assert decoding.decode(data, LIMITS).rgb.shape == (40, 56, 3)
 
 
 def test_a_jpeg_with_more_scans_than_any_encoder_writes_is_refused_before_it_is_opened(monkeypatch):
@@ -51,39 +51,39 @@ def test_a_jpeg_with_more_scans_than_any_encoder_writes_is_refused_before_it_is_
 
     monkeypatch.setattr(decoding.Image, "open", opened)
     with pytest.raises(UnsupportedImage, match=f"more than {decoding.MAX_JPEG_SCANS} scans"):
-        decoding.decode(data, **LIMITS)
+        decoding.decode(data, LIMITS)
 
 
 def test_a_jpeg_with_as_many_scans_as_allowed_is_decoded():
     data = jpeg(progressive=True)
     data = with_empty_scans(data, decoding.MAX_JPEG_SCANS - scans(data))
     assert scans(data) == decoding.MAX_JPEG_SCANS
-    assert decoding.decode(data, **LIMITS).width == 56
+    assert decoding.decode(data, LIMITS).width == 56
 
 
 def test_a_format_outside_the_allowed_ones_is_refused_and_named():
     with pytest.raises(UnsupportedImage, match="PNG, JPEG"):
-        decoding.decode(encode_image(PICTURE, "TGA"), **LIMITS, formats=("PNG", "JPEG"))
-    assert decoding.decode(encode_image(PICTURE, "TGA"), **LIMITS, formats=("TGA",)).width == 56
+        decoding.decode(encode_image(PICTURE, "TGA"), LIMITS, formats=("PNG", "JPEG"))
+    assert decoding.decode(encode_image(PICTURE, "TGA"), LIMITS, formats=("TGA",)).width == 56
 
 
 def test_a_png_is_not_read_where_png_is_not_allowed():
     with pytest.raises(UnsupportedImage):
-        decoding.decode(encode_image(PICTURE, "PNG"), **LIMITS, formats=("JPEG",))
+        decoding.decode(encode_image(PICTURE, "PNG"), LIMITS, formats=("JPEG",))
 
 
 def test_pillows_guard_refuses_a_container_frame_over_the_pixel_limit(monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", Image.MAX_IMAGE_PIXELS)  # put back after the test
-    decoding.guard_pixels(LIMITS["max_input_pixels"])  # as the service does at start-up
-    with pytest.raises(TooLarge, match=f"holds more than {LIMITS['max_input_pixels']}"):  # Pillow refused, in open()
-        decoding.decode(ico_with_png_frame(2048), **LIMITS, formats=("ICO",))
+    decoding.guard_pixels(LIMITS.max_input_pixels)  # as the service does at start-up
+    with pytest.raises(TooLarge, match=f"holds more than {LIMITS.max_input_pixels}"):  # Pillow refused, in open()
+        decoding.decode(ico_with_png_frame(2048), LIMITS, formats=("ICO",))
 
 
 def test_a_many_page_tiff_is_refused_from_its_second_page():
     data = tiff_pages(300)
     t0 = time.perf_counter()
     with pytest.raises(UnsupportedImage, match="multi-frame"):
-        decoding.decode(data, **LIMITS)
+        decoding.decode(data, LIMITS)
     assert time.perf_counter() - t0 < 1
 
 
@@ -101,9 +101,9 @@ def test_a_many_page_tiff_is_refused_from_its_second_page():
 def test_the_output_formats_own_size_limits_are_checked(size, scale, fmt, refused):
     if refused:
         with pytest.raises(TooLarge, match=f"{fmt.upper()} holds at most .* ask for format=png"):
-            encoding.check_output(*size, scale, fmt)
+            encoding.check_output(size[0] * scale, size[1] * scale, fmt)
     else:
-        encoding.check_output(*size, scale, fmt)
+        encoding.check_output(size[0] * scale, size[1] * scale, fmt)
 
 
 @pytest.mark.parametrize("formats", [["PNG", "NOSUCH"], [], ["PNG", "ICNS"]])
@@ -192,12 +192,12 @@ def test_decoding_damaged_files_gives_pixels_or_a_4xx_and_nothing_else(seed, edi
         if at < len(data):
             data[at] = value
     try:
-        decoded = decoding.decode(bytes(data), **LIMITS)
+        decoded = decoding.decode(bytes(data), LIMITS)
     except UpscalerError as exc:
         assert 400 <= exc.status < 500
     else:
         assert decoded.rgb.shape == (decoded.height, decoded.width, 3)
-        assert decoded.width * decoded.height <= LIMITS["max_input_pixels"]
+        assert decoded.width * decoded.height <= LIMITS.max_input_pixels
 
 
 def test_uploads_waiting_for_a_slot_do_not_start_past_the_cap_on_overrun_decodes():
@@ -223,7 +223,7 @@ def test_a_byte_that_is_not_a_marker_does_not_hide_the_scans_after_it():
     at = data.index(b"\xff\xda")
     data = data[:at] + b"\x00" + data[at:]  # libjpeg skips it with a warning, and decodes every scan
     with pytest.raises(UnsupportedImage, match="scans"):
-        decoding.decode(with_empty_scans(data, decoding.MAX_JPEG_SCANS), **LIMITS)
+        decoding.decode(with_empty_scans(data, decoding.MAX_JPEG_SCANS), LIMITS)
 
 
 def test_counting_scans_through_megabytes_of_stuffed_bytes_takes_no_time():

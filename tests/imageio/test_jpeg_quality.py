@@ -10,7 +10,7 @@ from service.imageio import decoding
 from service.imageio.jpeg_quality import estimate_quality, ijg_tables
 from tests.conftest import encode_image, smooth_image
 
-LIMITS = dict(scale=2, max_input_pixels=1 << 20, max_output_pixels=1 << 22)
+LIMITS = decoding.Limits(max_input_pixels=1 << 20, max_output_pixels=1 << 22)
 
 
 def jpeg(quality: int, subsampling: str = "4:2:0", mode: str = "RGB", **params) -> bytes:
@@ -48,12 +48,12 @@ def test_no_luminance_table_gives_no_estimate():
 
 
 def test_decoding_a_jpeg_carries_its_quality_and_a_png_none():
-    assert decoding.decode(jpeg(50), **LIMITS).jpeg_quality.quality == 50
-    assert decoding.decode(encode_image(Image.fromarray(smooth_image(40, 48))), **LIMITS).jpeg_quality is None
+    assert decoding.decode(jpeg(50), LIMITS).jpeg_quality.quality == 50
+    assert decoding.decode(encode_image(Image.fromarray(smooth_image(40, 48))), LIMITS).jpeg_quality is None
 
 
 def test_a_progressive_jpeg_is_estimated_like_a_baseline_one():
-    assert decoding.decode(jpeg(75, progressive=True), **LIMITS).jpeg_quality.quality == 75
+    assert decoding.decode(jpeg(75, progressive=True), LIMITS).jpeg_quality.quality == 75
 
 
 def test_the_standard_tables_are_quality_50():

@@ -19,7 +19,7 @@ from tests.conftest import encode_image, png_chunk, smooth_image
 pytestmark = pytest.mark.skipif(png_reader.unavailable() is not None, reason=f"{png_reader.unavailable()}")
 
 COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}  # channels -> PNG colour type
-LIMITS = {"scale": 2, "max_input_pixels": 1 << 30, "max_output_pixels": 1 << 32}
+LIMITS = decoding.Limits(max_input_pixels=1 << 30, max_output_pixels=1 << 32)
 
 
 def ihdr(width: int, height: int, channels: int = 3, depth: int = 8, interlace: int = 0) -> bytes:
@@ -99,9 +99,9 @@ def test_pillows_own_pngs_decode_to_what_pillow_decodes(mode, monkeypatch):
     im.save(buf, "PNG")  # Pillow chooses each row's filter
     data = buf.getvalue()
     assert png_reader.parse(data) is not None
-    fast = decoding.decode(data, **LIMITS)
+    fast = decoding.decode(data, LIMITS)
     monkeypatch.setattr(png_reader, "parse", lambda data: None)
-    slow = decoding.decode(data, **LIMITS)
+    slow = decoding.decode(data, LIMITS)
     assert np.array_equal(fast.rgb, slow.rgb) and fast.rgb.flags.c_contiguous
     assert (fast.alpha is None) == (slow.alpha is None)
     if slow.alpha is not None:
@@ -182,7 +182,7 @@ def test_data_that_are_not_what_the_header_promises_are_left_to_pillow(stream):
 def test_a_corrupt_plain_png_gets_pillows_error():
     data = _png(ihdr(12, 16), NOT_AS_PROMISED["filter type 5"])
     with pytest.raises(UnsupportedImage, match="corrupt or truncated"):
-        decoding.decode(data, **LIMITS)
+        decoding.decode(data, LIMITS)
 
 
 def test_the_size_limit_is_checked_before_the_data_are_inflated(monkeypatch):
@@ -195,13 +195,13 @@ def test_the_size_limit_is_checked_before_the_data_are_inflated(monkeypatch):
 
     monkeypatch.setattr(png_reader, "read", read)
     with pytest.raises(TooLarge, match="50000x40000"):
-        decoding.decode(data, scale=2, max_input_pixels=1 << 24, max_output_pixels=1 << 26)
+        decoding.decode(data, decoding.Limits(max_input_pixels=1 << 24, max_output_pixels=1 << 26))
 
 
 def test_a_broken_chunk_gets_pillows_answer():
     data = plain_png(PIXELS, before=png_chunk(b"gAMA", b""))
     with pytest.raises(UnsupportedImage, match="header could not be read"):
-        decoding.decode(data, **LIMITS)
+        decoding.decode(data, LIMITS)
 
 
 def test_threads_read_at_once():
@@ -215,7 +215,7 @@ def test_threads_read_at_once():
 def test_without_the_compiled_part_pillow_reads_every_png(monkeypatch):
     monkeypatch.setattr(png_reader, "unavailable", lambda: "not built")
     assert png_reader.parse(PLAIN) is None
-    assert np.array_equal(decoding.decode(PLAIN, **LIMITS).rgb, PIXELS)
+    assert np.array_equal(decoding.decode(PLAIN, LIMITS).rgb, PIXELS)
 
 
 def pypng_file(pixels: np.ndarray, interlace: bool, before: bytes = b"") -> bytes:
@@ -250,7 +250,7 @@ def test_sixteen_bit_colour_with_a_profile_keeps_its_bits_and_its_profile():
     pixels = np.random.default_rng(1).integers(0, 65536, (20, 14, 4), dtype=np.uint16)
     profile = b"not really a profile"
     iccp = png_chunk(b"iCCP", b"icc\x00\x00" + zlib.compress(profile))
-    decoded = decoding.decode(pypng_file(pixels, interlace=False, before=iccp), **LIMITS)
+    decoded = decoding.decode(pypng_file(pixels, interlace=False, before=iccp), LIMITS)
     assert decoded.rgb.dtype == np.uint16 and np.array_equal(decoded.rgb, pixels[:, :, :3])
     assert np.array_equal(np.asarray(decoded.alpha), pixels[:, :, 3].astype(np.float32))
     assert decoded.icc_profile == profile
@@ -260,7 +260,7 @@ def test_a_sixteen_bit_transparent_colour_becomes_alpha():
     pixels = np.random.default_rng(2).integers(0, 65536, (10, 12, 3), dtype=np.uint16)
     pixels[3, 4] = (1, 2, 3)
     trns = png_chunk(b"tRNS", struct.pack(">3H", 1, 2, 3))
-    decoded = decoding.decode(pypng_file(pixels, interlace=True, before=trns), **LIMITS)
+    decoded = decoding.decode(pypng_file(pixels, interlace=True, before=trns), LIMITS)
     alpha = np.asarray(decoded.alpha)
     assert alpha[3, 4] == 0 and (alpha == 65535).sum() == alpha.size - 1
 
@@ -273,12 +273,12 @@ def test_a_broken_sixteen_bit_file_with_metadata_is_refused_not_left_to_a_slow_d
     head = png_chunk(b"IHDR", struct.pack(">IIBBBBB", 4096, 4096, 16, 6, 0, 0, 0)) + png_chunk(b"tEXt", b"a\x00b")
     data = b"\x89PNG\r\n\x1a\n" + head + idat + png_chunk(b"IEND", b"")
     with pytest.raises(UnsupportedImage):
-        decoding.decode(data, **LIMITS)
+        decoding.decode(data, LIMITS)
 
 
 def test_sixteen_bit_colour_with_a_suggested_palette_keeps_its_bits():
     pixels = np.random.default_rng(3).integers(0, 65536, (6, 5, 3), dtype=np.uint16)
-    decoded = decoding.decode(pypng_file(pixels, interlace=False, before=png_chunk(b"PLTE", bytes(9))), **LIMITS)
+    decoded = decoding.decode(pypng_file(pixels, interlace=False, before=png_chunk(b"PLTE", bytes(9))), LIMITS)
     assert decoded.rgb.dtype == np.uint16 and np.array_equal(decoded.rgb, pixels)
 
 
@@ -293,7 +293,7 @@ def test_sixteen_bit_colour_turned_by_an_exif_chunk_after_the_data_is_turned():
     data = pypng_file(pixels, interlace=False)
     late = png_chunk(b"eXIf", _exif(6))  # rotate 90° clockwise to display
     data = data[: data.index(b"IEND") - 4] + late + data[data.index(b"IEND") - 4 :]
-    decoded = decoding.decode(data, **LIMITS)
+    decoded = decoding.decode(data, LIMITS)
     assert (decoded.width, decoded.height) == (6, 4)
 
 
@@ -301,7 +301,7 @@ def test_sixteen_bit_colour_turned_by_xmp_is_turned():
     pixels = np.random.default_rng(5).integers(0, 65536, (6, 4, 3), dtype=np.uint16)
     xmp = b'<x:xmpmeta><rdf:Description tiff:Orientation="6"/></x:xmpmeta>'
     itxt = png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + xmp)
-    decoded = decoding.decode(pypng_file(pixels, interlace=False, before=itxt), **LIMITS)
+    decoded = decoding.decode(pypng_file(pixels, interlace=False, before=itxt), LIMITS)
     assert (decoded.width, decoded.height) == (6, 4)
 
 
@@ -310,5 +310,5 @@ def test_sixteen_bit_colour_with_an_upright_exif_chunk_after_the_data_keeps_its_
     data = pypng_file(pixels, interlace=False)
     late = png_chunk(b"eXIf", _exif(1))
     data = data[: data.index(b"IEND") - 4] + late + data[data.index(b"IEND") - 4 :]
-    decoded = decoding.decode(data, **LIMITS)
+    decoded = decoding.decode(data, LIMITS)
     assert decoded.rgb.dtype == np.uint16 and np.array_equal(decoded.rgb, pixels) and decoded.exif == _exif(1)

@@ -155,7 +155,7 @@ class Case:
     headers: dict = field(default_factory=dict)
     size: tuple[int, int] = (32, 24)  # input (width, height) when the answer is an image
     mode: str | None = None  # the output's Pillow mode, where it matters
-    scales: tuple[int, ...] = (2,)  # acceptable scales of the output
+    scales: tuple[float, ...] = (2,)  # acceptable scales of the output
     either: bool = False  # valid to refuse (4xx JSON) or to answer with a correct image
 
 
@@ -284,7 +284,13 @@ CASES = [
         content_type=MULTIPART,
     ),
     # --- query values
-    *[e422(f"scale={v}", {"scale": v}) for v in (7, 1, 0, -1, "2.5", "two", "1" + "0" * 40)],
+    *[e422(f"scale={v}", {"scale": v}) for v in (7, 1, 0, -1, 4.01, "two", "nan", "inf", "1" + "0" * 40)],
+    *[e422(f"width={v}", {"width": v}) for v in (0, -5, 65536, "wide", "1" + "0" * 40)],
+    e422("fit-unknown", {"width": 30, "height": 30, "fit": "stretch"}),
+    Case("scale-and-width", png, 400, "bad_parameter", params={"scale": 2, "width": 40}),
+    Case("width-smaller-than-the-image", png, 400, "bad_parameter", params={"width": 5}),
+    Case("height-past-x4", png, 400, "bad_parameter", params={"height": 10_000}),
+    ok("scale-2.5", png, params={"scale": "2.5"}, scales=(2.5,)),
     *[e422(f"format={v}", {"format": v}) for v in ("gif", "PNG", "")],
     *[e422(f"quality={v}", {"quality": v}) for v in (0, 101, "high")],
     e422("model-too-long", {"model": "m" * 65}),
@@ -321,7 +327,7 @@ def check_image(r: httpx.Response, case: Case) -> None:
         out = Image.open(io.BytesIO(r.content))
         out.load()
     w, h = case.size
-    assert out.size in [(w * s, h * s) for s in case.scales], (out.size, case.size, case.scales)
+    assert out.size in [(round(w * s), round(h * s)) for s in case.scales], (out.size, case.size, case.scales)
     if case.mode:
         assert out.mode == case.mode
     assert len(r.headers["x-request-id"]) <= 128

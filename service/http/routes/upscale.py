@@ -15,6 +15,7 @@ from service.http.schemas import ErrorResponse
 from service.http.uploads import read_upload
 from service.imageio.encoding import MEDIA_TYPES
 from service.model_choice import check_requested
+from service.output_size import SizeRequest
 from service.pipeline import UpscaleResult
 
 __all__ = ["router"]
@@ -28,9 +29,12 @@ _UPSCALED = {
     "content": {media_type: _BINARY for media_type in MEDIA_TYPES.values()},
     "headers": {
         "Content-Disposition": {
-            "description": "inline, with a filename: the input's stem, _x<scale>, the format's extension",
+            "description": "inline, with a filename: the input's stem, _x<scale> (or _<width>x<height> for a size "
+            "the model's scale does not give), the format's extension",
             "schema": {"type": "string"},
         },
+        "X-Model-Scale": {"description": "the scale the model ran at: 2, 3 or 4", "schema": {"type": "integer"}},
+        "X-Output-Size": {"description": "the result's size, <width>x<height>", "schema": {"type": "string"}},
         "Server-Timing": {"description": "decode, queue, infer and encode, in ms", "schema": {"type": "string"}},
         "X-Model": {"description": "the model that ran, <name>_x<scale>", "schema": {"type": "string"}},
         "X-Model-Reason": {
@@ -68,7 +72,28 @@ _IMAGE_BODY = {
 async def upscale(
     request: Request,
     state: State,
-    scale: Annotated[int, Query(ge=2, le=4, description="upscaling factor: 2, 3 or 4")] = 2,
+    scale: Annotated[
+        float | None,
+        Query(
+            gt=1,
+            le=4,
+            description="upscaling factor in (1, 4] (default 2 when no width or height is given); 2, 3 and 4 are the "
+            "models' own, others run the next larger model and are resampled",
+        ),
+    ] = None,
+    width: Annotated[
+        int | None, Query(ge=1, le=65535, description="the result's width; alone, the height follows the aspect ratio")
+    ] = None,
+    height: Annotated[
+        int | None, Query(ge=1, le=65535, description="the result's height; alone, the width follows the aspect ratio")
+    ] = None,
+    fit: Annotated[
+        Literal["contain", "cover", "fill"],
+        Query(
+            description="with width and height: contain keeps the aspect ratio within both, cover keeps it and crops "
+            "the overflow evenly, fill stretches to both"
+        ),
+    ] = "contain",
     model: Annotated[
         str | None,
         Query(max_length=64, description="a model's name, or auto: the one made for the input (default from settings)"),
@@ -84,14 +109,15 @@ async def upscale(
     if not (state.ready or state.draining):  # while draining, keep serving what load balancers still send
         raise NotReady("the service is starting or shutting down; retry shortly")
     model = model or state.settings.default_model
-    check_requested(state.engine.specs, model, scale, state.settings.clean_model)
+    size = SizeRequest(scale=scale, width=width, height=height, fit=fit)
+    check_requested(state.engine.specs, model, size.integer_scale, state.settings.clean_model)
     disconnected = _DisconnectWatch(request)
     try:
         result = await state.pipeline.run(
             lambda: read_upload(request, state.settings.max_body_bytes, state.settings.body_timeout_s),
             disconnected,
             model=model,
-            scale=scale,
+            size=size,
             fmt=format,
             quality=quality,
             effort=effort,
@@ -101,11 +127,15 @@ async def upscale(
     _observe(state, request, result)
     stem = Path(result.filename).stem if result.filename else "image"
     extension = "jpg" if result.format == "jpeg" else result.format
+    plan, (w, h) = result.plan, result.input_size
+    suffix = f"x{plan.model_scale}" if not plan.needs_resampling(w, h) else f"{plan.width}x{plan.height}"
     return Response(
         result.body,
         media_type=MEDIA_TYPES[result.format],
         headers={
-            "Content-Disposition": f'inline; filename="{stem}_x{scale}.{extension}"',
+            "Content-Disposition": f'inline; filename="{stem}_{suffix}.{extension}"',
+            "X-Model-Scale": str(plan.model_scale),
+            "X-Output-Size": f"{plan.width}x{plan.height}",
             "Server-Timing": ", ".join(f"{k};dur={v * 1000:.1f}" for k, v in result.timings.items()),
             "X-Model": str(result.model.key),  # the model that ran
             "X-Model-Reason": result.model.reason,
