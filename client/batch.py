@@ -55,7 +55,10 @@ class BatchOptions:
     inputs: Sequence[str]
     out: Path
     servers: Sequence[str]
-    scale: int = 2
+    scale: float | None = None  # None: 2 unless width or height is given; (1, 4]
+    width: int | None = None  # the results' width; alone, the height follows each image's aspect ratio
+    height: int | None = None
+    fit: str = "contain"  # with width and height: contain, cover or fill (the service's meanings)
     format: str | None = None  # None: the input's format where the service writes it, else png
     quality: int | None = None  # None: the server's default
     model: str | None = None  # None: the server's default
@@ -73,7 +76,14 @@ class BatchOptions:
             "at least one INPUT is needed" if not self.inputs else None,
             "at least one --server is needed" if not self.servers else None,
             *(_url_problem(url) for url in self.servers),
-            "--scale must be 2, 3 or 4" if self.scale not in (2, 3, 4) else None,
+            "--scale must be above 1 and at most 4" if self.scale is not None and not 1 < self.scale <= 4 else None,
+            "--scale and --width/--height exclude each other"
+            if self.scale is not None and (self.width or self.height)
+            else None,
+            "--width and --height must be at least 1"
+            if any(v is not None and v < 1 for v in (self.width, self.height))
+            else None,
+            "--fit must be contain, cover or fill" if self.fit not in ("contain", "cover", "fill") else None,
             "--format must be png, jpeg or webp" if self.format not in (None, *OUTPUT_FORMATS) else None,
             "--quality must be 1 to 100" if self.quality is not None and not 1 <= self.quality <= 100 else None,
             "--concurrency must be at least 1" if self.concurrency < 1 else None,
@@ -91,12 +101,14 @@ class BatchOptions:
 
     def settings(self) -> dict[str, str | int | None]:
         """What the outputs depend on, recorded in the report."""
-        return {"scale": self.scale, "format": self.format, "model": self.model, "quality": self.quality}
+        size = {"scale": self.scale or (None if self.width or self.height else 2), "width": self.width}
+        size |= {"height": self.height, "fit": self.fit if self.width and self.height else None}
+        return {**size, "format": self.format, "model": self.model, "quality": self.quality}
 
     def query(self) -> dict[str, str]:
         """The query parameters every request carries (the format is per file)."""
-        extra = {"model": self.model, "quality": self.quality}
-        return {"scale": str(self.scale), **{k: str(v) for k, v in extra.items() if v is not None}}
+        extra = {k: v for k, v in self.settings().items() if k != "format"}
+        return {k: f"{v:g}" if isinstance(v, float) else str(v) for k, v in extra.items() if v is not None}
 
 
 def _url_problem(url: str) -> str | None:
@@ -297,7 +309,16 @@ def _parser() -> argparse.ArgumentParser:
         metavar="URL",
         help=f"the service (default: {DEFAULT_SERVER}); repeat to spread the load over replicas",
     )
-    p.add_argument("--scale", type=int, choices=(2, 3, 4), default=2, help="default: %(default)s")
+    size = p.add_argument_group("size (default: x2)")
+    size.add_argument("--scale", type=float, metavar="S", help="a factor above 1 and at most 4, e.g. 1.5")
+    size.add_argument("--width", type=int, metavar="PX", help="the results' width (alone: keep each aspect ratio)")
+    size.add_argument("--height", type=int, metavar="PX", help="the results' height (alone: keep each aspect ratio)")
+    size.add_argument(
+        "--fit",
+        choices=("contain", "cover", "fill"),
+        default="contain",
+        help="with both: contain (within both, default), cover (fill both, crop evenly), fill (stretch)",
+    )
     p.add_argument("--format", choices=OUTPUT_FORMATS, help="default: the input's if png, jpeg or webp, else png")
     p.add_argument("--quality", type=int, metavar="Q", help="JPEG/WebP quality 1-100 (default: the server's)")
     p.add_argument("--model", metavar="M", help="model variant (default: the server's)")

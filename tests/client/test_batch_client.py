@@ -347,6 +347,43 @@ def test_a_folder_of_mixed_images(service, tmp_path):
     assert (report["done"], report["skipped"], report["failed"]) == (0, 48, 1)
 
 
+@pytest.mark.parametrize(
+    ("size", "expected", "recorded"),
+    [
+        (["--width", "100"], lambda w, h: (100, round(h * 100 / w)), {"width": 100}),
+        (["--height", "90"], lambda w, h: (round(w * 90 / h), 90), {"height": 90}),
+        (["--scale", "1.5"], lambda w, h: (round(w * 1.5), round(h * 1.5)), {"scale": 1.5}),
+        (["--width", "100", "--height", "90", "--fit", "cover"], lambda w, h: (100, 90), {"width": 100, "height": 90}),
+    ],
+    ids=["width", "height", "scale 1.5", "cover"],
+)
+def test_a_folder_at_the_size_asked_for(service, tmp_path, size, expected, recorded):
+    """Images of different aspect ratios: each keeps its own unless both sides are given."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    shapes = [(30, 40), (40, 30), (45, 45)]  # (h, w)
+    for i, (h, w) in enumerate(shapes):
+        write_image(src / f"im{i}.png", h, w, seed=i)
+    assert main([str(src), "--out", str(out), "--server", service.url, *size]) == 0
+    for i, (h, w) in enumerate(shapes):
+        assert decode_image((out / f"im{i}.png").read_bytes()).size == expected(w, h)
+    settings = json.loads((out / "report.json").read_text())["settings"]
+    assert {k: settings[k] for k in ("scale", "width", "height")} == {
+        "scale": None,
+        "width": None,
+        "height": None,
+    } | recorded
+
+
+@pytest.mark.parametrize(
+    "size",
+    [["--scale", "1"], ["--scale", "4.5"], ["--scale", "2", "--width", "10"], ["--width", "0"]],
+)
+def test_a_size_the_service_cannot_make_is_a_usage_error(tmp_path, size, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([str(tmp_path), "--out", str(tmp_path / "out"), *size])
+    assert exit_.value.code == 2 and "--" in capsys.readouterr().err
+
+
 def test_the_server_stopped_and_started_again_part_way(tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     sources = make_batch(src, 120)

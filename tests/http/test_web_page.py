@@ -111,6 +111,31 @@ def test_upscale_in_the_browser_and_an_invalid_file(server, page, tmp_path):
     assert page.is_enabled("#upscale")
 
 
+def test_a_width_and_height_in_the_browser(server, page, tmp_path):
+    src = tmp_path / "wide.png"
+    src.write_bytes(encode_image(Image.fromarray(smooth_image(30, 41))))
+    page.goto(f"{server.url}/")
+    page.wait_for_selector("#scale option[value='1.5']", state="attached")
+    page.set_input_files("#file", str(src))
+    page.fill("#width", "100")
+    assert page.is_disabled("#scale") and page.is_hidden("#fit-label")  # the scale follows from the width
+    page.fill("#height", "100")
+    page.select_option("#fit", "cover")
+    page.click("#upscale")
+    page.wait_for_function(RESULT_SHOWN)
+    assert page.eval_on_selector("#result", "img => [img.naturalWidth, img.naturalHeight]") == [100, 100]
+    assert page.eval_on_selector("#before", "c => [c.width, c.height]") == [100, 100]
+    assert page.get_attribute("#download", "download") == "wide_100x100.png"
+    assert "model fast_x4" in page.text_content("#summary")  # 100 / 30 needs x4, resampled to 100 x 100
+
+    page.fill("#width", "")
+    page.fill("#height", "")
+    page.select_option("#scale", "1.5")
+    page.click("#upscale")
+    page.wait_for_function("document.querySelector('#result').naturalWidth === 62")
+    assert page.eval_on_selector("#result", "img => img.naturalHeight") == 45
+
+
 def test_api_key_is_asked_for_and_kept_in_the_session_only(keyed_server, page, tmp_path):
     src = tmp_path / "small.png"
     src.write_bytes(encode_image(Image.fromarray(smooth_image(20, 24, seed=1))))

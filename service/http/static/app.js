@@ -9,6 +9,7 @@ const BEFORE_CANVAS_MAX_PIXELS = 64e6; // past this the "before" view is the ori
 const el = {
   form: $("form"), file: $("file"), drop: $("drop"), dropText: $("drop-text"),
   model: $("model"), scale: $("scale"), format: $("format"), quality: $("quality"), qualityLabel: $("quality-label"),
+  width: $("width"), height: $("height"), fit: $("fit"), fitLabel: $("fit-label"),
   key: $("api-key"), button: $("upscale"), modelInfo: $("model-info"), provider: $("provider"),
   status: $("status"), error: $("error"),
   panel: $("result-panel"), summary: $("summary"), zoom: $("zoom"), download: $("download"),
@@ -72,21 +73,32 @@ function fillScales() {
   const name = el.model.value === "auto" ? state.models.clean_model : el.model.value;
   const served = state.models.models.filter((m) => m.variant === name);
   const scales = served.map((m) => m.scale).sort((a, b) => a - b);
-  el.scale.replaceChildren(...scales.map((s) => new Option(`×${s}`, String(s))));
-  el.scale.value = String(scales.includes(previous) ? previous : scales[0]);
+  // Between the models' scales, the next larger model runs and its result is resampled (x1.5 runs x2).
+  const all = [...new Set([1.5, ...scales.slice(0, -1).map((s) => s + 0.5), ...scales])].sort((a, b) => a - b);
+  el.scale.replaceChildren(...all.map((s) => new Option(`×${s}`, String(s))));
+  el.scale.value = String(all.includes(previous) ? previous : scales.includes(2) ? 2 : scales[0]);
   describeModel();
 }
 
+function sizeAsked() {
+  // Width or height given: the scale follows from them; both: the fit says how the picture meets them.
+  const sized = Boolean(el.width.value || el.height.value);
+  el.scale.disabled = sized;
+  el.fitLabel.hidden = !(el.width.value && el.height.value);
+}
+for (const input of [el.width, el.height]) input.addEventListener("input", sizeAsked);
+
 function describeModel() {
   if (el.model.value === "auto") {
-    const scale = Number(el.scale.value);
+    const scale = Math.ceil(Number(el.scale.value));
     const bands = state.models.models.filter((m) => m.scale === scale && m.jpeg_quality)
       .map((m) => `${m.variant} for JPEG quality ${m.jpeg_quality[0]}–${m.jpeg_quality[1]}`);
     el.modelInfo.textContent = `auto: the model made for your file — ${bands.concat(
       `${state.models.clean_model} for everything else`).join(", ")}.`;
     return;
   }
-  const m = state.models.models.find((x) => x.variant === el.model.value && x.scale === Number(el.scale.value));
+  const scale = Math.ceil(Number(el.scale.value));
+  const m = state.models.models.find((x) => x.variant === el.model.value && x.scale === scale);
   if (!m || m.parameters == null) { el.modelInfo.textContent = ""; return; }
   const parts = [`${m.variant} ×${m.scale}: ${m.parameters.toLocaleString()} parameters`];
   if (m.macs_per_input_pixel) parts.push(`${m.macs_per_input_pixel.toLocaleString()} multiply-adds per input pixel`);
@@ -132,7 +144,15 @@ el.form.addEventListener("submit", async (e) => {
   e.preventDefault();
   if (!state.file || state.busy) return;
   const file = state.file;
-  const params = new URLSearchParams({ scale: el.scale.value, model: el.model.value });
+  const params = new URLSearchParams({ model: el.model.value });
+  if (el.width.value || el.height.value) {
+    if (el.width.value) params.set("width", el.width.value);
+    if (el.height.value) params.set("height", el.height.value);
+    if (el.width.value && el.height.value) params.set("fit", el.fit.value);
+  } else {
+    params.set("scale", el.scale.value);
+  }
+  const cover = params.get("fit") === "cover";
   if (el.format.value) params.set("format", el.format.value);
   if (!el.qualityLabel.hidden && el.quality.value) params.set("quality", el.quality.value);
   const body = new FormData();
@@ -154,7 +174,7 @@ el.form.addEventListener("submit", async (e) => {
     if (!res.ok) throw new Error((await errorInfo(res)).text);
     const blob = await res.blob();
     const roundTrip = performance.now() - started;
-    await show(file, blob, res.headers, await original, roundTrip);
+    await show(file, blob, res.headers, await original, roundTrip, cover);
     showStatus("");
   } catch (err) {
     showStatus("");
@@ -173,7 +193,7 @@ async function decodeOriginal(file) {
   }
 }
 
-async function show(file, blob, headers, original, roundTrip) {
+async function show(file, blob, headers, original, roundTrip, cover) {
   for (const url of state.urls) URL.revokeObjectURL(url);
   const resultUrl = URL.createObjectURL(blob);
   state.urls = [resultUrl];
@@ -191,7 +211,8 @@ async function show(file, blob, headers, original, roundTrip) {
     ctx.imageSmoothingEnabled = true;
     ctx.imageSmoothingQuality = "high";
     ctx.clearRect(0, 0, w, h);
-    ctx.drawImage(original, 0, 0, w, h);
+    const [sx, sy, sw, sh] = cover ? centreCrop(original.width, original.height, w / h) : [0, 0, original.width, original.height];
+    ctx.drawImage(original, sx, sy, sw, sh, 0, 0, w, h);
     el.before.hidden = false;
     el.beforeMethod.innerHTML = 'canvas, <code>imageSmoothingQuality = "high"</code>, bicubic-like';
   } else if (original) {
@@ -216,6 +237,13 @@ async function show(file, blob, headers, original, roundTrip) {
   el.panel.hidden = false;
   layout();
   setSplit(50);
+}
+
+function centreCrop(width, height, aspect) {
+  // The middle of the picture with the result's aspect ratio: what fit=cover keeps.
+  return width / height > aspect
+    ? [(width - height * aspect) / 2, 0, height * aspect, height]
+    : [0, (height - width / aspect) / 2, width, width / aspect];
 }
 
 function filenameFrom(disposition) {
