@@ -15,7 +15,9 @@ from service.runtime.fsrcnn_kernels import instruction_sets
 from tests.conftest import MODELS, decode_image, encode_image, smooth_image
 
 
-@pytest.mark.parametrize("bench", [inference, image_coding, serving, memory, int8, threads, resampling], ids=lambda m: m.__name__)
+@pytest.mark.parametrize(
+    "bench", [inference, image_coding, serving, memory, int8, threads, resampling], ids=lambda m: m.__name__
+)
 def test_benchmark_runs_quick(bench, capsys):
     # The service benchmark also runs two server and two client processes, the GPU layout.
     extra = ["--concurrency", "1,2", "--processes", "2", "--client-processes", "2"] if bench is serving else []
