@@ -25,6 +25,9 @@ __all__ = [
     "mpo",
     "png_with_huge_exif",
     "png_with_zlib_bomb_profile",
+    "with_declared_size",
+    "heic_claiming",
+    "avif_claiming",
     "encoded",
 ]
 
@@ -138,3 +141,23 @@ def png_with_zlib_bomb_profile() -> bytes:
 def psd_claiming(side: int = 30_000) -> bytes:
     """A Photoshop header: version 1, 3 channels of 8 bits, RGB, side x side."""
     return b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, side, side, 8, 3) + bytes(64)
+
+
+def with_declared_size(data: bytes, width: int, height: int) -> bytes:
+    """A HEIF or AVIF file whose every 'ispe' box (an item's size, what a decoder reads before any pixel) says
+    ``width`` x ``height``; the coded picture is left as it was."""
+    out, pos = bytearray(data), 0
+    while (pos := out.find(b"ispe", pos)) != -1:
+        out[pos + 8 : pos + 16] = struct.pack(">II", width, height)  # after the box type: version/flags, then w, h
+        pos += 4
+    return bytes(out)
+
+
+def heic_claiming(side: int = 60_000) -> bytes:
+    """A small HEIC (pillow-heif's x265) whose header says side x side."""
+    return with_declared_size(encoded(smooth(64, 64), "HEIF", quality=50), side, side)
+
+
+def avif_claiming(side: int = 60_000) -> bytes:
+    """A small AVIF (Pillow's libavif with aom) whose header says side x side."""
+    return with_declared_size(encoded(smooth(64, 64), "AVIF", quality=50), side, side)

@@ -48,10 +48,15 @@ IMAGE_TYPES = {
     ".gif": "image/gif",
     ".tif": "image/tiff",
     ".tiff": "image/tiff",
+    ".heic": "image/heic",
+    ".heif": "image/heif",
+    ".hif": "image/heif",
+    ".avif": "image/avif",
 }
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 _FORMAT_OF_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".jpe": "jpeg", ".webp": "webp"}
 _SUFFIX_OF_FORMAT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+_PHOTO_SUFFIXES = (".heic", ".heif", ".hif")  # phone photos: JPEG by default, as the service answers them
 _GLOB_MAGIC = re.compile(r"[*?[]")
 
 
@@ -93,8 +98,10 @@ class Plan:
 
 
 def format_for(source: PurePath, requested: str | None) -> str:
-    """The output format: the requested one, else the input's where the service writes it, else png."""
-    return requested or _FORMAT_OF_SUFFIX.get(source.suffix.lower(), "png")
+    """The output format: the requested one, else the input's where the service writes it, JPEG for a HEIF photo,
+    else png."""
+    suffix = source.suffix.lower()
+    return requested or _FORMAT_OF_SUFFIX.get(suffix) or ("jpeg" if suffix in _PHOTO_SUFFIXES else "png")
 
 
 def output_path(out: Path, rel: PurePath, fmt: str) -> Path:

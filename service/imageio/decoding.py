@@ -9,7 +9,11 @@ scans than any encoder writes is refused from its markers.
 Decoding applies the EXIF orientation and keeps what users expect back: the alpha channel, the ICC profile, the
 EXIF block (orientation reset), grayscale stays grayscale and 16-bit PNGs stay 16-bit. PNGs of 8 or 16 bits are
 read by :mod:`service.imageio.png_reader` (compiled; Pillow reads 16-bit colour as 8-bit), everything else by
-Pillow. :mod:`service.imageio.encoding` writes the result back with the same properties.
+Pillow: HEIF/HEIC through pillow-heif (libheif, which applies the container's rotation and mirroring, ``irot`` and
+``imir``, itself and resets the EXIF orientation, so it is applied once), 10- and 12-bit HEIF as 16-bit pixels;
+AVIF through Pillow's own plugin (libavif and dav1d, which report ``irot``/``imir`` as the EXIF orientation, applied
+here like any other; in 8 bits, the only depth it decodes to). :mod:`service.imageio.encoding` writes the result
+back with the same properties.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
+import pillow_heif
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from service.errors import TooLarge, UnsupportedImage
@@ -46,7 +51,10 @@ def guard_pixels(max_input_pixels: int) -> None:
     Image.MAX_IMAGE_PIXELS = max(1, (max_input_pixels + 1) // 2)
 
 
-INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF")  # Pillow's names; the default allow-list
+# HEIF: only the primary picture is read; thumbnails, depth maps and other auxiliary images are not even listed.
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
+
+INPUT_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "HEIF", "AVIF")  # Pillow's names; the default allow-list
 MAX_JPEG_SCANS = 100  # progressive encoders write about 10 scans; each scan costs a pass over the whole image
 _MAX_JPEG_SEGMENTS = 4096  # markers before the first frame's data ends: far more than any encoder writes
 _ORIENTATION = 0x0112  # the EXIF tag
@@ -74,7 +82,12 @@ class Decoded:
         return pixels
 
     def default_format(self) -> str:
+        """The input's format where the service writes it; a HEIF photo comes back as JPEG (what every viewer
+        opens, for a picture that was lossy already: PNG would be many times larger, and HEIC output would need an
+        HEVC encoder with patents of its own); anything else as PNG."""
         fmt = (self.source_format or "").lower()
+        if fmt == "heif":
+            return "jpeg"
         return fmt if fmt in OUTPUT_FORMATS else "png"
 
 
@@ -86,6 +99,11 @@ def _open(data: bytes, formats: tuple[str, ...], max_input_pixels: int) -> Image
     try:
         return Image.open(io.BytesIO(data), formats=formats)
     except UnidentifiedImageError:
+        if data[4:8] == b"ftyp" and {"HEIF", "AVIF"} & set(formats):  # an ISO media file: HEIF, AVIF, or a video
+            raise UnsupportedImage(
+                "the HEIF/AVIF container could not be read: damaged, not a still image, or declaring a size past the "
+                "decoder's own limit"
+            ) from None
         raise UnsupportedImage(f"the body is not an image format this server decodes ({', '.join(formats)})") from None
     except Image.DecompressionBombError:
         raise TooLarge(f"the image holds more than {max_input_pixels} pixels, the most this server accepts") from None
@@ -284,6 +302,8 @@ def _decode_opened(data: bytes, im: Image.Image) -> Decoded:
     try:
         if _is_sixteen_bit_colour_png(data) and (decoded := _sixteen_bit_colour(data, im)) is not None:
             return decoded
+        if im.format == "HEIF" and im.info.get("bit_depth", 8) > 8:
+            return _deep_heif(data, im)
         im.load()
         source_format = im.format
         tables = getattr(im, "quantization", None) if source_format == "JPEG" else None
@@ -308,6 +328,17 @@ def _decode_opened(data: bytes, im: Image.Image) -> Decoded:
         exif=exif,
         jpeg_quality=estimate_quality(tables) if tables else None,
     )
+
+
+def _deep_heif(data: bytes, im: Image.Image) -> Decoded:
+    """A 10- or 12-bit HEIF as 16-bit pixels (Pillow's plugin gives 8 bits), turned by libheif as Pillow's was,
+    with the ICC profile and EXIF of ``im``."""
+    heif = pillow_heif.open_heif(io.BytesIO(data), convert_hdr_to_8bit=False)
+    pixels = np.asarray(heif)  # (H, W, C) uint16, the samples in the top bits
+    pixels = pixels | (pixels >> im.info["bit_depth"])  # fill the low bits: full scale is 65535, as for 16-bit PNGs
+    decoded = _plain(pixels if pixels.ndim == 3 else pixels[:, :, None])
+    decoded.source_format, decoded.icc_profile, decoded.exif = "HEIF", im.info.get("icc_profile"), im.info.get("exif")
+    return decoded
 
 
 def _plain(pixels: np.ndarray) -> Decoded:

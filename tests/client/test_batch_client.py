@@ -17,6 +17,7 @@ from PIL import Image
 from client.batch import BatchOptions, BatchReport, main, upscale_batch
 from client.discovery import InputError, UnsafePath, format_for, output_path, plan
 from client.outputs import PART_SUFFIX
+from service.imageio import decoding  # noqa: F401  registers pillow-heif's plugin, which writes HEIC files here
 from tests.conftest import (
     ROOT,
     child_env,
@@ -55,13 +56,24 @@ def files_under(folder: Path) -> list[Path]:
         ("x.png", "jpeg", "x.jpg"),
         ("scan.tiff", "webp", "scan.webp"),
         ("two.dots.gif", "png", "two.dots.png"),
+        ("IMG_0001.HEIC", "jpeg", "IMG_0001.jpg"),
     ],
 )
 def test_output_keeps_the_relative_path_and_stem_with_the_formats_extension(tmp_path, rel, fmt, expected):
     assert output_path(tmp_path, PurePath(rel), fmt) == tmp_path / expected
 
 
-@pytest.mark.parametrize("name,fmt", [("p.png", "png"), ("p.JPG", "jpeg"), ("p.webp", "webp"), ("p.bmp", "png")])
+@pytest.mark.parametrize(
+    "name,fmt",
+    [
+        ("p.png", "png"),
+        ("p.JPG", "jpeg"),
+        ("p.webp", "webp"),
+        ("p.bmp", "png"),
+        ("IMG_1.HEIC", "jpeg"),
+        ("a.avif", "png"),
+    ],
+)
 def test_default_format_is_the_inputs_where_the_service_writes_it_else_png(name, fmt):
     assert format_for(PurePath(name), None) == fmt
     assert format_for(PurePath(name), "webp") == "webp"
@@ -345,6 +357,21 @@ def test_a_folder_of_mixed_images(service, tmp_path):
     assert main(argv) == 1  # again: everything kept, the broken file fails again
     report = json.loads((out / "report.json").read_text())
     assert (report["done"], report["skipped"], report["failed"]) == (0, 48, 1)
+
+
+def test_phone_photos_and_avif_files_in_a_folder(service, tmp_path):
+    """HEIC comes back as JPEG (as the service answers it), AVIF as PNG; both at x2."""
+    src, out = tmp_path / "in", tmp_path / "out"
+    write_image(src / "IMG_0001.HEIC", 30, 40, "HEIF")
+    write_image(src / "web.avif", 30, 40, "AVIF")
+    assert main([str(src), "--out", str(out), "--server", service.url]) == 0
+    assert (
+        decode_image((out / "IMG_0001.jpg").read_bytes()).format,
+        decode_image((out / "web.png").read_bytes()).size,
+    ) == (
+        "JPEG",
+        (80, 60),
+    )
 
 
 @pytest.mark.parametrize(

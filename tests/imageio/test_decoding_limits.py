@@ -178,6 +178,8 @@ def test_slow_decodes_within_their_budget_leave_the_other_slots_to_quick_ones():
 
 SEEDS = [encode_image(PICTURE, fmt) for fmt in ("PNG", "JPEG", "GIF", "BMP", "WEBP", "TIFF")]
 SEEDS += [jpeg(progressive=True), encode_image(PICTURE.convert("RGBA"), "PNG")]
+SEEDS += [encode_image(PICTURE, fmt, quality=60) for fmt in ("HEIF", "AVIF")]  # decoding registered HEIF's plugin
+SEEDS += [encode_image(PICTURE.convert("RGBA"), fmt, quality=60) for fmt in ("HEIF", "AVIF")]
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])

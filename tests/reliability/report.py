@@ -94,7 +94,8 @@ def table(d: dict) -> str:
         rows.append(
             (
                 "Hostile uploads, two at once + a 64² PNG beside them (ICO frame, 16-bit PNG bomb, 50 000 JPEG "
-                "scans, many-page TIFF, MPO, PSD/TGA/DDS/ICNS, EXIF and ICC bombs, output past WebP/JPEG limits)",
+                "scans, many-page TIFF, MPO, PSD/TGA/DDS/ICNS, EXIF and ICC bombs, HEIC and AVIF headers claiming "
+                "60000², output past WebP/JPEG limits)",
                 f"{len(hostile)} classes: "
                 + ", ".join(f"{n}× {s}" for s, n in sorted(Counter(c["status"] for c in hostile.values()).items())),
                 0,

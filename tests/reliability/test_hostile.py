@@ -20,6 +20,8 @@ import pytest
 from PIL import Image
 
 from bench.hostile import (
+    avif_claiming,
+    heic_claiming,
     icns_claiming_small,
     ico_with_png_frame,
     jpeg_with_scans,
@@ -61,6 +63,8 @@ HOSTILE = [
     Hostile("mpo-two-frames", mpo, 415, "unsupported_image"),
     Hostile("png-40000-exif-entries", png_with_huge_exif, "image"),
     Hostile("png-iccp-zlib-bomb", png_with_zlib_bomb_profile, 415, "unsupported_image"),
+    Hostile("heic-claiming-60000", heic_claiming, 413, "too_large"),  # Pillow's guard, from the header
+    Hostile("avif-claiming-60000", avif_claiming, 415, "unsupported_image"),  # past libavif's own 16384² limit
     Hostile(
         "webp-output-past-16383",
         lambda: encode_image(Image.new("RGB", (4200, 60)), "WEBP"),
@@ -82,7 +86,7 @@ HOSTILE = [
 def hostile_server(tmp_path_factory):
     """The shipped limits, ICO allowed (so that Pillow's own guard is what refuses its frame), a short body
     deadline."""
-    formats = '["PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "ICO"]'
+    formats = '["PNG", "JPEG", "WEBP", "BMP", "GIF", "TIFF", "HEIF", "AVIF", "ICO"]'
     deadlines = {"body_timeout_s": BODY_TIMEOUT_S, "header_timeout_s": BODY_TIMEOUT_S}
     with serving(tmp_path_factory.mktemp("hostile"), input_formats=formats, **deadlines) as pair:
         yield pair

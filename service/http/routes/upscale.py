@@ -51,6 +51,8 @@ _IMAGE_BODY = {
             "image/png": {"schema": {"type": "string", "format": "binary"}},
             "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
             "image/webp": {"schema": {"type": "string", "format": "binary"}},
+            "image/heic": {"schema": {"type": "string", "format": "binary"}},
+            "image/avif": {"schema": {"type": "string", "format": "binary"}},
             "multipart/form-data": {
                 "schema": {
                     "type": "object",
