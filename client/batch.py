@@ -84,7 +84,7 @@ class BatchOptions:
             if any(v is not None and v < 1 for v in (self.width, self.height))
             else None,
             "--fit must be contain, cover or fill" if self.fit not in ("contain", "cover", "fill") else None,
-            "--format must be png, jpeg or webp" if self.format not in (None, *OUTPUT_FORMATS) else None,
+            "--format must be png, jpeg, webp or avif" if self.format not in (None, *OUTPUT_FORMATS) else None,
             "--quality must be 1 to 100" if self.quality is not None and not 1 <= self.quality <= 100 else None,
             "--concurrency must be at least 1" if self.concurrency < 1 else None,
             "--retries must be 0 or more" if self.retries < 0 else None,
@@ -319,8 +319,12 @@ def _parser() -> argparse.ArgumentParser:
         default="contain",
         help="with both: contain (within both, default), cover (fill both, crop evenly), fill (stretch)",
     )
-    p.add_argument("--format", choices=OUTPUT_FORMATS, help="default: the input's if png, jpeg or webp, else png")
-    p.add_argument("--quality", type=int, metavar="Q", help="JPEG/WebP quality 1-100 (default: the server's)")
+    p.add_argument(
+        "--format",
+        choices=OUTPUT_FORMATS,
+        help="default: the input's if png, jpeg, webp or avif; jpeg for HEIC; else png",
+    )
+    p.add_argument("--quality", type=int, metavar="Q", help="JPEG/WebP/AVIF quality 1-100 (default: the server's)")
     p.add_argument("--model", metavar="M", help="model variant (default: the server's)")
     p.add_argument("--concurrency", type=int, default=4, metavar="N", help="requests in flight (default: %(default)s)")
     p.add_argument("-r", "--recursive", action="store_true", help="descend into the sub-folders of folder INPUTs")

@@ -53,9 +53,9 @@ IMAGE_TYPES = {
     ".hif": "image/heif",
     ".avif": "image/avif",
 }
-OUTPUT_FORMATS = ("png", "jpeg", "webp")
-_FORMAT_OF_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".jpe": "jpeg", ".webp": "webp"}
-_SUFFIX_OF_FORMAT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp"}
+OUTPUT_FORMATS = ("png", "jpeg", "webp", "avif")
+_FORMAT_OF_SUFFIX = {".png": "png", ".jpg": "jpeg", ".jpeg": "jpeg", ".jpe": "jpeg", ".webp": "webp", ".avif": "avif"}
+_SUFFIX_OF_FORMAT = {"png": ".png", "jpeg": ".jpg", "webp": ".webp", "avif": ".avif"}
 _PHOTO_SUFFIXES = (".heic", ".heif", ".hif")  # phone photos: JPEG by default, as the service answers them
 _GLOB_MAGIC = re.compile(r"[*?[]")
 

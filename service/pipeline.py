@@ -90,6 +90,7 @@ class Pipeline:
             "fmt": fmt,
             "quality": quality or s.default_quality,
             "webp_effort": s.webp_effort if effort is None else effort,
+            "avif_speed": s.avif_speed,
             "png_compress_level": s.png_compress_level,
         }
         body = await self._in_pool(_finish, job.out, decoded, plan, options)

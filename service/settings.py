@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     webp_effort: int = Field(
         2, ge=0, le=6, description="WebP encoder effort (libwebp's method, 0-6) when a request names none; 2 is fastest"
     )
+    avif_speed: int = Field(
+        9, ge=0, le=10, description="AVIF encoder speed (libavif's, 0 slowest and smallest to 10 fastest); 9 is fastest"
+    )
 
     api_keys: list[str] = Field(default_factory=list, description="accepted X-API-Key values (empty = no auth)")
     public_paths: list[str] = Field(

@@ -1,4 +1,5 @@
-"""Encoding results: PNG (the service's own writer, 8 and 16 bits), JPEG and WebP (Pillow).
+"""Encoding results: PNG (the service's own writer, 8 and 16 bits), JPEG, WebP and AVIF (Pillow; AVIF with libavif and
+aom, 8 bits).
 
 The result gets back what the input carried (:class:`service.imageio.decoding.Decoded`): alpha (upscaled
 bicubically; JPEG drops it), grayscale, bit depth where the format holds it, the ICC profile and EXIF. An output
@@ -24,11 +25,13 @@ __all__ = ["encode", "check_output", "OUTPUT_FORMATS", "MEDIA_TYPES"]
 
 log = logging.getLogger("service.imageio.encoding")
 
-OUTPUT_FORMATS = ("png", "jpeg", "webp")
-_MAX_SIDE = {"png": 2**31 - 1, "jpeg": 65500, "webp": 16383}  # each format's largest width or height (libjpeg's)
+OUTPUT_FORMATS = ("png", "jpeg", "webp", "avif")
+# Each format's largest width or height: libjpeg's, libwebp's, and for AVIF what libavif (browsers' decoder included)
+# reads back by default; aom writes larger AVIFs that nothing then opens.
+_MAX_SIDE = {"png": 2**31 - 1, "jpeg": 65500, "webp": 16383, "avif": 32768}
 _WEBP_SAFE_METHOD = 2
-MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp"}
-_PIL_FORMAT = {"jpeg": "JPEG", "webp": "WEBP"}
+MEDIA_TYPES = {"png": "image/png", "jpeg": "image/jpeg", "webp": "image/webp", "avif": "image/avif"}
+_PIL_FORMAT = {"jpeg": "JPEG", "webp": "WEBP", "avif": "AVIF"}
 _JPEG_MAX_EXIF = 65533  # one APP1 segment: 64 KiB minus its length field
 
 
@@ -77,12 +80,14 @@ def encode(
     quality: int,
     png_compress_level: int,
     webp_effort: int = 2,
+    avif_speed: int = 9,
     alpha_box: tuple[float, ...] | None = None,
 ) -> bytes:
     """Encode the (sH, sW, 3) result, restoring alpha, grayscale, bit depth, ICC profile and EXIF.
 
     PNG goes through the service's own block-wise encoder (service.png), JPEG and WebP through Pillow.
-    JPEG has no alpha channel, so alpha is dropped there. ``webp_effort`` is libwebp's method (0-6). ``alpha_box``:
+    JPEG has no alpha channel, so alpha is dropped there. ``webp_effort`` is libwebp's method (0-6), ``avif_speed``
+    libavif's speed (0 slowest and smallest, 10 fastest). ``alpha_box``:
     the part of the input the result shows, in its pixels (all of it by default).
     """
     if fmt not in OUTPUT_FORMATS:
@@ -105,6 +110,8 @@ def encode(
         log.info("dropping %d bytes of EXIF: more than one JPEG APP1 segment holds", len(decoded.exif))
     if fmt == "webp":
         params["method"] = webp_effort
+    if fmt == "avif":
+        params["speed"] = avif_speed
     return _save(im, fmt, params)
 
 

@@ -71,7 +71,7 @@ def test_output_keeps_the_relative_path_and_stem_with_the_formats_extension(tmp_
         ("p.webp", "webp"),
         ("p.bmp", "png"),
         ("IMG_1.HEIC", "jpeg"),
-        ("a.avif", "png"),
+        ("a.avif", "avif"),
     ],
 )
 def test_default_format_is_the_inputs_where_the_service_writes_it_else_png(name, fmt):
@@ -360,14 +360,14 @@ def test_a_folder_of_mixed_images(service, tmp_path):
 
 
 def test_phone_photos_and_avif_files_in_a_folder(service, tmp_path):
-    """HEIC comes back as JPEG (as the service answers it), AVIF as PNG; both at x2."""
+    """HEIC comes back as JPEG (as the service answers it), AVIF as AVIF; both at x2."""
     src, out = tmp_path / "in", tmp_path / "out"
     write_image(src / "IMG_0001.HEIC", 30, 40, "HEIF")
     write_image(src / "web.avif", 30, 40, "AVIF")
     assert main([str(src), "--out", str(out), "--server", service.url]) == 0
     assert (
         decode_image((out / "IMG_0001.jpg").read_bytes()).format,
-        decode_image((out / "web.png").read_bytes()).size,
+        decode_image((out / "web.avif").read_bytes()).size,
     ) == (
         "JPEG",
         (80, 60),

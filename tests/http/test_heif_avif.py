@@ -63,9 +63,9 @@ def test_an_eight_bit_photo_is_upscaled_like_the_same_picture_as_png(client, ref
     assert headers["x-model"] == "fast_x2"
 
 
-def test_heic_comes_back_as_jpeg_and_avif_as_png_by_default(client):
+def test_heic_comes_back_as_jpeg_and_avif_as_avif_by_default(client):
     assert upscale(client, heif(Image.fromarray(PICTURE)))[1].format == "JPEG"
-    assert upscale(client, avif(Image.fromarray(PICTURE)))[1].format == "PNG"
+    assert upscale(client, avif(Image.fromarray(PICTURE)))[1].format == "AVIF"
 
 
 @pytest.mark.parametrize("fmt", ENCODERS)
@@ -134,3 +134,39 @@ def test_a_size_past_the_limit_is_refused_from_the_containers_header(client, fmt
     picture: x265's 64 x 48 has a clean-aperture box, whose size libheif reports instead.)"""
     data = with_declared_size(ENCODERS[fmt](smooth(64, 64)), 5000, 4000)
     assert "16777216" in assert_error(client.post("/v1/upscale", content=data), 413, "too_large")["message"]
+
+
+# --- AVIF out ---------------------------------------------------------------------------------------------------
+
+
+def test_avif_out_carries_alpha_and_the_icc_profile(client):
+    ramp = np.linspace(0, 255, 48 * 64).reshape(48, 64).astype(np.uint8)
+    rgba = Image.fromarray(np.dstack([PICTURE, ramp]))
+    buf = io.BytesIO()
+    rgba.save(buf, "PNG", icc_profile=SRGB)
+    response = client.post("/v1/upscale", content=buf.getvalue(), params={"format": "avif"})
+    assert response.status_code == 200 and response.headers["content-type"] == "image/avif"
+    assert 'filename="image_x2.avif"' in response.headers["content-disposition"]
+    im = decode_image(response.content)
+    assert (im.format, im.mode, im.size) == ("AVIF", "RGBA", (128, 96))
+    assert im.info.get("icc_profile") == SRGB
+    alpha = np.asarray(im.getchannel("A"), dtype=float)
+    assert alpha[:10].mean() < 40 and alpha[-10:].mean() > 215
+
+
+def test_avif_out_of_a_sixteen_bit_png_is_eight_bit_and_right(client, reference):
+    deep = PICTURE.astype(np.uint16) * 257
+    buf = io.BytesIO()
+    pypng.Writer(64, 48, greyscale=False, bitdepth=16).write(buf, deep.reshape(48, -1).astype(int).tolist())
+    _, im = upscale(client, buf.getvalue(), format="avif", quality=95)
+    assert (im.mode, im.size) == ("RGB", (128, 96))
+    assert np.abs(np.asarray(im, dtype=float) - reference).mean() < 2
+
+
+def test_an_avif_wider_than_libavif_reads_is_refused_before_any_tile_runs(client):
+    strip = io.BytesIO()
+    Image.new("RGB", (8200, 4)).save(strip, "PNG")  # x4: 32800 wide
+    body = assert_error(
+        client.post("/v1/upscale", content=strip.getvalue(), params={"scale": 4, "format": "avif"}), 413, "too_large"
+    )
+    assert "AVIF holds at most 32768" in body["message"]

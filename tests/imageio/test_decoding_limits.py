@@ -95,6 +95,8 @@ def test_a_many_page_tiff_is_refused_from_its_second_page():
         ((60, 16400), 4, "jpeg", True),
         ((16375, 8), 4, "jpeg", False),  # 65500, libjpeg's largest
         ((16376, 8), 4, "jpeg", True),
+        ((8192, 8), 4, "avif", False),  # 32768, what libavif reads back
+        ((8193, 8), 4, "avif", True),
         ((100_000, 1), 4, "png", False),
     ],
 )

@@ -100,8 +100,11 @@ async def upscale(
         str | None,
         Query(max_length=64, description="a model's name, or auto: the one made for the input (default from settings)"),
     ] = None,
-    format: Annotated[Literal["png", "jpeg", "webp"] | None, Query(description="default: the input's")] = None,
-    quality: Annotated[int | None, Query(ge=1, le=100, description="JPEG/WebP quality")] = None,
+    format: Annotated[
+        Literal["png", "jpeg", "webp", "avif"] | None,
+        Query(description="default: the input's where it can be written (a HEIC's: jpeg), else png"),
+    ] = None,
+    quality: Annotated[int | None, Query(ge=1, le=100, description="JPEG/WebP/AVIF quality")] = None,
     effort: Annotated[
         int | None,
         Query(ge=0, le=6, description="WebP encoder effort, libwebp's method 0-6 (default from settings)"),

@@ -111,7 +111,7 @@ function describeModel() {
 el.model.addEventListener("change", fillScales);
 el.scale.addEventListener("change", describeModel);
 el.format.addEventListener("change", () => {
-  el.qualityLabel.hidden = !["jpeg", "webp"].includes(el.format.value);
+  el.qualityLabel.hidden = !["jpeg", "webp", "avif"].includes(el.format.value);
 });
 
 // ---- picking a file --------------------------------------------------------------------------------------
