@@ -13,6 +13,10 @@ refused bombs: one fresh service (with the default limits, ICO allowed) takes
 each of ``bench.hostile``'s worst files in turn, and its peak RSS over idle is
 recorded with the answer's status and time. Linux only.
 Writes bench/results/memory.json.
+
+``--sixteen-bit`` measures the 16-bit path instead: a fresh service takes two valid size² 16-bit RGBA PNGs at x2
+at once (PNG out, 16 bits), and its peak RSS over idle is compared with the raw bytes of both inputs and outputs.
+Writes bench/results/memory-16-bit.json.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import argparse
 import io
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -113,6 +118,53 @@ def measure(data: bytes, size: int, scale: int) -> dict:
     }
 
 
+def _sixteen_bit_rgba_png(size: int) -> bytes:
+    """A smooth 16-bit RGBA picture with a gradient alpha, as pypng writes it (Pillow cannot write 16-bit colour)."""
+    import png as pypng
+
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    rgb = np.stack([np.sin(7 * xx + c) * np.cos(6 * yy - c) for c in range(3)], -1) * 0.45 + 0.5
+    rgba = np.concatenate([rgb, xx[:, :, None]], axis=2)
+    pixels = (rgba * 65535).astype(np.uint16).reshape(size, size * 4)
+    buf = io.BytesIO()
+    pypng.Writer(size, size, greyscale=False, alpha=True, bitdepth=16, compression=1).write(buf, pixels)
+    return buf.getvalue()
+
+
+def sixteen_bit(size: int, concurrency: int = 2, scale: int = 2) -> dict:
+    """Peak RSS growth of a fresh service while it upscales ``concurrency`` 16-bit RGBA PNGs at once."""
+    data = _sixteen_bit_rgba_png(size)
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with _service(url, port, len(data) + 1024) as proc:
+        Path(f"/proc/{proc.pid}/clear_refs").write_text("5")
+        idle = _status_kib(proc.pid, "VmRSS")
+
+        def send(_: int) -> httpx.Response:
+            params = {"scale": scale, "format": "png"}
+            return httpx.post(f"{url}/v1/upscale", params=params, content=data, timeout=600)
+
+        with ThreadPoolExecutor(concurrency) as pool:
+            answers = list(pool.map(send, range(concurrency)))
+        peak = _status_kib(proc.pid, "VmHWM")
+    for r in answers:
+        r.raise_for_status()
+        with Image.open(io.BytesIO(r.content)) as im:
+            assert im.size == (size * scale, size * scale), im.size
+    raw = concurrency * size * size * 4 * 2 * (1 + scale * scale)  # RGBA, 2 bytes a sample, in and out
+    growth = (peak - idle) * 1024
+    return {
+        "image": f"{size}x{size} 16-bit RGBA PNG, x{scale}, PNG out",
+        "concurrency": concurrency,
+        "idle_rss_mb": idle / 1024,
+        "peak_rss_mb": peak / 1024,
+        "growth_mb": growth / 2**20,
+        "inputs_plus_outputs_raw_mb": raw / 2**20,
+        "growth_over_raw": growth / raw,
+        "response_mb": len(answers[0].content) / 2**20,
+    }
+
+
 def settled(requests: int, concurrency: int = 8, size: int = 512) -> dict:
     """RSS of a fresh service when idle, at its peak and after ``requests`` size² x2 requests at ``concurrency``."""
     port = free_port()
@@ -145,7 +197,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--size", type=int, default=4096)
     p.add_argument("--scales", default="2,4")
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--sixteen-bit", action="store_true", help="only the 16-bit path (see above), at --size 2048")
     args = p.parse_args(argv)
+    if args.sixteen_bit:
+        row = sixteen_bit(128 if args.quick else (2048 if args.size == 4096 else args.size))
+        print(
+            f"{row['image']}, {row['concurrency']} at once: growth {row['growth_mb']:.0f} MB = "
+            f"{row['growth_over_raw']:.2f} x raw in+out ({row['inputs_plus_outputs_raw_mb']:.0f} MB)"
+        )
+        if not args.quick:
+            print("wrote", write_result("memory-16-bit", row))
+        return
     size = 256 if args.quick else args.size
     data = _big_png(size)
     rows = [measure(data, size, int(s)) for s in args.scales.split(",")]

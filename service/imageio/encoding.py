@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import logging
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -58,18 +59,27 @@ def _color_planes(sr: np.ndarray, decoded: Decoded, fmt: str) -> np.ndarray:
     return color
 
 
-def _alpha_plane(
+def _alpha_rows(
     decoded: Decoded, width: int, height: int, dtype: np.dtype, box: tuple[float, ...] | None
-) -> np.ndarray | None:
-    """The alpha channel (of the ``box`` of the input the result shows) upscaled with bicubic resampling (the network
-    upscales colour only)."""
+) -> Callable[[int, int], np.ndarray] | None:
+    """Rows ``y0:y1`` of the alpha channel (of the ``box`` of the input the result shows) upscaled with bicubic
+    resampling (the network upscales colour only), at ``dtype``: made a band at a time, so that the PNG writer never
+    holds the whole plane, and a 16-bit one is never whole in float (twice its size, and numpy's rounding twice
+    more)."""
     if decoded.alpha is None:
         return None
-    alpha = np.asarray(decoded.alpha.resize((width, height), Image.Resampling.BICUBIC, box=box))
-    if decoded.alpha.mode == "F":  # 16-bit alpha, resampled in float
-        alpha = np.clip(np.round(alpha), 0, 65535).astype(np.uint16)
-        return alpha if dtype == np.uint16 else (alpha >> 8).astype(np.uint8)
-    return alpha.astype(np.uint16) * 257 if dtype == np.uint16 else alpha
+    alpha = decoded.alpha
+    left, top, right, bottom = box or (0, 0, *alpha.size)
+
+    def rows(y0: int, y1: int) -> np.ndarray:
+        band_box = (left, top + (bottom - top) * y0 / height, right, top + (bottom - top) * y1 / height)
+        band = np.asarray(alpha.resize((width, y1 - y0), Image.Resampling.BICUBIC, box=band_box))
+        if alpha.mode == "F":  # 16-bit alpha, resampled in float
+            band = np.clip(np.rint(band), 0, 65535).astype(np.uint16)
+            return band if dtype == np.uint16 else (band >> 8).astype(np.uint8)
+        return band.astype(np.uint16) * 257 if dtype == np.uint16 else band
+
+    return rows
 
 
 def encode(
@@ -94,9 +104,12 @@ def encode(
         raise BadParameter(f"format must be one of {', '.join(OUTPUT_FORMATS)}")
     h, w = sr.shape[:2]
     color = _color_planes(sr, decoded, fmt)
-    alpha = _alpha_plane(decoded, w, h, color.dtype, alpha_box) if fmt != "jpeg" else None
+    alpha_rows = _alpha_rows(decoded, w, h, color.dtype, alpha_box) if fmt != "jpeg" else None
     if fmt == "png":
-        return encode_png(color, alpha, level=png_compress_level, icc_profile=decoded.icc_profile, exif=decoded.exif)
+        return encode_png(
+            color, alpha_rows, level=png_compress_level, icc_profile=decoded.icc_profile, exif=decoded.exif
+        )
+    alpha = alpha_rows(0, h) if alpha_rows else None
     im = Image.fromarray(color[:, :, 0] if color.shape[2] == 1 else color)
     if alpha is not None:
         im = im.convert("LA" if im.mode == "L" else "RGBA")

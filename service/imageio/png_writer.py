@@ -23,8 +23,10 @@ profile (iCCP) and EXIF (eXIf) chunks.
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 from isal import isal_zlib
@@ -41,7 +43,7 @@ _ISAL_LEVELS = range(1, 4)
 
 
 def _chunk(kind: bytes, data: bytes) -> list[bytes]:
-    """A chunk as its parts: the caller joins the whole file once (a megabyte IDAT is not copied twice more)."""
+    """A chunk as its parts, which the caller writes out (a megabyte IDAT is not copied into a joined chunk)."""
     return [struct.pack(">I", len(data)) + kind, data, struct.pack(">I", isal_zlib.crc32(data, isal_zlib.crc32(kind)))]
 
 
@@ -65,23 +67,26 @@ def _exif_payload(exif: bytes) -> bytes:
 
 def encode_png(
     color: np.ndarray,
-    alpha: np.ndarray | None = None,
+    alpha: np.ndarray | Callable[[int, int], np.ndarray] | None = None,
     *,
     level: int = 1,
     icc_profile: bytes | None = None,
     exif: bytes | None = None,
 ) -> bytes:
-    """Encode (H, W, 1|3) ``color`` plus an optional (H, W) ``alpha`` of the same dtype (uint8 or uint16)."""
+    """Encode (H, W, 1|3) ``color`` plus an optional (H, W) ``alpha`` of the same dtype (uint8 or uint16): the plane,
+    or a function that makes its rows ``y0:y1``, called once per block, so that the whole plane need never exist."""
     if color.ndim != 3 or color.shape[2] not in (1, 3) or color.dtype not in (np.uint8, np.uint16):
         raise ValueError(f"expected (H, W, 1|3) uint8/uint16 pixels, got {color.shape} {color.dtype}")
     h, w, c = color.shape
     channels = c + (alpha is not None)
     depth = 16 if color.dtype == np.uint16 else 8
-    out = [SIGNATURE, *_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, COLOR_TYPE[channels], 0, 0, 0))]
+    # Written as it is made: a list of the chunks joined at the end would hold the file twice.
+    out = io.BytesIO()
+    out.writelines([SIGNATURE, *_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, COLOR_TYPE[channels], 0, 0, 0))])
     if icc_profile:
-        out += _chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile))
+        out.writelines(_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile)))
     if exif:
-        out += _chunk(b"eXIf", _exif_payload(exif))
+        out.writelines(_chunk(b"eXIf", _exif_payload(exif)))
 
     row_bytes = w * channels * depth // 8
     step = max(1, _BLOCK_BYTES // row_bytes)
@@ -90,7 +95,8 @@ def encode_png(
     for y in range(0, h, step):
         block = color[y : y + step]
         if alpha is not None:
-            block = np.concatenate([block, alpha[y : y + step, :, None]], axis=2)
+            rows_alpha = alpha(y, y + len(block)) if callable(alpha) else alpha[y : y + step]
+            block = np.concatenate([block, rows_alpha[:, :, None]], axis=2)
         rows = _rows_as_bytes(block)
         filtered = np.empty((rows.shape[0], row_bytes + 1), np.uint8)
         filtered[:, 0] = _UP
@@ -99,7 +105,7 @@ def encode_png(
         previous = rows[-1:].copy()
         data = deflate.compress(filtered)
         if data:
-            out += _chunk(b"IDAT", data)
-    out += _chunk(b"IDAT", deflate.flush())
-    out += _chunk(b"IEND", b"")
-    return b"".join(out)
+            out.writelines(_chunk(b"IDAT", data))
+    out.writelines(_chunk(b"IDAT", deflate.flush()))
+    out.writelines(_chunk(b"IEND", b""))
+    return out.getvalue()  # the buffer itself, not a copy

@@ -116,3 +116,9 @@ def test_mixed_traffic_benchmark_sends_every_case_to_every_scheduler(capsys):
         assert run["same_work"]["requests"] == run["same_work"]["ok"] == 6  # 4 small + 2 big, as --quick asks
         assert set(run["mix"]["classes"]) == set(run["alone"]) == {"web", "batch"}
     assert "wrote" not in capsys.readouterr().out
+
+
+def test_the_sixteen_bit_memory_benchmark_compares_growth_with_the_raw_pixels(capsys):
+    memory.main(["--quick", "--sixteen-bit"])
+    out = capsys.readouterr().out
+    assert "16-bit RGBA PNG, x2" in out and "x raw in+out" in out and "wrote" not in out
