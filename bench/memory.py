@@ -106,15 +106,18 @@ def measure(data: bytes, size: int, scale: int) -> dict:
         r.raise_for_status()
         peak = _status_kib(proc.pid, "VmHWM")
     raw = size * size * 3 * (1 + scale * scale)
-    growth = (peak - idle) * 1024
+    return {"scale": scale, **_growth(idle, peak, raw), "response_mb": len(r.content) / 2**20}
+
+
+def _growth(idle_kib: int, peak_kib: int, raw: int) -> dict:
+    """RSS when idle and at the peak, and the growth between them against ``raw`` bytes of pixels."""
+    growth = (peak_kib - idle_kib) * 1024
     return {
-        "scale": scale,
-        "idle_rss_mb": idle / 1024,
-        "peak_rss_mb": peak / 1024,
+        "idle_rss_mb": idle_kib / 1024,
+        "peak_rss_mb": peak_kib / 1024,
         "growth_mb": growth / 2**20,
         "input_plus_output_raw_mb": raw / 2**20,
         "growth_over_raw": growth / raw,
-        "response_mb": len(r.content) / 2**20,
     }
 
 
@@ -152,15 +155,10 @@ def sixteen_bit(size: int, concurrency: int = 2, scale: int = 2) -> dict:
         with Image.open(io.BytesIO(r.content)) as im:
             assert im.size == (size * scale, size * scale), im.size
     raw = concurrency * size * size * 4 * 2 * (1 + scale * scale)  # RGBA, 2 bytes a sample, in and out
-    growth = (peak - idle) * 1024
     return {
         "image": f"{size}x{size} 16-bit RGBA PNG, x{scale}, PNG out",
         "concurrency": concurrency,
-        "idle_rss_mb": idle / 1024,
-        "peak_rss_mb": peak / 1024,
-        "growth_mb": growth / 2**20,
-        "inputs_plus_outputs_raw_mb": raw / 2**20,
-        "growth_over_raw": growth / raw,
+        **_growth(idle, peak, raw),
         "response_mb": len(answers[0].content) / 2**20,
     }
 
@@ -203,7 +201,7 @@ def main(argv: list[str] | None = None) -> None:
         row = sixteen_bit(128 if args.quick else (2048 if args.size == 4096 else args.size))
         print(
             f"{row['image']}, {row['concurrency']} at once: growth {row['growth_mb']:.0f} MB = "
-            f"{row['growth_over_raw']:.2f} x raw in+out ({row['inputs_plus_outputs_raw_mb']:.0f} MB)"
+            f"{row['growth_over_raw']:.2f} x raw in+out ({row['input_plus_output_raw_mb']:.0f} MB)"
         )
         if not args.quick:
             print("wrote", write_result("memory-16-bit", row))
