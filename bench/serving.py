@@ -36,9 +36,11 @@ for an AVX2 machine; the result name gains it).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -72,11 +74,19 @@ def free_port() -> int:
 
 @contextmanager
 def running(cmd: list[str], env: dict, url: str):
-    """Run a server until the block ends; fail at once, with its log, if it dies or is not ready in 90 s."""
+    """Run a server until the block ends; fail at once, with its log, if it dies or is not ready in 90 s.
+
+    The server runs in a process group of its own, and the whole group is stopped at the end: LitServe's inference
+    workers outlive their parent's SIGTERM."""
     log = tempfile.TemporaryFile()
     pythonpath = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env={**os.environ, "PYTHONPATH": pythonpath, **env}, stdout=log, stderr=subprocess.STDOUT
+        cmd,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": pythonpath, **env},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
         deadline = time.monotonic() + 90
@@ -88,9 +98,15 @@ def running(cmd: list[str], env: dict, url: str):
             time.sleep(0.2)
         yield proc
     finally:
-        proc.terminate()
+        _signal_group(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
+        _signal_group(proc.pid, signal.SIGKILL)  # whatever of the group is still there
         log.close()
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pgid, sig)
 
 
 def _ready(url: str) -> bool:
