@@ -74,6 +74,7 @@ class Decoded:
     icc_profile: bytes | None
     exif: bytes | None
     jpeg_quality: JpegQuality | None = None  # how compressed a JPEG input is, from its quantisation tables
+    cicp: tuple[int, int] | None = None  # (colour primaries, transfer) of a HEIF's nclx box, where not sRGB's
     plan: OutputPlan | None = None  # the model scale and the final size, made from the header before decoding
 
     def take_pixels(self) -> np.ndarray:
@@ -327,6 +328,7 @@ def _decode_opened(data: bytes, im: Image.Image) -> Decoded:
         icc_profile=icc,
         exif=exif,
         jpeg_quality=estimate_quality(tables) if tables else None,
+        cicp=None if icc else _cicp(im.info.get("nclx_profile")),
     )
 
 
@@ -338,7 +340,20 @@ def _deep_heif(data: bytes, im: Image.Image) -> Decoded:
     pixels = pixels | (pixels >> im.info["bit_depth"])  # fill the low bits: full scale is 65535, as for 16-bit PNGs
     decoded = _plain(pixels if pixels.ndim == 3 else pixels[:, :, None])
     decoded.source_format, decoded.icc_profile, decoded.exif = "HEIF", im.info.get("icc_profile"), im.info.get("exif")
+    decoded.cicp = None if decoded.icc_profile else _cicp(im.info.get("nclx_profile"))
     return decoded
+
+
+_SRGB_CICP = {(1, 13), (2, 2), (1, 2), (2, 13)}  # BT.709 primaries with sRGB's transfer, or either unspecified
+
+
+def _cicp(nclx: dict | None) -> tuple[int, int] | None:
+    """The colour primaries and transfer of a HEIF's nclx box (ITU-T H.273 codes), where they are not sRGB's: what
+    a PNG's cICP chunk carries. The pixels are RGB already, so the box's matrix is not needed."""
+    if not nclx:
+        return None
+    cicp = (int(nclx.get("color_primaries", 2)), int(nclx.get("transfer_characteristics", 2)))
+    return None if cicp in _SRGB_CICP else cicp
 
 
 def _plain(pixels: np.ndarray) -> Decoded:

@@ -107,8 +107,15 @@ def encode(
     alpha_rows = _alpha_rows(decoded, w, h, color.dtype, alpha_box) if fmt != "jpeg" else None
     if fmt == "png":
         return encode_png(
-            color, alpha_rows, level=png_compress_level, icc_profile=decoded.icc_profile, exif=decoded.exif
+            color,
+            alpha_rows,
+            level=png_compress_level,
+            icc_profile=decoded.icc_profile,
+            exif=decoded.exif,
+            cicp=decoded.cicp,
         )
+    if decoded.cicp:
+        log.info("dropping the colour space %s (H.273 primaries, transfer): %s states no nclx", decoded.cicp, fmt)
     alpha = alpha_rows(0, h) if alpha_rows else None
     im = Image.fromarray(color[:, :, 0] if color.shape[2] == 1 else color)
     if alpha is not None:

@@ -72,6 +72,7 @@ def encode_png(
     level: int = 1,
     icc_profile: bytes | None = None,
     exif: bytes | None = None,
+    cicp: tuple[int, int] | None = None,
 ) -> bytes:
     """Encode (H, W, 1|3) ``color`` plus an optional (H, W) ``alpha`` of the same dtype (uint8 or uint16): the plane,
     or a function that makes its rows ``y0:y1``, called once per block, so that the whole plane need never exist."""
@@ -83,6 +84,8 @@ def encode_png(
     # Written as it is made: a list of the chunks joined at the end would hold the file twice.
     out = io.BytesIO()
     out.writelines([SIGNATURE, *_chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, depth, COLOR_TYPE[channels], 0, 0, 0))])
+    if cicp:  # colour primaries and transfer (H.273), RGB (matrix 0), full range
+        out.writelines(_chunk(b"cICP", bytes([*cicp, 0, 1])))
     if icc_profile:
         out.writelines(_chunk(b"iCCP", b"ICC profile\x00\x00" + zlib.compress(icc_profile)))
     if exif:

@@ -98,6 +98,31 @@ def test_the_icc_profile_is_carried_to_the_output(client, fmt):
     assert im.info.get("icc_profile") == SRGB
 
 
+def png_chunks(data: bytes) -> dict[bytes, bytes]:
+    """Each chunk's type and data, read independently of the service's writer."""
+    chunks, pos = {}, 8
+    while pos < len(data):
+        length = int.from_bytes(data[pos : pos + 4], "big")
+        chunks.setdefault(data[pos + 4 : pos + 8], data[pos + 8 : pos + 8 + length])
+        pos += 12 + length
+    return chunks
+
+
+def test_a_heic_colour_space_given_as_nclx_is_carried_to_a_png_as_cicp(client):
+    """Display P3 (H.273 primaries 12) with sRGB's transfer (13), stated by an nclx box and no ICC profile."""
+    p3 = {"color_primaries": 12, "transfer_characteristics": 13, "matrix_coefficients": 6, "full_range_flag": 1}
+    response = client.post(
+        "/v1/upscale", content=heif(Image.fromarray(PICTURE), nclx_profile=p3), params={"format": "png"}
+    )
+    assert response.status_code == 200, response.text
+    assert png_chunks(response.content)[b"cICP"] == bytes([12, 13, 0, 1])  # RGB (matrix 0), full range
+
+
+def test_an_srgb_heic_gets_no_colour_chunk(client):
+    response = client.post("/v1/upscale", content=heif(Image.fromarray(PICTURE)), params={"format": "png"})
+    assert b"cICP" not in png_chunks(response.content) and b"iCCP" not in png_chunks(response.content)
+
+
 @pytest.mark.parametrize("fmt", ENCODERS)
 def test_alpha_is_kept(client, fmt):
     ramp = np.linspace(0, 255, 48 * 64).reshape(48, 64).astype(np.uint8)
