@@ -207,7 +207,7 @@ class Batcher:
             return None
         if self.scheduling == "fair":
             return self._turns[0].key
-        return min(self._turns, key=lambda job: job.submitted).key
+        return min((j for j in self._turns if j.todo and not j.dead), key=lambda job: job.submitted).key
 
     def _take(self, key: ModelKey) -> list[tuple[Job, int]]:
         """Tiles of ``key`` for one batch: up to max_batch, and while engine workers are idle no more than each
