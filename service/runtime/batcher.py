@@ -119,7 +119,8 @@ class Batcher:
         self.scheduling = scheduling
         self.on_batch = on_batch  # metrics hook: (model, batch size, seconds)
         self._jobs: list[Job] = []  # every job not yet done, in arrival order
-        self._turns: deque[Job] = deque()  # jobs with tiles to batch, in the order of their next turn
+        # Jobs with tiles to batch, in the order of their next turn (by-model: never turned, so in arrival order).
+        self._turns: deque[Job] = deque()
         self._queued = 0  # tiles not yet batched, over all jobs
         self._wake = asyncio.Event()
         # Batches between cut and place: by default, one running per engine worker plus two being cut or placed
@@ -200,14 +201,10 @@ class Batcher:
                 self._forget(job)
 
     def _next_key(self) -> ModelKey | None:
-        """The model of the next batch: that of the job whose turn it is (fair), or of the oldest waiting job."""
+        """The model of the next batch: that of the job whose turn it is (by-model: the oldest waiting job)."""
         while self._turns and (self._turns[0].dead or not self._turns[0].todo):
             self._turns.popleft()  # finished cutting or abandoned: it has no more turns
-        if not self._turns:
-            return None
-        if self.scheduling == "fair":
-            return self._turns[0].key
-        return min((j for j in self._turns if j.todo and not j.dead), key=lambda job: job.submitted).key
+        return self._turns[0].key if self._turns else None
 
     def _take(self, key: ModelKey) -> list[tuple[Job, int]]:
         """Tiles of ``key`` for one batch: up to max_batch, and while engine workers are idle no more than each
@@ -218,8 +215,6 @@ class Batcher:
         and a job with no tiles left leaves it. By model: one tile per job per round, oldest job first."""
         jobs = [j for j in self._turns if j.key == key and j.todo and not j.dead]
         fair = self.scheduling == "fair"
-        if not fair:
-            jobs.sort(key=lambda j: j.submitted)
         idle = self._idle_workers()
         size = self.max_batch if idle <= 0 else min(self.max_batch, -(-sum(len(j.todo) for j in jobs) // idle))
         picks: list[tuple[Job, int]] = []
