@@ -19,7 +19,7 @@ from service.errors import BadParameter
 from service.imageio.jpeg_quality import JpegQuality
 from service.model_files import ModelKey, ModelSpec
 
-__all__ = ["scales_of", "AUTO", "ModelChoice", "check_requested", "choose_model", "jpeg_bands"]
+__all__ = ["AUTO", "ModelChoice", "check_requested", "choose_model", "jpeg_bands", "scales_of"]
 
 AUTO = "auto"
 
@@ -43,8 +43,9 @@ def jpeg_bands(specs: Mapping[ModelKey, ModelSpec], scale: int) -> list[tuple[in
 def check_requested(specs: Mapping[ModelKey, ModelSpec], requested: str, scale: int | None, clean: str) -> None:
     """Raise BadParameter (400) before the body is read if the request names a model this server cannot run: at
     ``scale``, or at any scale where the scale depends on the image's size (None)."""
-    variant = clean if requested == AUTO else requested
-    if (ModelKey(variant, scale) not in specs) if scale else not scales_of(specs, requested, clean):
+    scales = scales_of(specs, requested, clean)
+    if not scales or (scale and scale not in scales):
+        variant = clean if requested == AUTO else requested
         served = ", ".join(f"{v} x{s}" for v, s in sorted(specs))
         what = f"auto needs the clean model {clean!r}" if requested == AUTO else f"no model {variant!r}"
         raise BadParameter(f"{what}{f' for scale {scale}' if scale else ''}; this server has: {served}")

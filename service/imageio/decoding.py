@@ -168,21 +168,19 @@ class Limits:
 
 
 def _check_size(w: int, h: int, limits: Limits) -> OutputPlan:
-    """The plan for a ``w`` x ``h`` image, once every size involved is within the limits."""
+    """The plan for a ``w`` x ``h`` image, once every size involved is within the limits: the input and the model's
+    output (the final size is never larger on either side than the model's output, which it is resampled from)."""
     if w < 1 or h < 1:
         raise UnsupportedImage(f"the image is {w}x{h}; it needs at least one pixel")
     if w * h > limits.max_input_pixels:
         raise TooLarge(f"the image is {w}x{h} = {w * h} pixels; this server accepts at most {limits.max_input_pixels}")
     plan = limits.size.plan(w, h, limits.scales)
     s, most = plan.model_scale, limits.max_output_pixels
-    for what, pixels in (
-        (f"x{s} of {w}x{h}", w * h * s * s),
-        (f"{plan.width}x{plan.height}", plan.width * plan.height),
-    ):
-        if pixels > most:
-            raise TooLarge(
-                f"{what} would be {pixels} pixels; this server makes at most {most}; ask for a smaller size or image"
-            )
+    if w * h * s * s > most:
+        raise TooLarge(
+            f"x{s} of {w}x{h} would be {w * h * s * s} pixels; this server makes at most {most}; "
+            "ask for a smaller size or image"
+        )
     return plan
 
 
@@ -328,7 +326,7 @@ def _decode_opened(data: bytes, im: Image.Image) -> Decoded:
         icc_profile=icc,
         exif=exif,
         jpeg_quality=estimate_quality(tables) if tables else None,
-        cicp=None if icc else _cicp(im.info.get("nclx_profile")),
+        cicp=_cicp(im.info),
     )
 
 
@@ -340,17 +338,19 @@ def _deep_heif(data: bytes, im: Image.Image) -> Decoded:
     pixels = pixels | (pixels >> im.info["bit_depth"])  # fill the low bits: full scale is 65535, as for 16-bit PNGs
     decoded = _plain(pixels if pixels.ndim == 3 else pixels[:, :, None])
     decoded.source_format, decoded.icc_profile, decoded.exif = "HEIF", im.info.get("icc_profile"), im.info.get("exif")
-    decoded.cicp = None if decoded.icc_profile else _cicp(im.info.get("nclx_profile"))
+    decoded.cicp = _cicp(im.info)
     return decoded
 
 
 _SRGB_CICP = {(1, 13), (2, 2), (1, 2), (2, 13)}  # BT.709 primaries with sRGB's transfer, or either unspecified
 
 
-def _cicp(nclx: dict | None) -> tuple[int, int] | None:
-    """The colour primaries and transfer of a HEIF's nclx box (ITU-T H.273 codes), where they are not sRGB's: what
-    a PNG's cICP chunk carries. The pixels are RGB already, so the box's matrix is not needed."""
-    if not nclx:
+def _cicp(info: dict) -> tuple[int, int] | None:
+    """The colour primaries and transfer of a HEIF's nclx box (ITU-T H.273 codes), where the file has no ICC profile
+    and they are not sRGB's: what a PNG's cICP chunk carries. The pixels are RGB already, so the box's matrix is not
+    needed."""
+    nclx = info.get("nclx_profile")
+    if not nclx or info.get("icc_profile"):
         return None
     cicp = (int(nclx.get("color_primaries", 2)), int(nclx.get("transfer_characteristics", 2)))
     return None if cicp in _SRGB_CICP else cicp

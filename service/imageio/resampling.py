@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image
 
-__all__ = ["resample", "resample_plane", "FILTER"]
+__all__ = ["resample", "FILTER"]
 
 FILTER = Image.Resampling.LANCZOS
 
@@ -22,10 +22,6 @@ def resample(pixels: np.ndarray, width: int, height: int, box: tuple[float, floa
         return np.asarray(Image.fromarray(pixels).resize((width, height), FILTER, box=box))
     out = np.empty((height, width, pixels.shape[2]), pixels.dtype)
     for c in range(pixels.shape[2]):
-        out[:, :, c] = resample_plane(Image.fromarray(np.ascontiguousarray(pixels[:, :, c])), width, height, box)
+        plane = Image.fromarray(np.ascontiguousarray(pixels[:, :, c]))  # 'I;16'
+        out[:, :, c] = np.asarray(plane.resize((width, height), FILTER, box=box))
     return out
-
-
-def resample_plane(plane: Image.Image, width: int, height: int, box: tuple[float, float, float, float]) -> np.ndarray:
-    """One channel ('L', 'I;16' or 'F') resampled the same way."""
-    return np.asarray(plane.resize((width, height), FILTER, box=box))
