@@ -87,8 +87,6 @@ def mix_and_alone(url: str, classes: list[TrafficClass], work: list[int], option
     concurrency = sum(c.weight for c in classes)
     mixed = closed_loop(url, classes, concurrency, options)
     alone = {c.name: asdict(closed_loop(url, [c], c.weight, options)) for c in classes}
-    for figures in alone.values():
-        figures["classes"] = {}
     fixed = [replace(c, requests=n) for c, n in zip(classes, work, strict=True)]
     same_work = closed_loop(url, fixed, concurrency, replace(options, duration=3600))
     return {"mix": asdict(mixed), "alone": alone, "same_work": asdict(same_work)}
@@ -121,27 +119,23 @@ def summary(runs: list[dict], classes: list[TrafficClass]) -> dict:
             "mix_output_mpix_per_s": statistics.median(r["mix"]["output_mpix_per_s"] for r in mine),
             "same_work_output_mpix_per_s": statistics.median(r["same_work"]["output_mpix_per_s"] for r in mine),
             "same_work_seconds": statistics.median(r["same_work"]["seconds"] for r in mine),
-            "per_class": {
-                c.name: {
-                    f"{q}_mix_over_alone": statistics.median(
-                        r["mix"]["classes"][c.name][f"{q}_ms"] / r["alone"][c.name][f"{q}_ms"] for r in mine
-                    )
-                    for q in ("p50", "p99")
-                }
-                | {
-                    f"{q}_ms_{where}": statistics.median(
-                        (r["mix"]["classes"][c.name] if where == "mix" else r["alone"][c.name])[f"{q}_ms"] for r in mine
-                    )
-                    for q in ("p50", "p99")
-                    for where in ("mix", "alone")
-                }
-                for c in classes
-            },
+            "per_class": {c.name: _class_figures(mine, c.name) for c in classes},
         }
     pairs = list(zip(runs[::2], runs[1::2], strict=True))  # (by-model, fair) of each round
     for step in ("same_work", "mix"):
         ratios = [fair[step]["output_mpix_per_s"] / old[step]["output_mpix_per_s"] for old, fair in pairs]
         out[f"fair_over_by_model_{step}_throughput"] = {"median": statistics.median(ratios), "per_round": ratios}
+    return out
+
+
+def _class_figures(runs: list[dict], name: str) -> dict:
+    """One class's p50 and p99 in the mix and alone, and mix over alone: medians over ``runs``."""
+    out = {}
+    for q in ("p50", "p99"):
+        mix = [r["mix"]["classes"][name][f"{q}_ms"] for r in runs]
+        alone = [r["alone"][name][f"{q}_ms"] for r in runs]
+        out[f"{q}_mix_over_alone"] = statistics.median(m / a for m, a in zip(mix, alone, strict=True))
+        out[f"{q}_ms_mix"], out[f"{q}_ms_alone"] = statistics.median(mix), statistics.median(alone)
     return out
 
 
