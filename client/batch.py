@@ -143,6 +143,7 @@ class BatchReport:
     skipped: int = 0  # outputs that existed and decode, kept
     not_attempted: int = 0  # images left when the run stopped early
     retries: int = 0  # attempts after the first, over all images
+    errors: dict[str, int] = field(default_factory=dict)  # failed attempts by cause ("503", "ConnectError")
     seconds: float = 0.0
     output_pixels: int = 0
     aborted: str | None = None  # why the run stopped early
@@ -174,6 +175,7 @@ class BatchReport:
             "output_megapixels": round(self.output_pixels / 1e6, 3),
             "megapixels_per_second": round(self.mpix_per_s, 3),
             "aborted": self.aborted,
+            "errors": dict(sorted(self.errors.items())),
             "models_used": dict(sorted(Counter(self.models.values()).items())),
             "model_per_input": dict(sorted(self.models.items())),
             "failures": [asdict(f) for f in sorted(self.failures, key=lambda f: f.input)],
@@ -231,6 +233,7 @@ async def upscale_batch(options: BatchOptions, *, transport: httpx.AsyncBaseTran
             raise
         finally:
             report.retries = service.retried
+            report.errors = dict(service.errors)
             report.seconds = time.monotonic() - started
             write_atomically(options.report_path, report.to_json().encode())
     return report

@@ -1,10 +1,13 @@
 """Sending one image to the upscaling service: balancing over replicas and retrying what is worth retrying.
 
-Retried, with exponential backoff and jitter: connection errors, timeouts and
-the answers 429 (from a rate-limiting proxy), 502, 503 and 504; the replica also
-rests (for its ``Retry-After`` when the answer has one, see ``client.balancer``).
-Final for the file: any other answer, such as 400, 413, 415 or 422. A 401 or 403 raises ``Unauthorized``, since no
-other file would fare better.
+An upscale is idempotent (the same bytes and parameters give the same image, and nothing is stored), so a request
+whose fate is unknown may be sent again. Retried, with exponential backoff and jitter, at most ``retries`` times:
+the transport failures of ``RETRYABLE_ERRORS`` (connection refused or reset, the server or a balancer closing the
+connection before a whole answer, timeouts) and the answers 429 (from a rate-limiting proxy), 502, 503 and 504;
+the replica also rests (for its ``Retry-After`` when the answer has one, see ``client.balancer``).
+Final for the file: any other answer, such as 400, 413, 415 or 422, and the transport errors that would only
+happen again (an unsupported URL scheme, a request httpx itself refuses to send). A 401 or 403 raises
+``Unauthorized``, since no other file would fare better.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import io
 import logging
 import math
 import random
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -23,11 +27,21 @@ from PIL import Image
 
 from client.balancer import Balancer
 
-__all__ = ["RETRYABLE_STATUS", "ServiceClient", "Unauthorized", "UpscaleFailed", "Upscaled"]
+__all__ = ["RETRYABLE_ERRORS", "RETRYABLE_STATUS", "ServiceClient", "Unauthorized", "UpscaleFailed", "Upscaled"]
 
 log = logging.getLogger("client.service_client")
 
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+# Connection refused (ConnectError), reset or closed early (ReadError, WriteError, RemoteProtocolError), timeouts
+# (connect, read, write, waiting for a pooled connection). Not: UnsupportedProtocol, LocalProtocolError, ProxyError,
+# DecodingError, TooManyRedirects, which the same request would meet again.
+RETRYABLE_ERRORS: tuple[type[httpx.RequestError], ...] = (
+    httpx.ConnectError,
+    httpx.ReadError,
+    httpx.WriteError,
+    httpx.RemoteProtocolError,
+    httpx.TimeoutException,
+)
 MAX_BACKOFF = 10.0  # seconds; the longest wait between two attempts at one file
 MAX_RETRY_AFTER = 120.0  # seconds; a longer Retry-After is cut to this
 
@@ -67,6 +81,7 @@ class ServiceClient:
         self._http, self._balancer = http, balancer
         self._params, self._retries, self._backoff = params, retries, backoff
         self.retried = 0  # attempts after the first, over all files
+        self.errors: Counter[str] = Counter()  # failed attempts by cause ("503", "ConnectError"), over all files
 
     async def upscale(self, data: bytes, media_type: str, fmt: str) -> Upscaled:
         """The upscaled image in format ``fmt``; raises UpscaleFailed (or Unauthorized)."""
@@ -81,13 +96,17 @@ class ServiceClient:
                 response = await self._http.post(url, content=data, params=params, headers=headers)
             except httpx.RequestError as exc:
                 self._balancer.release(lease, failed=True)
+                self.errors[type(exc).__name__] += 1
                 status, code, problem = None, None, f"{type(exc).__name__} from {lease.url}: {exc}".rstrip(": ")
+                if not isinstance(exc, RETRYABLE_ERRORS):
+                    raise UpscaleFailed(problem, attempts=attempt) from exc
             else:
                 status = response.status_code
                 retryable = status in RETRYABLE_STATUS
                 self._balancer.release(lease, failed=retryable, retry_after=_retry_after(response))
                 if status == 200:
                     return _upscaled(response, attempt)
+                self.errors[str(status)] += 1
                 code, message = _error_of(response)
                 problem = f"{status} {code or response.reason_phrase}: {message}"
                 if status in (401, 403):
