@@ -1,13 +1,12 @@
 """Which model runs a request: the one it names, or for ``model=auto`` the one made for its input.
 
-A model whose card has a ``jpeg_quality`` band was trained for JPEG-compressed inputs; ``auto`` runs it for a JPEG
-whose estimated quality (``service.imageio.jpeg_quality``, from the file's quantisation tables) lies in the band,
-and the clean model (``UPSCALER_CLEAN_MODEL``, ``fast`` by default) for everything else: lossless inputs (PNG, BMP,
-TIFF, GIF, 16-bit), JPEGs of a quality no band covers (the bands end where the clean model is the better one), and
-WebP. A lossy WebP's quality is not read (its quantiser sits in the VP8 frame header, which Pillow does not expose),
-and without it the clean model is the safe choice: it is the best at high WebP qualities, while at WebP 75 and
-below a JPEG model would gain more (docs/model.md); a client that knows its WebPs are strongly compressed can name
-one.
+A model whose card has a ``jpeg_quality`` band is the best one measured for JPEG inputs of those qualities, and one
+with a ``webp_quality`` band for lossy WebP inputs of those (``model.codec_bands`` measures both on images held out
+of training). ``auto`` reads how compressed the input is (``service.imageio.jpeg_quality`` from a JPEG's
+quantisation tables, ``service.imageio.webp_quality`` from a WebP's VP8 frame header) and runs the model whose band
+holds it; the clean model (``UPSCALER_CLEAN_MODEL``, ``fast`` by default) runs everything else: lossless inputs
+(PNG, BMP, TIFF, GIF, lossless WebP, 16-bit), HEIF and AVIF (their quantisers are not read), and lossy inputs of a
+quality no band covers (the bands end where the clean model is the better one).
 """
 
 from __future__ import annotations
@@ -17,11 +16,13 @@ from dataclasses import dataclass
 
 from service.errors import BadParameter
 from service.imageio.jpeg_quality import JpegQuality
+from service.imageio.webp_quality import WebpQuality
 from service.model_files import ModelKey, ModelSpec
 
-__all__ = ["AUTO", "ModelChoice", "check_requested", "choose_model", "jpeg_bands", "scales_of"]
+__all__ = ["AUTO", "Compression", "ModelChoice", "bands", "check_requested", "choose_model", "scales_of"]
 
 AUTO = "auto"
+Compression = JpegQuality | WebpQuality  # how compressed a lossy input is, as its decoder read it
 
 
 @dataclass(frozen=True)
@@ -30,14 +31,12 @@ class ModelChoice:
     reason: str  # why this model, for the response's X-Model-Reason header and the access log
 
 
-def jpeg_bands(specs: Mapping[ModelKey, ModelSpec], scale: int) -> list[tuple[int, int, ModelKey]]:
-    """``(low, high, model)`` for the models at ``scale`` made for JPEG inputs, lowest band first."""
-    bands = [
-        (*spec.card["jpeg_quality"], key)
-        for key, spec in specs.items()
-        if key.scale == scale and spec.card.get("jpeg_quality")
-    ]
-    return sorted(bands)
+def bands(specs: Mapping[ModelKey, ModelSpec], scale: int, field: str) -> list[tuple[int, int, ModelKey]]:
+    """``(low, high, model)`` for the models at ``scale`` whose card has a band ``field`` (``jpeg_quality``,
+    ``webp_quality``), lowest band first."""
+    return sorted(
+        (*spec.card[field], key) for key, spec in specs.items() if key.scale == scale and spec.card.get(field)
+    )
 
 
 def check_requested(specs: Mapping[ModelKey, ModelSpec], requested: str, scale: int | None, clean: str) -> None:
@@ -58,15 +57,14 @@ def scales_of(specs: Mapping[ModelKey, ModelSpec], requested: str, clean: str) -
 
 
 def choose_model(
-    specs: Mapping[ModelKey, ModelSpec], requested: str, scale: int, clean: str, jpeg: JpegQuality | None
+    specs: Mapping[ModelKey, ModelSpec], requested: str, scale: int, clean: str, compression: Compression | None
 ) -> ModelChoice:
     """The model for a decoded input (see the module docstring); ``requested`` was checked by ``check_requested``."""
     if requested != AUTO:
         return ModelChoice(ModelKey(requested, scale), "named in the request")
-    if jpeg is not None:
-        how = "" if jpeg.exact else " (tables not libjpeg's; nearest quality)"
-        for low, high, key in jpeg_bands(specs, scale):
-            if low <= jpeg.quality <= high:
-                return ModelChoice(key, f"auto: JPEG quality {jpeg.quality}{how}")
-        return ModelChoice(ModelKey(clean, scale), f"auto: JPEG quality {jpeg.quality}{how}, in no JPEG band")
-    return ModelChoice(ModelKey(clean, scale), "auto: not a JPEG")
+    if compression is None:
+        return ModelChoice(ModelKey(clean, scale), "auto: not a lossy JPEG or WebP")
+    for low, high, key in bands(specs, scale, compression.band):
+        if low <= compression.quality <= high:
+            return ModelChoice(key, f"auto: {compression.describe()}")
+    return ModelChoice(ModelKey(clean, scale), f"auto: {compression.describe()}, in no band")

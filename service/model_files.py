@@ -83,8 +83,10 @@ class ModelCard(TypedDict, total=False):
     trained: bool  # false for an untrained placeholder
     training: dict  # data, degradation, steps, time, device, ...
     set5: dict[str, float]  # Y-PSNR/SSIM of the model and of bicubic on Set5, clean inputs
-    jpeg_quality: list[int]  # [low, high]: the JPEG qualities the model was trained for; absent = clean inputs
+    jpeg_quality: list[int]  # [low, high]: the JPEG qualities auto runs the model for; absent = none
     set5_jpeg: dict[str, dict[str, float]]  # per JPEG quality of the LR: the model's and bicubic's Y-PSNR
+    webp_quality: list[int]  # [low, high]: the lossy WebP qualities auto runs the model for; absent = none
+    set5_webp: dict[str, dict[str, float]]  # per WebP quality of the LR: the model's and bicubic's Y-PSNR
 
 
 def model_stem(variant: str, scale: int) -> str:

@@ -81,7 +81,7 @@ class Pipeline:
         in_size, plan = (decoded.width, decoded.height), decoded.plan
         fmt = fmt or decoded.default_format()
         check_output(plan.width, plan.height, fmt)  # before any tile runs
-        choice = choose_model(specs, model, plan.model_scale, s.clean_model, decoded.jpeg_quality)
+        choice = choose_model(specs, model, plan.model_scale, s.clean_model, decoded.compression)
         job = await _unless_disconnected(
             is_disconnected, self.batcher.upscale(choice.key, decoded.take_pixels(), s.request_timeout_s)
         )

@@ -33,6 +33,7 @@ from service.imageio import png_reader
 from service.imageio.encoding import OUTPUT_FORMATS
 from service.imageio.jpeg_quality import JpegQuality, estimate_quality
 from service.imageio.png_writer import SIGNATURE
+from service.imageio.webp_quality import WebpQuality, read_quality
 from service.output_size import OutputPlan, SizeRequest
 
 __all__ = ["Decoded", "Limits", "decode", "guard_pixels", "INPUT_FORMATS", "MAX_JPEG_SCANS"]
@@ -73,7 +74,7 @@ class Decoded:
     source_format: str | None  # Pillow's name of the input format (PNG, JPEG, ...)
     icc_profile: bytes | None
     exif: bytes | None
-    jpeg_quality: JpegQuality | None = None  # how compressed a JPEG input is, from its quantisation tables
+    compression: JpegQuality | WebpQuality | None = None  # how compressed a lossy JPEG or WebP input is
     cicp: tuple[int, int] | None = None  # (colour primaries, transfer) of a HEIF's nclx box, where not sRGB's
     plan: OutputPlan | None = None  # the model scale and the final size, made from the header before decoding
 
@@ -325,7 +326,7 @@ def _decode_opened(data: bytes, im: Image.Image) -> Decoded:
         source_format=source_format,
         icc_profile=icc,
         exif=exif,
-        jpeg_quality=estimate_quality(tables) if tables else None,
+        compression=estimate_quality(tables) if tables else read_quality(data) if source_format == "WEBP" else None,
         cicp=_cicp(im.info),
     )
 

@@ -12,6 +12,7 @@ Only the luminance table (the first) decides; the chrominance table is compared 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -38,6 +39,11 @@ _CHROMA = np.array(
 class JpegQuality:
     quality: int  # IJG quality 1..100 (the estimate where not exact)
     exact: bool  # the tables are exactly libjpeg's for that quality
+
+    band: ClassVar[str] = "jpeg_quality"  # the model card's field with the qualities a model is made for
+
+    def describe(self) -> str:
+        return f"JPEG quality {self.quality}" + ("" if self.exact else " (tables not libjpeg's; nearest quality)")
 
 
 def _scale_factor(quality: int) -> int:

@@ -89,7 +89,8 @@ def test_upscale_in_the_browser_and_an_invalid_file(server, page, tmp_path):
     assert page.eval_on_selector("#result", "img => [img.naturalWidth, img.naturalHeight]") == [123, 90]
     assert page.eval_on_selector("#before", "c => [c.width, c.height]") == [123, 90]
     assert page.get_attribute("#download", "download") == "gradient_x3.png"
-    assert "model fast_x3; auto: not a JPEG" in page.text_content("#summary")  # as X-Model and X-Model-Reason say
+    # as X-Model and X-Model-Reason say
+    assert "model fast_x3; auto: not a lossy JPEG or WebP" in page.text_content("#summary")
     assert page.input_value("#zoom") == "fit"  # the whole image and its divider in view, whatever its size
     stages = page.eval_on_selector_all(".chip", "chips => chips.map(c => c.dataset.stage)")
     assert {"decode", "queue", "infer", "encode", "round trip"} <= set(stages)

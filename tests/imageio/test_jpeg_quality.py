@@ -48,12 +48,12 @@ def test_no_luminance_table_gives_no_estimate():
 
 
 def test_decoding_a_jpeg_carries_its_quality_and_a_png_none():
-    assert decoding.decode(jpeg(50), LIMITS).jpeg_quality.quality == 50
-    assert decoding.decode(encode_image(Image.fromarray(smooth_image(40, 48))), LIMITS).jpeg_quality is None
+    assert decoding.decode(jpeg(50), LIMITS).compression.quality == 50
+    assert decoding.decode(encode_image(Image.fromarray(smooth_image(40, 48))), LIMITS).compression is None
 
 
 def test_a_progressive_jpeg_is_estimated_like_a_baseline_one():
-    assert decoding.decode(jpeg(75, progressive=True), LIMITS).jpeg_quality.quality == 75
+    assert decoding.decode(jpeg(75, progressive=True), LIMITS).compression.quality == 75
 
 
 def test_the_standard_tables_are_quality_50():
