@@ -5,6 +5,7 @@
     python -m export.to_onnx --derived export/models/fast_x2.onnx   # rewrite an exported model's derived files and card
     python -m export.to_onnx --checkpoint runs/jpeg-mid_x2/last.pt --name fast-jpeg-mid --jpeg-band 41 62 \
         --out export/models --val ../shared/datasets/Set5   # a model for JPEG inputs, chosen by model=auto
+    python -m export.to_onnx --evaluate export/models/fast-webp-q50_x2.onnx --webp-band 28 58   # its WebP band
     python -m export.to_onnx --evaluate export/models/fast_x2.onnx --val ../shared/datasets/Set5  # refresh the card
 
 Writes ``<variant>_x<scale>.onnx`` (opset 18; input ``lr`` (N, 3, H + 2c, W + 2c),
@@ -52,6 +53,7 @@ OPSET = 18
 PARITY_TOLERANCE = 1e-4
 PUBLISHED_FSRCNN_SET5 = {2: (37.00, 0.9558), 3: (33.16, 0.9140), 4: (30.71, 0.8657)}
 JPEG_REPORT_QUALITIES = (90, 75, 50, 30)  # the LR JPEG qualities every card reports
+WEBP_REPORT_QUALITIES = (90, 75, 50, 30)  # and the LR WebP qualities
 
 
 def export_onnx(net: SRNet, path: Path, variant: str) -> None:
@@ -167,9 +169,10 @@ def write_card(out: Path, stem: str, card: dict) -> None:
         "onnx_parity_max_abs_err",
     ):
         lines.append(f"| {k} | {card.get(k)} |")
-    if card.get("jpeg_quality"):
-        lo, hi = card["jpeg_quality"]
-        lines += ["", f"`model=auto` runs this model for JPEG inputs of estimated quality {lo}-{hi}."]
+    for field, codec in (("jpeg_quality", "JPEG"), ("webp_quality", "lossy WebP")):
+        if card.get(field):
+            lo, hi = card[field]
+            lines += ["", f"`model=auto` runs this model for {codec} inputs of estimated quality {lo}-{hi}."]
     tr = card.get("training", {})
     if tr:
         lines += ["", "## Training", ""]
@@ -192,43 +195,52 @@ def write_card(out: Path, stem: str, card: dict) -> None:
             f"| bicubic | {ev['bicubic_psnr']:.2f} | {ev['bicubic_ssim']:.4f} |",
             f"| FSRCNN (published) | {pub[0]} | {pub[1]} |",
         ]
-    jp = card.get("set5_jpeg")
-    if jp:
-        lines += [
-            "",
-            "## Set5 with the LR saved as JPEG (Pillow, 4:2:0; Y-PSNR in dB, bicubic of the same JPEG as baseline)",
-            "",
-            "| LR | bicubic | this model | gain |",
-            "|---|---|---|---|",
-        ]
-        for q, row in jp.items():
-            gain = row["psnr"] - row["bicubic_psnr"]
-            lines.append(f"| JPEG q{q} | {row['bicubic_psnr']:.2f} | {row['psnr']:.2f} | {gain:+.2f} |")
+    for field, codec, subsampling in (("set5_jpeg", "JPEG", "4:2:0"), ("set5_webp", "WebP", "libwebp's defaults")):
+        if card.get(field):
+            lines += [
+                "",
+                f"## Set5 with the LR saved as {codec} (Pillow, {subsampling}; Y-PSNR in dB, bicubic of the same "
+                "file as baseline)",
+                "",
+                "| LR | bicubic | this model | gain |",
+                "|---|---|---|---|",
+            ]
+            for q, row in card[field].items():
+                gain = row["psnr"] - row["bicubic_psnr"]
+                lines.append(f"| {codec} q{q} | {row['bicubic_psnr']:.2f} | {row['psnr']:.2f} | {gain:+.2f} |")
     (out / f"{stem}.md").write_text("\n".join(lines) + "\n")
 
 
 def evaluation(path: Path, scale: int, val: str) -> dict:
-    """The card's quality entries: Set5 on clean LR (``set5``) and with the LR saved as JPEG (``set5_jpeg``)."""
+    """The card's quality entries: Set5 on clean LR (``set5``) and with the LR saved as JPEG (``set5_jpeg``) and as
+    lossy WebP (``set5_webp``)."""
     from model.evaluate import evaluate
 
     ev = evaluate(val, scale, path)
     entries = {"set5": {k: round(ev[k], 4) for k in ("psnr", "ssim", "bicubic_psnr", "bicubic_ssim")}}
     log.info("Set5 x%d: model %.3f dB, bicubic %.3f dB", scale, ev["psnr"], ev["bicubic_psnr"])
-    entries["set5_jpeg"] = {}
-    for q in JPEG_REPORT_QUALITIES:
-        ev = evaluate(val, scale, path, jpeg_quality=q)
-        entries["set5_jpeg"][str(q)] = {k: round(ev[k], 4) for k in ("psnr", "bicubic_psnr")}
-        log.info("Set5 x%d, JPEG q%d: model %.3f dB, bicubic %.3f dB", scale, q, ev["psnr"], ev["bicubic_psnr"])
+    for codec, qualities in (("jpeg", JPEG_REPORT_QUALITIES), ("webp", WEBP_REPORT_QUALITIES)):
+        entries[f"set5_{codec}"] = {}
+        for q in qualities:
+            ev = evaluate(val, scale, path, quality=q, codec=codec)
+            entries[f"set5_{codec}"][str(q)] = {k: round(ev[k], 4) for k in ("psnr", "bicubic_psnr")}
+            log.info(
+                "Set5 x%d, %s q%d: model %.3f dB, bicubic %.3f dB", scale, codec, q, ev["psnr"], ev["bicubic_psnr"]
+            )
     return entries
 
 
 def _degradation(tc: dict) -> str:
+    copies = f"{tc.get('jpeg_copies', 4)} copies of each image"
+    if tc.get("webp"):
+        lo, hi = tc["webp"]
+        return f"MATLAB bicubic, then the LR saved as lossy WebP by Pillow at a quality drawn from {lo}-{hi}, {copies}"
     if not tc.get("jpeg"):
         return "MATLAB bicubic"
     lo, hi = tc["jpeg"]
     return (
         f"MATLAB bicubic, then the LR saved as JPEG by Pillow at a quality drawn from {lo}-{hi}, 4:2:0 "
-        f"(a quarter 4:4:4), {tc.get('jpeg_copies', 4)} copies of each image"
+        f"(a quarter 4:4:4), {copies}"
     )
 
 
@@ -267,6 +279,9 @@ def main(argv: list[str] | None = None) -> None:
         "--jpeg-band", type=int, nargs=2, metavar=("LOW", "HIGH"), help="JPEG qualities model=auto runs it for"
     )
     p.add_argument(
+        "--webp-band", type=int, nargs=2, metavar=("LOW", "HIGH"), help="WebP qualities model=auto runs it for"
+    )
+    p.add_argument(
         "--evaluate", nargs="+", type=Path, metavar="MODEL", help="only refresh these cards' figures (--val)"
     )
     args = p.parse_args(argv)
@@ -276,7 +291,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     if args.evaluate:
         for path in args.evaluate:
-            refresh_card(path, args.val, args.jpeg_band)
+            refresh_card(path, args.val, args.jpeg_band, args.webp_band)
         return
 
     training: dict = {}
@@ -335,19 +350,23 @@ def main(argv: list[str] | None = None) -> None:
         "training": training,
         "published_fsrcnn_set5": list(PUBLISHED_FSRCNN_SET5[net.scale]),
     }
-    if args.jpeg_band:
-        card["jpeg_quality"] = list(args.jpeg_band)
+    card.update(_bands(args.jpeg_band, args.webp_band))
     card.update(write_derived(path, net.context, fp16=not args.no_fp16))
     if args.val:
         card.update(evaluation(path, net.scale, args.val))
     write_card(out, stem, card)
 
 
-def refresh_card(path: Path, val: str | None, jpeg_band: list[int] | None) -> None:
-    """Re-measure an exported model's figures on ``val`` and set its JPEG band, if given (weights untouched)."""
+def _bands(jpeg_band: list[int] | None, webp_band: list[int] | None) -> dict[str, list[int]]:
+    """The card fields of the bands given."""
+    return {field: list(band) for field, band in (("jpeg_quality", jpeg_band), ("webp_quality", webp_band)) if band}
+
+
+def refresh_card(path: Path, val: str | None, jpeg_band: list[int] | None, webp_band: list[int] | None = None) -> None:
+    """Re-measure an exported model's figures on ``val`` and set its JPEG and WebP bands, where given (weights
+    untouched)."""
     card = json.loads(path.with_suffix(".json").read_text())
-    if jpeg_band:
-        card["jpeg_quality"] = list(jpeg_band)
+    card.update(_bands(jpeg_band, webp_band))
     if val:
         card.update(evaluation(path, card["scale"], val))
     write_card(path.parent, path.stem, card)

@@ -5,9 +5,10 @@ LR images are made once per HR image with MATLAB-compatible bicubic
 random, aligned positions, with the LR patch carrying ``context`` extra pixels
 per side so the network's valid convolutions see real pixels only.
 
-For models of JPEG-compressed inputs, each LR image is also saved as JPEG
-(``JpegDegradation``) before patches are cut, so the 8x8 block grid lies where
-an encoder puts it: on the whole LR image, not on the patch.
+For models of compressed inputs, each LR image is also saved as JPEG or lossy
+WebP (``LossyDegradation``) before patches are cut, so the block grid (8x8 for
+JPEG, 4x4 transforms in 16x16 macroblocks for WebP) lies where an encoder puts
+it: on the whole LR image, not on the patch.
 """
 
 from __future__ import annotations
@@ -27,9 +28,10 @@ __all__ = [
     "list_images",
     "split_holdout",
     "load_rgb",
-    "jpeg_roundtrip",
+    "CODECS",
+    "lossy_roundtrip",
     "degrade",
-    "JpegDegradation",
+    "LossyDegradation",
     "ImagePair",
     "make_pairs",
     "PatchSampler",
@@ -62,39 +64,60 @@ def load_rgb(path: str | Path) -> np.ndarray:
         return np.asarray(im.convert("RGB"))
 
 
-def jpeg_roundtrip(rgb: np.ndarray, quality: int, subsampling: str = "4:2:0") -> np.ndarray:
-    """Save an (H, W, 3) uint8 image as JPEG with Pillow (libjpeg, IJG tables) and decode it again."""
+CODECS = ("jpeg", "webp")  # the lossy formats training and evaluation can save LR images in
+
+
+def lossy_roundtrip(rgb: np.ndarray, codec: str, quality: int, subsampling: str = "4:2:0") -> np.ndarray:
+    """Save an (H, W, 3) uint8 image as ``codec`` with Pillow and decode it again.
+
+    JPEG: libjpeg's IJG tables at ``quality``, chroma ``subsampling`` as given. WebP: libwebp's lossy encoder at
+    ``quality`` with Pillow's defaults (method 4, always 4:2:0), what a Pillow or ``cwebp`` user gets.
+    """
     buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="JPEG", quality=int(quality), subsampling=subsampling)
+    if codec == "jpeg":
+        Image.fromarray(rgb).save(buf, format="JPEG", quality=int(quality), subsampling=subsampling)
+    elif codec == "webp":
+        Image.fromarray(rgb).save(buf, format="WEBP", quality=int(quality))
+    else:
+        raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
     with Image.open(buf) as im:
         return np.asarray(im.convert("RGB"))
 
 
-def degrade(hr: np.ndarray, scale: int, jpeg_quality: int | None = None) -> np.ndarray:
-    """The LR image of a (mod-cropped) HR image: MATLAB bicubic, then, if asked, JPEG at that quality (4:2:0)."""
+def degrade(hr: np.ndarray, scale: int, quality: int | None = None, codec: str = "jpeg") -> np.ndarray:
+    """The LR image of a (mod-cropped) HR image: MATLAB bicubic, then, if ``quality`` is given, saved as ``codec``
+    at that quality (JPEG 4:2:0)."""
     lr = imresize(hr, 1 / scale)
-    return lr if jpeg_quality is None else jpeg_roundtrip(lr, jpeg_quality)
+    return lr if quality is None else lossy_roundtrip(lr, codec, quality)
 
 
 @dataclass(frozen=True, kw_only=True)
-class JpegDegradation:
-    """JPEG compression of the training LR images, drawn per copy."""
+class LossyDegradation:
+    """Lossy compression of the training LR images, drawn per copy."""
 
-    qualities: tuple[int, int]  # inclusive range of IJG quality, drawn uniformly for each copy
+    codec: str = "jpeg"  # "jpeg" or "webp"
+    qualities: tuple[int, int]  # inclusive range of the encoder's quality, drawn uniformly for each copy
     copies: int = 4  # compressed versions of each LR image (each with its own quality and subsampling)
-    share_444: float = 0.25  # share saved without chroma subsampling; the rest 4:2:0, as cameras and Pillow save
+    share_444: float = 0.25  # JPEG: share saved without chroma subsampling; the rest 4:2:0, as cameras and Pillow
 
     def __post_init__(self) -> None:
         lo, hi = self.qualities
+        if self.codec not in CODECS:
+            raise ValueError(f"codec must be one of {CODECS}, got {self.codec!r}")
         if not 1 <= lo <= hi <= 100:
-            raise ValueError(f"JPEG qualities must be 1 <= low <= high <= 100, got {self.qualities}")
+            raise ValueError(f"qualities must be 1 <= low <= high <= 100, got {self.qualities}")
         if self.copies < 1:
             raise ValueError(f"copies must be at least 1, got {self.copies}")
 
     def apply(self, lr: np.ndarray, rng: np.random.Generator) -> list[np.ndarray]:
         lo, hi = self.qualities
         return [
-            jpeg_roundtrip(lr, int(rng.integers(lo, hi + 1)), "4:4:4" if rng.random() < self.share_444 else "4:2:0")
+            lossy_roundtrip(
+                lr,
+                self.codec,
+                int(rng.integers(lo, hi + 1)),
+                "4:4:4" if rng.random() < self.share_444 else "4:2:0",
+            )
             for _ in range(self.copies)
         ]
 
@@ -110,12 +133,12 @@ def make_pairs(
     scale: int,
     context: int,
     rescales: tuple[float, ...] = (1.0,),
-    jpeg: JpegDegradation | None = None,
+    lossy: LossyDegradation | None = None,
     seed: int = 0,
 ) -> list[ImagePair]:
     """Mod-crop each HR image (optionally also shrunk by each factor in ``rescales``) and degrade it.
 
-    With ``jpeg``, each HR image gets ``jpeg.copies`` pairs (one per compressed LR) instead of one.
+    With ``lossy``, each HR image gets ``lossy.copies`` pairs (one per compressed LR) instead of one.
     """
     rng = np.random.default_rng(seed)
     pairs = []
@@ -126,7 +149,7 @@ def make_pairs(
             if min(hr.shape[:2]) < 4 * scale:
                 continue
             lr = imresize(hr, 1 / scale)
-            for lr_k in jpeg.apply(lr, rng) if jpeg else [lr]:
+            for lr_k in lossy.apply(lr, rng) if lossy else [lr]:
                 lr_k = np.pad(lr_k, ((context, context), (context, context), (0, 0)), mode="symmetric")
                 pairs.append(ImagePair(hr=hr, lr=lr_k))
     return pairs

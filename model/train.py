@@ -11,8 +11,9 @@ depends on the scale, is trained afresh. ``--init`` also takes an exported
 ``.onnx`` file, so a shipped model can be fine-tuned without its checkpoint.
 
 ``--jpeg LOW HIGH`` trains for JPEG-compressed inputs: every LR image is also
-saved as JPEG at qualities drawn from that range (``model.data.JpegDegradation``),
-and validation uses the range's middle quality. ``--holdout N`` keeps every
+saved as JPEG at qualities drawn from that range (``model.data.LossyDegradation``),
+and validation uses the range's middle quality; ``--webp LOW HIGH`` does the same
+with lossy WebP. ``--holdout N`` keeps every
 N-th training image out of training and validates on those instead of ``--val``:
 
     python -m model.train --data ../shared/datasets/T91-part ../shared/datasets/Sun-Hays80 --holdout 10 \
@@ -36,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from model.data import JpegDegradation, PatchSampler, degrade, list_images, load_rgb, make_pairs, split_holdout
+from model.data import LossyDegradation, PatchSampler, degrade, list_images, load_rgb, make_pairs, split_holdout
 from model.image_quality import BT601_LUMA, mod_crop, psnr, rgb_to_y
 from model.network import SRNet, build, config_dict, load_weights, pad_for_inference
 from model.onnx_weights import weights_from_onnx
@@ -66,14 +67,24 @@ class TrainConfig:
     init: str = ""  # checkpoint or exported .onnx whose body weights start this run (fine-tuning)
     resume: bool = False  # continue from out/last.pt
     jpeg: tuple[int, ...] = ()  # (low, high) JPEG quality range of the training LR images; () = clean LR
-    jpeg_copies: int = 4  # JPEG versions of each LR image
+    webp: tuple[int, ...] = ()  # (low, high) lossy WebP quality range of the training LR images (not with jpeg)
+    jpeg_copies: int = 4  # compressed versions of each LR image (JPEG or WebP)
     holdout: int = 0  # validate on every N-th training image, held out of training (instead of val); 0 = off
     val_crop: int = 0  # centre-crop validation images to at most this many HR pixels per side; 0 = whole
 
     @property
+    def codec(self) -> str | None:
+        """The lossy format of the training LR images: "jpeg", "webp", or None for clean LR."""
+        return "jpeg" if self.jpeg else "webp" if self.webp else None
+
+    @property
+    def qualities(self) -> tuple[int, ...]:
+        return self.jpeg or self.webp
+
+    @property
     def val_quality(self) -> int | None:
-        """The JPEG quality validation images are saved at: the middle of the training range."""
-        return (self.jpeg[0] + self.jpeg[1]) // 2 if self.jpeg else None
+        """The quality validation images are saved at (in the training codec): the middle of the training range."""
+        return (self.qualities[0] + self.qualities[1]) // 2 if self.codec else None
 
 
 def centre_crop(img: np.ndarray, size: int) -> np.ndarray:
@@ -134,13 +145,16 @@ def train_step(
 
 
 @torch.no_grad()
-def validate(net: SRNet, images: list[np.ndarray], device: torch.device, jpeg_quality: int | None = None) -> float:
-    """Mean Y-PSNR (shave = scale) of the network's 8-bit output on HR ``images`` (LR saved as JPEG if asked)."""
+def validate(
+    net: SRNet, images: list[np.ndarray], device: torch.device, quality: int | None = None, codec: str = "jpeg"
+) -> float:
+    """Mean Y-PSNR (shave = scale) of the network's 8-bit output on HR ``images`` (LR saved as ``codec`` at
+    ``quality`` if given)."""
     net.eval()
     s, scores = net.scale, []
     for img in images:
         hr = mod_crop(img, s)
-        lr = degrade(hr, s, jpeg_quality).transpose(2, 0, 1)[None].astype(np.float32) / 255
+        lr = degrade(hr, s, quality, codec).transpose(2, 0, 1)[None].astype(np.float32) / 255
         x = torch.from_numpy(pad_for_inference(lr, net.context)).to(device)
         sr = net(x)[0].clamp(0, 1).mul(255).round().byte().cpu().numpy().transpose(1, 2, 0)
         scores.append(psnr(rgb_to_y(hr), rgb_to_y(sr), shave=s))
@@ -150,7 +164,8 @@ def validate(net: SRNet, images: list[np.ndarray], device: torch.device, jpeg_qu
 def describe_run(ckpt: dict) -> str:
     """One line saying what the run that wrote ``ckpt`` did, for the lineage of the runs it starts."""
     tc = ckpt["train_config"]
-    data = f"JPEG {tc['jpeg'][0]}-{tc['jpeg'][1]}" if tc.get("jpeg") else "clean LR"
+    lossy = [f"{name} {tc[key][0]}-{tc[key][1]}" for key, name in (("jpeg", "JPEG"), ("webp", "WebP")) if tc.get(key)]
+    data = lossy[0] if lossy else "clean LR"
     return f"{Path(tc['out']).name}: {ckpt['step']} steps of {ckpt['variant']}, {loss_label(tc)}, lr {tc['lr']}, {data}"
 
 
@@ -246,8 +261,8 @@ def train(cfg: TrainConfig) -> float:
     train_files, held_out = split_holdout([p for folder in cfg.data for p in list_images(folder)], cfg.holdout)
     val_files = held_out or (list_images(cfg.val) if cfg.val else [])
     images = [load_rgb(p) for p in train_files]
-    jpeg = JpegDegradation(qualities=tuple(cfg.jpeg), copies=cfg.jpeg_copies) if cfg.jpeg else None
-    pairs = make_pairs(images, cfg.scale, net.context, cfg.rescales, jpeg=jpeg, seed=cfg.seed)
+    lossy = LossyDegradation(codec=cfg.codec, qualities=cfg.qualities, copies=cfg.jpeg_copies) if cfg.codec else None
+    pairs = make_pairs(images, cfg.scale, net.context, cfg.rescales, lossy=lossy, seed=cfg.seed)
     sampler = PatchSampler(pairs, cfg.scale, net.context, cfg.patch, seed=cfg.seed + step)
     val_images = [centre_crop(load_rgb(p), cfg.val_crop) for p in val_files]
     log.info(
@@ -278,7 +293,7 @@ def train(cfg: TrainConfig) -> float:
             bar.update(1)
             if step % cfg.val_every == 0 or step == cfg.steps:
                 if val_images:
-                    val_psnr = validate(net, val_images, device, cfg.val_quality)
+                    val_psnr = validate(net, val_images, device, cfg.val_quality, cfg.codec or "jpeg")
                 writer.writerow(
                     [
                         step,
@@ -320,13 +335,16 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--init", default=d.init, help="checkpoint or exported .onnx to take body weights from")
     p.add_argument("--resume", action="store_true", help="continue from OUT/last.pt")
-    p.add_argument("--jpeg", type=int, nargs=2, metavar=("LOW", "HIGH"), help="JPEG quality range of the LR images")
-    p.add_argument("--jpeg-copies", type=int, default=d.jpeg_copies)
+    lossy = p.add_mutually_exclusive_group()
+    lossy.add_argument("--jpeg", type=int, nargs=2, metavar=("LOW", "HIGH"), help="JPEG quality range of the LR images")
+    lossy.add_argument("--webp", type=int, nargs=2, metavar=("LOW", "HIGH"), help="WebP quality range of the LR images")
+    p.add_argument("--jpeg-copies", type=int, default=d.jpeg_copies, help="compressed copies of each LR image")
     p.add_argument("--holdout", type=int, default=d.holdout, help="validate on every N-th training image instead")
     p.add_argument("--val-crop", type=int, default=d.val_crop)
     args = vars(p.parse_args(argv))
     args["rescales"] = tuple(args["rescales"])
     args["jpeg"] = tuple(args["jpeg"] or ())
+    args["webp"] = tuple(args["webp"] or ())
     return TrainConfig(**args)
 
 

@@ -11,6 +11,9 @@ import torch
 from PIL import Image
 
 from bench import image_coding, inference, int8, memory, mixed_traffic, resampling, serving, threads
+from model.image_quality import mod_crop
+from model.imresize import imresize
+from service.imageio.webp_quality import read_quality
 from service.runtime.fsrcnn_kernels import instruction_sets
 from tests.conftest import MODELS, decode_image, encode_image, smooth_image
 
@@ -87,24 +90,30 @@ def test_gpu_benchmark_runs_quick(capsys):
     assert '"device_output_mpix_per_s"' in out and "wrote" not in out
 
 
-def test_jpeg_input_benchmark_sends_each_row_to_the_model_of_its_band(tmp_path, capsys):
-    from bench import jpeg_inputs
+def test_lossy_input_benchmark_sends_each_row_to_the_model_of_its_band(tmp_path, capsys):
+    from bench import lossy_inputs
 
     for i in range(2):
         Image.fromarray(smooth_image(64 + 8 * i, 72)).save(tmp_path / f"{i}.png")
-    jpeg_inputs.main(["--quick", "--data", str(tmp_path), "--scales", "2"])
+    lossy_inputs.main(["--quick", "--data", str(tmp_path), "--scales", "2"])
     rows = json.loads(capsys.readouterr().out)["scales"]["2"]
+    cards = [json.loads(p.read_text()) for p in MODELS.glob("*_x2.json")]
     bands = {
-        f"{card['variant']}_x2": card["jpeg_quality"]
-        for card in (json.loads(p.read_text()) for p in MODELS.glob("*_x2.json"))
-        if card.get("jpeg_quality")
+        codec: {f"{card['variant']}_x2": card[field] for card in cards if card.get(field)}
+        for codec, field in (("JPEG", "jpeg_quality"), ("WebP", "webp_quality"))
     }
-    assert bands, "no JPEG models shipped"
+    assert bands["JPEG"], "no JPEG models shipped"
     assert rows[0]["lr"] == "clean (PNG)" and rows[0]["auto_ran"] == ["fast_x2"]
+    assert {row["lr"].split()[0] for row in rows[1:]} == {"JPEG", "WebP"}
+    lrs = [imresize(mod_crop(smooth_image(64 + 8 * i, 72), 2), 1 / 2) for i in range(2)]
     for row in rows[1:]:
-        quality = int(row["lr"].removeprefix("JPEG q"))
-        expected = [m for m, (lo, hi) in bands.items() if lo <= quality <= hi] or ["fast_x2"]
-        assert row["auto_ran"] == expected[:1]
+        codec, quality = row["lr"].split(" q")
+        expected = set()
+        for lr in lrs:  # the quality the service reads from each file decides
+            data = lossy_inputs.encoded(lr, codec.upper(), int(quality))
+            read = int(quality) if codec == "JPEG" else read_quality(data).quality
+            expected |= {next((m for m, (lo, hi) in bands[codec].items() if lo <= read <= hi), "fast_x2")}
+        assert row["auto_ran"] == sorted(expected), row
 
 
 def test_mixed_traffic_benchmark_sends_every_case_to_every_scheduler(capsys):

@@ -11,7 +11,7 @@ from PIL import Image
 
 from model.image_quality import BT601_LUMA
 from model.network import build
-from model.train import TrainConfig, _init_from, load_network, loss_function, train
+from model.train import TrainConfig, _init_from, describe_run, load_network, loss_function, train
 
 SHIPPED = Path(__file__).resolve().parents[2] / "export" / "models"
 
@@ -66,20 +66,29 @@ def test_init_from_a_shipped_onnx_model_reproduces_it(name):
     assert np.abs(ours - session.run(None, {"lr": x})[0]).max() < 1e-5
 
 
-def test_jpeg_degradation_makes_copies_saved_at_qualities_of_its_range():
-    from model.data import JpegDegradation, jpeg_roundtrip, make_pairs
+@pytest.mark.parametrize(("codec", "subsamplings"), [("jpeg", ("4:2:0", "4:4:4")), ("webp", ("4:2:0",))])
+def test_lossy_degradation_makes_copies_saved_at_qualities_of_its_range(codec, subsamplings):
+    from model.data import LossyDegradation, lossy_roundtrip, make_pairs
 
     hr = (np.random.default_rng(1).random((64, 80, 3)) * 255).astype(np.uint8)
     clean = make_pairs([hr], scale=2, context=7)
-    compressed = make_pairs([hr], scale=2, context=7, jpeg=JpegDegradation(qualities=(30, 40), copies=3), seed=2)
+    lossy = LossyDegradation(codec=codec, qualities=(30, 40), copies=3)
+    compressed = make_pairs([hr], scale=2, context=7, lossy=lossy, seed=2)
     assert len(clean) == 1 and len(compressed) == 3
     assert all(p.lr.shape == clean[0].lr.shape and not np.array_equal(p.lr, clean[0].lr) for p in compressed)
     # The degradation is Pillow's encoder at the drawn quality: re-encoding the clean LR at some quality of the
     # range reproduces each copy's pixels exactly.
     lr = clean[0].lr[7:-7, 7:-7]
-    candidates = [jpeg_roundtrip(lr, q, s) for q in range(30, 41) for s in ("4:2:0", "4:4:4")]
+    candidates = [lossy_roundtrip(lr, codec, q, s) for q in range(30, 41) for s in subsamplings]
     for pair in compressed:
         assert any(np.array_equal(pair.lr[7:-7, 7:-7], c) for c in candidates)
+
+
+def test_an_unknown_codec_is_refused():
+    from model.data import LossyDegradation
+
+    with pytest.raises(ValueError, match="codec"):
+        LossyDegradation(codec="gif", qualities=(30, 40))
 
 
 def test_a_jpeg_run_records_its_degradation_and_validates_on_held_out_images(images, tmp_path):
@@ -100,6 +109,16 @@ def test_a_jpeg_run_records_its_degradation_and_validates_on_held_out_images(ima
     _, ckpt = load_network(tmp_path / "run" / "last.pt")
     assert ckpt["train_config"]["jpeg"] == (40, 60) and ckpt["train_config"]["holdout"] == 3
     assert cfg.val_quality == 50 and np.isfinite(best)  # validated on the held-out image, at the range's middle
+
+
+def test_a_webp_run_records_its_degradation(images, tmp_path):
+    cfg = TrainConfig(
+        data=[str(images)], scale=2, out=str(tmp_path / "run"), batch=2, patch=8, threads=1, steps=2, webp=(20, 40)
+    )
+    train(cfg)
+    _, ckpt = load_network(tmp_path / "run" / "last.pt")
+    assert ckpt["train_config"]["webp"] == (20, 40) and cfg.codec == "webp" and cfg.val_quality == 30
+    assert describe_run(ckpt).endswith("WebP 20-40")
 
 
 def test_luma_loss_scores_luma_errors_fully_and_chroma_errors_by_their_weight():

@@ -1,14 +1,19 @@
-"""Quality on JPEG inputs through the running service: what ``model=auto`` gains over the clean model and bicubic.
+"""Quality on JPEG and WebP inputs through the running service: what ``model=auto`` gains over the clean model
+and bicubic.
 
-    python -m bench.jpeg_inputs [--data ../shared/datasets/Set5] [--scales 2 3 4] [--quick]
+    python -m bench.lossy_inputs [--data ../shared/datasets/Set5] [--scales 2 3 4] [--quick]
+    python -m bench.lossy_inputs --data ../shared/datasets/{T91,BSD200,Sun-Hays80} --held-out BSD200 --crop 384
 
 The literature's protocol with the compression users' photos carry: each HR image is mod-cropped, shrunk with
-MATLAB bicubic, and that LR saved as JPEG by Pillow at quality q (4:2:0), or as PNG for the clean row. Each file
-is sent to a real server (``python -m service``, default settings) twice: with no model named (``auto``) and with
+MATLAB bicubic, and that LR saved as JPEG by Pillow at quality q (4:2:0), as lossy WebP by Pillow at quality q
+(libwebp's defaults), or as PNG for the clean row. With ``--held-out``, the images are those training held out
+(every ``--holdout``-th of the ``--data`` folders, as ``model.train --holdout`` splits them) of the folders named,
+centre-cropped to ``--crop``: photos no shipped model trained on. Each file is sent to a real server
+(``python -m service``, default settings) twice: with no model named (``auto``) and with
 ``model=fast`` (the clean model, what the service ran for every input before ``auto``); both answer PNG
 (``format=png``), so the figures measure the model and not a JPEG encoder on the way out. Y-PSNR against the HR,
 shave = scale; the baseline is bicubic upscaling of the same decoded (compressed) LR. Writes
-``bench/results/jpeg-inputs.json``: the mean per scale and row, and the model ``auto`` ran (``X-Model``);
+``bench/results/lossy-inputs-<data>.json``: the mean per scale and row, and the models ``auto`` ran (``X-Model``);
 ``--quick`` prints the JSON instead (the tests run it on small images of their own).
 """
 
@@ -26,18 +31,18 @@ from PIL import Image
 
 from bench.machine import write_result
 from bench.serving import ROOT, free_port, running
-from model.data import list_images, load_rgb
+from model.data import list_images, load_rgb, split_holdout
 from model.image_quality import mod_crop, psnr, rgb_to_y
 from model.imresize import imresize
+from model.train import centre_crop
 
-QUALITIES = (None, 90, 75, 50, 30)  # None: the clean LR, as PNG
+# (format, quality) of each row: the clean LR as PNG, then JPEG and lossy WebP at four qualities
+ROWS = (("PNG", None), *((codec, q) for codec in ("JPEG", "WEBP") for q in (90, 75, 50, 30)))
 
 
-def encoded(lr: np.ndarray, quality: int | None) -> bytes:
+def encoded(lr: np.ndarray, fmt: str, quality: int | None) -> bytes:
     buf = io.BytesIO()
-    Image.fromarray(lr).save(
-        buf, format="PNG" if quality is None else "JPEG", **({"quality": quality} if quality else {})
-    )
+    Image.fromarray(lr).save(buf, format=fmt, **({"quality": quality} if quality else {}))
     return buf.getvalue()
 
 
@@ -49,11 +54,11 @@ def upscaled(client: httpx.Client, data: bytes, scale: int, model: str | None) -
         return np.asarray(im.convert("RGB")), response.headers["x-model"]
 
 
-def measure(client: httpx.Client, images: list[np.ndarray], scale: int, quality: int | None) -> dict:
+def measure(client: httpx.Client, images: list[np.ndarray], scale: int, fmt: str, quality: int | None) -> dict:
     rows = []
     for img in images:
         hr = mod_crop(img, scale)
-        data = encoded(imresize(hr, 1 / scale), quality)
+        data = encoded(imresize(hr, 1 / scale), fmt, quality)
         with Image.open(io.BytesIO(data)) as im:
             lr = np.asarray(im.convert("RGB"))  # what the server decodes
         y = rgb_to_y(hr)
@@ -69,7 +74,7 @@ def measure(client: httpx.Client, images: list[np.ndarray], scale: int, quality:
         )
     means = {k: round(float(np.mean([r[k] for r in rows])), 3) for k in ("bicubic", "fast", "auto")}
     return {
-        "lr": "clean (PNG)" if quality is None else f"JPEG q{quality}",
+        "lr": "clean (PNG)" if quality is None else f"{fmt.replace('WEBP', 'WebP')} q{quality}",
         **means,
         "fast_gain": round(means["fast"] - means["bicubic"], 3),
         "auto_gain": round(means["auto"] - means["bicubic"], 3),
@@ -77,20 +82,34 @@ def measure(client: httpx.Client, images: list[np.ndarray], scale: int, quality:
     }
 
 
+def load(args: argparse.Namespace) -> tuple[str, list[np.ndarray]]:
+    """The name of the image set and its images (see the module docstring)."""
+    if not args.held_out:
+        return args.data[0].name, [load_rgb(f) for f in list_images(args.data[0])]
+    _, held_out = split_holdout([f for folder in args.data for f in list_images(folder)], args.holdout)
+    files = [f for f in held_out if f.parent.name in args.held_out]
+    return f"{'+'.join(args.held_out)}-held-out", [centre_crop(load_rgb(f), args.crop) for f in files]
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "datasets" / "Set5")
+    p.add_argument("--data", type=Path, nargs="+", default=[ROOT.parent / "shared" / "datasets" / "Set5"])
+    p.add_argument("--held-out", nargs="+", help="use the held-out images of these --data folders (names)")
+    p.add_argument("--holdout", type=int, default=10)
+    p.add_argument("--crop", type=int, default=384)
     p.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4])
     p.add_argument("--quick", action="store_true", help="print the JSON, write nothing")
     args = p.parse_args(argv)
-    images = [load_rgb(f) for f in list_images(args.data)]
+    name, images = load(args)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    result: dict = {"data": args.data.name, "images": len(images), "scales": {}}
+    result: dict = {"data": name, "images": len(images), "scales": {}}
+    if args.held_out:
+        result["crop"] = args.crop
     with running([sys.executable, "-m", "service"], {"UPSCALER_PORT": str(port)}, url):
         with httpx.Client(base_url=url, timeout=120) as client:
             for scale in args.scales:
-                result["scales"][str(scale)] = [measure(client, images, scale, q) for q in QUALITIES]
+                result["scales"][str(scale)] = [measure(client, images, scale, fmt, q) for fmt, q in ROWS]
     for scale, rows in result["scales"].items():
         for r in rows:
             line = f"x{scale} {r['lr']:<12} bicubic {r['bicubic']:.2f}  fast {r['fast']:.2f} ({r['fast_gain']:+.2f})"
@@ -98,7 +117,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         print(json.dumps(result))
     else:
-        print("wrote", write_result("jpeg-inputs", result))
+        print("wrote", write_result(f"lossy-inputs-{name}", result))
 
 
 if __name__ == "__main__":
