@@ -22,6 +22,7 @@ __all__ = [
     "MMAP_THRESHOLD",
     "TRIM_THRESHOLD",
     "available_cores",
+    "cuda_status",
     "cuda_usable",
     "die_with_parent",
     "name_os_thread",
@@ -92,14 +93,27 @@ def cuda_usable() -> bool:
 
     onnxruntime-gpu lists the provider even on a machine with no GPU, and a session then quietly runs on the CPU.
     """
+    return cuda_status()[0]
+
+
+def cuda_status() -> tuple[bool, str]:
+    """``cuda_usable()`` and why: the GPUs the driver sees, or what is missing, in words for a log line."""
     if "CUDAExecutionProvider" not in ort.get_available_providers():
-        return False
+        return False, "this ONNX Runtime is the CPU build (no CUDAExecutionProvider)"
     try:
         cuda = ctypes.CDLL("libcuda.so.1")
     except OSError:
-        return False
+        return False, (
+            "no CUDA driver (libcuda.so.1 not found): no NVIDIA GPU here, or a container started without one "
+            "(--gpus, the NVIDIA Container Toolkit)"
+        )
+    status = cuda.cuInit(0)
+    if status != 0:
+        return False, f"the CUDA driver did not start (cuInit error {status})"
     count = ctypes.c_int(0)
-    return cuda.cuInit(0) == 0 and cuda.cuDeviceGetCount(ctypes.byref(count)) == 0 and count.value > 0
+    if cuda.cuDeviceGetCount(ctypes.byref(count)) != 0 or count.value < 1:
+        return False, "the CUDA driver sees no GPU"
+    return True, f"the CUDA driver sees {count.value} GPU(s)"
 
 
 def available_cores() -> int:

@@ -1,4 +1,5 @@
-"""What service/host.py sets: how malloc keeps memory (in page faults, in a fresh process) and OS thread names."""
+"""What service/host.py sets and tells: how malloc keeps memory (in page faults, in a fresh process), OS thread names,
+and whether CUDA can run here."""
 
 import platform
 import subprocess
@@ -7,10 +8,12 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
+import onnxruntime as ort
 import pytest
 
-from service.host import name_os_thread
-from tests.conftest import child_env
+from service.host import cuda_status, name_os_thread
+from tests.conftest import child_env, start_server, stop_server
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 
@@ -62,3 +65,24 @@ def test_a_pool_thread_gets_its_python_name_as_its_os_name():
 
     with ThreadPoolExecutor(1, thread_name_prefix="probe", initializer=name_os_thread) as pool:
         assert pool.submit(os_name).result() == "probe_0"
+
+
+def test_cuda_status_says_why_not():
+    usable, why = cuda_status()
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert (usable, why) == (False, "this ONNX Runtime is the CPU build (no CUDAExecutionProvider)")
+    else:  # onnxruntime-gpu: the driver decides (the GPU image on a host without a GPU: no libcuda.so.1)
+        assert why and (usable == why.startswith("the CUDA driver sees"))
+
+
+def test_without_cuda_the_service_says_it_runs_on_the_cpu_and_why(tmp_path):
+    usable, why = cuda_status()
+    if usable:
+        pytest.skip("CUDA runs here")
+    srv = start_server(tmp_path, device="auto", tile=32, threads=1)
+    try:
+        body = httpx.get(f"{srv.url}/v1/models", timeout=10).json()
+    finally:
+        stop_server(srv)
+    assert (body["device"], body["device_reason"], body["provider"]) == ("cpu", why, "CPUExecutionProvider")
+    assert f"running on the CPU: {why}" in srv.log()

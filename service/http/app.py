@@ -11,12 +11,13 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
+import onnxruntime as ort
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
-from service.host import available_cores, name_os_thread
+from service.host import available_cores, cuda_status, name_os_thread
 from service.http.dependencies import ServiceState
 from service.http.error_responses import install_error_handlers
 from service.http.metrics import Metrics
@@ -34,13 +35,13 @@ __all__ = ["create_app"]
 log = logging.getLogger("service")
 
 
-def _build_engine(settings: Settings) -> Engine:
+def _build_engine(settings: Settings, prefer_gpu: bool) -> Engine:
     return Engine(
         settings.model_dir,
         tile=settings.tile,
         threads=settings.threads,
         workers=settings.engine_workers,
-        prefer_gpu=settings.device != "cpu",
+        prefer_gpu=prefer_gpu,
         precision=settings.precision,
         variants=settings.variants or None,
         cores=max(1, available_cores() // max(1, settings.processes)),  # this process's share
@@ -53,9 +54,22 @@ def _lifespan(state: ServiceState):
     async def lifespan(app: FastAPI):
         s = state.settings
         guard_pixels(s.max_input_pixels)
-        state.engine = await asyncio.to_thread(_build_engine, s)
+        # Asked before any session: onnxruntime-gpu on a machine without a GPU would load CUDA's libraries for
+        # nothing, then run on the CPU without a word.
+        gpu, why = cuda_status() if s.device != "cpu" else (False, "UPSCALER_DEVICE=cpu")
+        if s.device == "cuda" and not gpu:
+            raise RuntimeError(f"UPSCALER_DEVICE=cuda but CUDA cannot run here: {why}")
+        state.engine = await asyncio.to_thread(_build_engine, s, gpu)
         if s.device == "cuda" and not state.engine.on_gpu:
             raise RuntimeError("UPSCALER_DEVICE=cuda but ONNX Runtime has no working CUDA provider here")
+        state.device = "cuda" if state.engine.on_gpu else "cpu"
+        if gpu and not state.engine.on_gpu:
+            why = "ONNX Runtime could not open its CUDA provider (its log above says why)"
+        state.device_reason = why
+        if state.device == "cpu":
+            # A warning where a GPU was expected: onnxruntime-gpu (the GPU image) on a machine without one.
+            expected = s.device == "auto" and "CUDAExecutionProvider" in ort.get_available_providers()
+            log.log(logging.WARNING if expected else logging.INFO, "running on the CPU: %s", why)
         needed, what = s.model_needed
         if not any(k.variant == needed for k in state.engine.specs):
             raise RuntimeError(f"{what} has no model in {s.model_dir}")

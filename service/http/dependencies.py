@@ -32,6 +32,8 @@ class ServiceState:
     decoders: DecoderPool | None = None
     pipeline: Pipeline | None = None
     max_batch: int = 0  # UPSCALER_MAX_BATCH, or the default for the device in use
+    device: str = ""  # "cuda" or "cpu", once the engine is built
+    device_reason: str = ""  # why that device: the GPUs CUDA sees, or why not CUDA
     ready: bool = False
     draining: bool = False
     started: float = field(default_factory=time.monotonic)

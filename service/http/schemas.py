@@ -41,6 +41,11 @@ class ModelsResponse(BaseModel):
     default_model: str = Field(description="what a request that names no model gets; auto: chosen per input")
     clean_model: str = Field(description="what auto runs for inputs that are not JPEGs of some model's band")
     provider: str = Field(description="ONNX Runtime execution provider actually in use")
+    device: str = Field(description="where the models run: 'cuda' or 'cpu'")
+    device_reason: str = Field(
+        description="why there: the GPUs the CUDA driver sees, or why not CUDA (UPSCALER_DEVICE=cpu, the CPU build "
+        "of ONNX Runtime, no CUDA driver, no GPU)"
+    )
     tile: int
     max_batch: int
     models: list[ModelInfo]

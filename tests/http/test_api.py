@@ -152,6 +152,7 @@ def test_the_api_docs_load_every_asset_from_the_service_itself(client, page):
 def test_models_lists_every_scale_with_card_facts_and_provider(client):
     body = client.get("/v1/models").json()
     assert body["provider"] == "CPUExecutionProvider"
+    assert (body["device"], body["device_reason"]) == ("cpu", "UPSCALER_DEVICE=cpu")  # as the test server is started
     assert {(m["variant"], m["scale"]) for m in body["models"]} >= {("fast", 2), ("fast", 3), ("fast", 4)}
     assert all(m["parameters"] and m["macs_per_input_pixel"] for m in body["models"])
     assert {m["kernels"] for m in body["models"]} == {"onnxruntime" if kernels_unavailable() else "native"}

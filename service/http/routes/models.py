@@ -40,6 +40,8 @@ async def models(state: State) -> ModelsResponse:
         default_model=state.settings.default_model,
         clean_model=state.settings.clean_model,
         provider=eng.provider,
+        device=state.device,
+        device_reason=state.device_reason,
         tile=eng.tile,
         max_batch=state.max_batch,
         models=infos,
