@@ -24,8 +24,13 @@ from service.runtime.fsrcnn_kernels import instruction_sets, kernels_unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "export" / "models"
-# Every model shipped, at x2, x3 and x4: the two clean ones and the four for JPEG inputs (docs/model.md).
-SHIPPED_VARIANTS = ("fast", "turbo", "fast-jpeg-q30", "fast-jpeg-q50", "fast-jpeg-q75", "fast-jpeg-q90")
+# Every model shipped, at x2, x3 and x4: the two clean ones, the four for JPEG inputs and the one for WebP inputs
+# (docs/model.md).
+SHIPPED_VARIANTS = (
+    *("fast", "turbo"),
+    *("fast-jpeg-q30", "fast-jpeg-q50", "fast-jpeg-q75", "fast-jpeg-q90"),
+    "fast-webp-q50",
+)
 DATASETS = ROOT.parent / "shared" / "datasets"
 # Tests of the native CPU kernels skip where they cannot run (no compiler at install, neither AVX2 nor AVX-512),
 # saying why; where they can, each test that takes ``isa`` runs once on every instruction set this CPU has.

@@ -1,11 +1,12 @@
-"""model=auto through the real server and the shipped models: a JPEG runs the model of its quality's band, anything
-else the clean model; the answer names the model and why; a named model is still honoured."""
+"""model=auto through the real server and the shipped models: a JPEG or lossy WebP runs the model of its quality's
+band, anything else the clean model; the answer names the model and why; a named model is still honoured."""
 
 import io
 
 import pytest
 from PIL import Image
 
+from service.imageio.webp_quality import read_quality
 from tests.conftest import encode_image, smooth_image
 
 
@@ -15,11 +16,28 @@ def jpeg(quality: int) -> bytes:
     return buf.getvalue()
 
 
+def webp(quality: int, **params) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(smooth_image(48, 40)).save(buf, format="WEBP", quality=quality, **params)
+    return buf.getvalue()
+
+
+def served_bands(client, field: str) -> dict[tuple[int, int], str]:
+    models = client.get("/v1/models").json()["models"]
+    return {tuple(m[field]): f"{m['variant']}_x2" for m in models if m["scale"] == 2 and m[field]}
+
+
 @pytest.fixture(scope="module")
 def bands(client) -> dict[tuple[int, int], str]:
-    models = client.get("/v1/models").json()["models"]
-    found = {tuple(m["jpeg_quality"]): f"{m['variant']}_x2" for m in models if m["scale"] == 2 and m["jpeg_quality"]}
+    found = served_bands(client, "jpeg_quality")
     assert found, "the shipped models have no JPEG bands at x2"
+    return found
+
+
+@pytest.fixture(scope="module")
+def webp_bands(client) -> dict[tuple[int, int], str]:
+    found = served_bands(client, "webp_quality")
+    assert found, "the shipped models have no WebP bands at x2"
     return found
 
 
@@ -45,9 +63,29 @@ def test_every_band_is_reached_by_some_quality_and_a_low_quality_does_not_run_th
     assert set(bands.values()) <= ran and "fast_x2" != expected_model(bands, 30)
 
 
+@pytest.mark.parametrize("quality", [10, 30, 50, 75, 95])
+def test_a_lossy_webp_runs_the_model_of_the_webp_band_its_header_reads_into(client, webp_bands, quality):
+    data = webp(quality)
+    read = read_quality(data)
+    response = upscale(client, data)
+    assert response.headers["x-model"] == expected_model(webp_bands, read.quality)
+    assert response.headers["x-model-reason"].startswith(f"auto: WebP quality {read.quality} (quantiser ")
+
+
+def test_a_strongly_compressed_webp_does_not_run_the_clean_model(client, webp_bands):
+    assert upscale(client, webp(50)).headers["x-model"] != "fast_x2"
+
+
+def test_a_lossless_webp_runs_the_clean_model(client):
+    response = upscale(client, webp(90, lossless=True))
+    assert response.headers["x-model"] == "fast_x2"
+    assert response.headers["x-model-reason"] == "auto: not a lossy JPEG or WebP"
+
+
 def test_a_png_runs_the_clean_model(client):
     response = upscale(client, encode_image(Image.fromarray(smooth_image(48, 40))))
-    assert response.headers["x-model"] == "fast_x2" and response.headers["x-model-reason"] == "auto: not a JPEG"
+    assert response.headers["x-model"] == "fast_x2"
+    assert response.headers["x-model-reason"] == "auto: not a lossy JPEG or WebP"
 
 
 def test_a_named_model_is_honoured_for_a_jpeg(client):
