@@ -28,7 +28,13 @@ class ModelInfo(BaseModel):
         None, description="per JPEG quality of the LR: Set5 Y-PSNR of the model and of bicubic of the same JPEG"
     )
     jpeg_quality: list[int] | None = Field(
-        None, description="[low, high]: the JPEG qualities model=auto runs this model for; null: not a JPEG model"
+        None, description="[low, high]: the JPEG qualities model=auto runs this model for; null: none"
+    )
+    set5_webp: dict[str, dict[str, float]] | None = Field(
+        None, description="per WebP quality of the LR: Set5 Y-PSNR of the model and of bicubic of the same WebP"
+    )
+    webp_quality: list[int] | None = Field(
+        None, description="[low, high]: the lossy WebP qualities model=auto runs this model for; null: none"
     )
     precision: str
     kernels: str = Field(description="what runs the model: 'native' (the service's own CPU kernels) or 'onnxruntime'")
@@ -39,7 +45,7 @@ class ModelInfo(BaseModel):
 
 class ModelsResponse(BaseModel):
     default_model: str = Field(description="what a request that names no model gets; auto: chosen per input")
-    clean_model: str = Field(description="what auto runs for inputs that are not JPEGs of some model's band")
+    clean_model: str = Field(description="what auto runs for inputs that are not JPEGs or WebPs of some model's band")
     provider: str = Field(description="ONNX Runtime execution provider actually in use")
     device: str = Field(description="where the models run: 'cuda' or 'cpu'")
     device_reason: str = Field(

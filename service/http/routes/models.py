@@ -30,6 +30,8 @@ async def models(state: State) -> ModelsResponse:
             set5=spec.card.get("set5"),
             set5_jpeg=spec.card.get("set5_jpeg"),
             jpeg_quality=spec.card.get("jpeg_quality"),
+            set5_webp=spec.card.get("set5_webp"),
+            webp_quality=spec.card.get("webp_quality"),
             precision="fp16" if eng.fp16 else "fp32",
             kernels=eng.kernels((v, sc)),
             instruction_set=eng.instruction_set((v, sc)),

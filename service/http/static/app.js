@@ -91,8 +91,12 @@ for (const input of [el.width, el.height]) input.addEventListener("input", sizeA
 function describeModel() {
   if (el.model.value === "auto") {
     const scale = Math.ceil(Number(el.scale.value));
-    const bands = state.models.models.filter((m) => m.scale === scale && m.jpeg_quality)
-      .map((m) => `${m.variant} for JPEG quality ${m.jpeg_quality[0]}–${m.jpeg_quality[1]}`);
+    const bands = [];
+    for (const [field, codec] of [["jpeg_quality", "JPEG"], ["webp_quality", "WebP"]]) {
+      for (const m of state.models.models.filter((m) => m.scale === scale && m[field])) {
+        bands.push(`${m.variant} for ${codec} quality ${m[field][0]}–${m[field][1]}`);
+      }
+    }
     el.modelInfo.textContent = `auto: the model made for your file — ${bands.concat(
       `${state.models.clean_model} for everything else`).join(", ")}.`;
     return;
