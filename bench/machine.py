@@ -21,6 +21,8 @@ __all__ = [
     "timed",
     "sgemm_gflops",
     "avx2_sgemm_gflops",
+    "child_sgemm_gflops",
+    "caches",
     "write_result",
     "RESULTS",
     "MODELS",
@@ -46,8 +48,21 @@ def machine_class() -> str:
     return platform.machine() or "unknown"
 
 
+def caches() -> dict[str, str]:
+    """The first core's caches as Linux reports them, e.g. ``{"L1d": "48K", "L2": "1024K", "L3": "32768K"}``."""
+    found: dict[str, str] = {}
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind, size = ((index / f).read_text().strip() for f in ("level", "type", "size"))
+        except OSError:
+            continue
+        suffix = {"Data": "d", "Instruction": "i"}.get(kind, "")
+        found[f"L{level}{suffix}"] = size
+    return found
+
+
 def describe() -> dict:
-    """CPU model, its class, core count, library versions."""
+    """CPU model, its class, core count, caches, library versions."""
     cpu = "unknown"
     cpuinfo = Path("/proc/cpuinfo")
     if cpuinfo.exists():
@@ -59,6 +74,7 @@ def describe() -> dict:
         "cpu": cpu,
         "machine_class": machine_class(),
         "cores": os.cpu_count(),
+        "caches": caches(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "onnxruntime": ort.__version__,
@@ -88,8 +104,18 @@ def sgemm_gflops(n: int = 2048, repeat: int = 5) -> float:
 
 def avx2_sgemm_gflops(n: int, repeat: int) -> float:
     """SGEMM with OpenBLAS held to its AVX2 (Haswell) kernel, in a child process: OpenBLAS reads the choice once."""
+    return child_sgemm_gflops(n, repeat, coretype="Haswell")
+
+
+def child_sgemm_gflops(n: int, repeat: int, coretype: str | None = None, threads: int | None = None) -> float:
+    """SGEMM in a child process, where OpenBLAS can be held to one kernel (``coretype``, e.g. Haswell for AVX2)
+    and to ``threads`` threads: it reads both once, when it loads."""
     code = f"from bench.machine import sgemm_gflops; print(sgemm_gflops({n}, repeat={repeat}))"
-    env = {**os.environ, "OPENBLAS_CORETYPE": "Haswell"}
+    env = dict(os.environ)
+    if coretype:
+        env["OPENBLAS_CORETYPE"] = coretype
+    if threads:
+        env["OPENBLAS_NUM_THREADS"] = env["OMP_NUM_THREADS"] = str(threads)
     root = RESULTS.parent.parent
     out = subprocess.run([sys.executable, "-c", code], env=env, cwd=root, capture_output=True, text=True, check=True)
     return float(out.stdout.strip().splitlines()[-1])

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import image_coding, inference, int8, memory, mixed_traffic, resampling, serving, threads
+from bench import image_coding, inference, int8, layers, memory, mixed_traffic, resampling, serving, threads
 from model.image_quality import mod_crop
 from model.imresize import imresize
 from service.imageio.webp_quality import read_quality
@@ -19,7 +19,7 @@ from tests.conftest import MODELS, decode_image, encode_image, smooth_image
 
 
 @pytest.mark.parametrize(
-    "bench", [inference, image_coding, serving, memory, int8, threads, resampling], ids=lambda m: m.__name__
+    "bench", [inference, layers, image_coding, serving, memory, int8, threads, resampling], ids=lambda m: m.__name__
 )
 def test_benchmark_runs_quick(bench, capsys):
     # The service benchmark also runs two server and two client processes, the GPU layout.
@@ -27,6 +27,18 @@ def test_benchmark_runs_quick(bench, capsys):
     bench.main(["--quick", *extra])
     out = capsys.readouterr().out
     assert out.strip() and "wrote" not in out
+
+
+@pytest.mark.skipif(not instruction_sets(), reason="the native kernels do not run on this CPU")
+def test_layer_benchmark_times_every_convolution_of_a_tile_on_every_instruction_set():
+    result = layers.main(["--quick", "--models", "fast_x3"])
+    assert set(result["one_thread_sgemm_gflops"]) == set(instruction_sets())
+    for run in result["models"]["fast_x3"].values():
+        names = [layer["layer"] for layer in run["layers"]]
+        assert names == [*(f"body {i}" for i in range(7)), "phases", "skip 0", "skip 1", "skip 2"]
+        assert sum(layer["share"] for layer in run["layers"]) == pytest.approx(1, abs=0.01)
+        assert run["layers"][0]["shape"] == "3->56, 5x5" and run["layers"][7]["shape"] == "56->27, 3x3"
+        assert all(layer["gflops"] > 0 and layer["bytes_written"] > 0 for layer in run["layers"])
 
 
 def test_engine_benchmark_times_every_peer_against_its_instruction_sets_sgemm(capsys):
