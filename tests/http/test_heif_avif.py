@@ -1,6 +1,7 @@
 """HEIF/HEIC and AVIF uploads through the real server, files written by real encoders (libheif with x265 through
-pillow-heif, libavif with aom through Pillow): 8 and 10 bits, orientation applied once, ICC profile, alpha and
-grayscale kept, sequences refused, and sizes checked from the container's header."""
+pillow-heif, libavif with aom through Pillow): 8, 10 and 12 bits (HEIC; Pillow's AVIF encoder writes 8 only),
+orientation applied once, ICC profile, alpha and grayscale kept, sequences refused, and sizes checked from the
+container's header."""
 
 import io
 
@@ -79,11 +80,15 @@ def test_the_orientation_is_applied_once(client, reference, fmt):
     assert np.abs(got - np.rot90(reference, k=1)).mean() > 10  # not the other way (three turns)
 
 
-def test_a_ten_bit_heic_keeps_its_depth_in_a_sixteen_bit_png(client):
+@pytest.mark.parametrize("bits", [10, 12])
+def test_a_ten_or_twelve_bit_heic_keeps_its_depth_in_a_sixteen_bit_png(client, bits, monkeypatch):
     deep = (PICTURE.astype(np.uint16) * 257 + 100).astype(np.uint16)  # values no 8-bit image has
-    ten = pillow_heif.from_bytes(mode="RGB;16", size=(64, 48), data=deep.tobytes())
+    picture = pillow_heif.from_bytes(mode="RGB;16", size=(64, 48), data=deep.tobytes())
+    monkeypatch.setattr(pillow_heif.options, "SAVE_HDR_TO_12_BIT", bits == 12)  # libheif's choice of depth
     buf = io.BytesIO()
-    ten.save(buf, quality=95)
+    picture.save(buf, quality=95)
+    with Image.open(buf) as written:
+        assert written.info["bit_depth"] == bits
     response = client.post("/v1/upscale", content=buf.getvalue(), params={"format": "png"})
     assert response.status_code == 200, response.text
     width, height, rows, info = pypng.Reader(bytes=response.content).read()
