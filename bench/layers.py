@@ -1,17 +1,20 @@
 """Where a tile's time goes on the service's CPU kernels: each layer's GFLOP/s, bytes and share, against one-thread
 SGEMM, per shipped model and instruction set.
 
-    python -m bench.layers [--models fast_x2,fast_x4] [--tile 128] [--quick]
+    python -m bench.layers [--models fast_x2,fast_x4] [--tile 128] [--bands 2,4,8,16,0] [--quick]
 
 One thread, one tile of ``--tile`` LR pixels with the model's context, as the service runs it (one single-threaded
 run per core). Each convolution of ``service.runtime.fsrcnn_kernels.NativeNetwork`` (the body's layers, the learned
-upsampler's phases, the bicubic skip's phases per colour) is timed on its own, on maps of the shapes the tile gives
-it; the whole tile is timed too (one ``fsrcnn_forward`` call, which reuses its buffers, so it can be a little faster
-than the sum). Per layer: GFLOP/s (2 x multiply-adds of the layer as trained), the bytes it reads (input map and
+upsampler's phases, the bicubic skip's phases per colour) is timed on its own, on whole maps of the shapes the tile
+gives it. Per layer: GFLOP/s (2 x multiply-adds of the layer as trained), the bytes it reads (input map and
 weights) and writes (output map), and its share of the sum of the layers' times; beside them one-thread SGEMM
 (numpy's OpenBLAS in a child process held to one thread, and for ``avx2`` to its AVX2 kernel, as ``bench.inference``
-does), and the machine's caches, against which the maps' sizes can be read. Writes
-``bench/results/layers-<machine class>.json``; ``--quick`` prints it instead.
+does), and the machine's caches, against which the maps' sizes can be read.
+
+The whole tile is timed too, in one ``fsrcnn_forward`` call, as the service runs it: the body as a pipeline of line
+buffers, a band of rows at a time (``BAND_ROWS``), so that no wide map goes through memory whole; it can be faster
+than the sum of the layers timed alone. ``band_tile_ms`` times it at each of ``--bands`` (0: every map whole).
+Writes ``bench/results/layers-<machine class>.json``; ``--quick`` prints it instead.
 """
 
 from __future__ import annotations
@@ -24,7 +27,9 @@ import numpy as np
 
 from bench.machine import MODELS, child_sgemm_gflops, machine_class, timed, write_result
 from service.model_files import KERNEL_WEIGHTS_SUFFIX
-from service.runtime.fsrcnn_kernels import NativeNetwork, instruction_sets
+from service.runtime.fsrcnn_kernels import BAND_ROWS, NativeNetwork, instruction_sets
+
+WHOLE = 1 << 20  # a band that holds every map whole
 
 
 def layer_runs(net: NativeNetwork, tile: int) -> list[tuple[str, object, np.ndarray]]:
@@ -55,7 +60,14 @@ def describe_layer(name: str, conv, x: np.ndarray, seconds: float) -> dict:
     }
 
 
-def measure(model: str, isa: str, tile: int, repeat: int) -> dict:
+def tile_ms(model: str, isa: str, tile: int, repeat: int, band: int | None = None) -> float:
+    """Milliseconds of one tile in one fsrcnn_forward call, median of ``repeat`` batches of 4."""
+    net = NativeNetwork(MODELS / f"{model}{KERNEL_WEIGHTS_SUFFIX}.npz", isa=isa, band=band)
+    batch = np.random.default_rng(1).random((4, net.channels, *[tile + 2 * net.context] * 2), dtype=np.float32)
+    return timed(lambda: net.run_pixels(batch), repeat=repeat, warmup=2) * 1e3 / len(batch)
+
+
+def measure(model: str, isa: str, tile: int, repeat: int, bands: list[int]) -> dict:
     net = NativeNetwork(MODELS / f"{model}{KERNEL_WEIGHTS_SUFFIX}.npz", isa=isa)
     layers = []
     for name, conv, x in layer_runs(net, tile):
@@ -65,13 +77,14 @@ def measure(model: str, isa: str, tile: int, repeat: int) -> dict:
     total = sum(layer["ms"] for layer in layers)
     for layer in layers:
         layer["share"] = round(layer["ms"] / total, 3)
-    batch = np.random.default_rng(1).random((1, net.channels, *[tile + 2 * net.context] * 2), dtype=np.float32)
-    tile_ms = timed(lambda: net.run(batch), repeat=repeat, warmup=2) * 1e3
+    whole_tile = tile_ms(model, isa, tile, repeat)
     flops = sum(layer["gflops"] * layer["ms"] for layer in layers) * 1e6  # GFLOP/s x ms = MFLOP
     return {
-        "tile_ms": round(tile_ms, 3),
+        "band": BAND_ROWS[isa],
+        "tile_ms": round(whole_tile, 3),
         "layers_ms": round(total, 3),
-        "tile_gflops": round(flops / tile_ms / 1e6, 2),
+        "tile_gflops": round(flops / whole_tile / 1e6, 2),
+        "band_tile_ms": {str(b): round(tile_ms(model, isa, tile, repeat, b or WHOLE), 3) for b in bands},
         "layers": layers,
     }
 
@@ -80,16 +93,18 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", default="fast_x2,fast_x3,fast_x4")
     p.add_argument("--tile", type=int, default=128)
+    p.add_argument("--bands", default="2,4,8,16,0", help="bands of rows to time the whole tile at (0: whole maps)")
     p.add_argument("--quick", action="store_true", help="small tile, few repeats; print, write nothing")
     args = p.parse_args(argv)
     tile, repeat, n = (32, 3, 256) if args.quick else (args.tile, 21, 1024)
+    bands = [int(b) for b in args.bands.split(",") if b]
     isas = instruction_sets()
     sgemm = {isa: child_sgemm_gflops(n, 5, coretype="Haswell" if isa == "avx2" else None, threads=1) for isa in isas}
     result = {
         "tile": tile,
         "one_thread_sgemm_gflops": {isa: round(v, 1) for isa, v in sgemm.items()},
         "models": {
-            model: {isa: measure(model, isa, tile, repeat) for isa in isas} for model in args.models.split(",")
+            model: {isa: measure(model, isa, tile, repeat, bands) for isa in isas} for model in args.models.split(",")
         },
     }
     for runs in result["models"].values():

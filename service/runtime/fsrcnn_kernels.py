@@ -37,6 +37,10 @@ __all__ = [
 ]
 
 ISA_NAMES = ("avx512", "avx2")  # the instruction sets fsrcnn.c is compiled for, best first (FSRCNN_<NAME>)
+# Rows each layer computes at a time in fsrcnn_forward's pipeline, per instruction set: with 8 (AVX-512) or 4 (AVX2)
+# rows of a 56-channel map of a 128-px tile in flight (128-256 KB), the wide maps stay in a core's L2.
+# `python -m bench.layers --bands` times the choices (docs/performance.md, "Per layer").
+BAND_ROWS = {"avx512": 8, "avx2": 4}
 
 
 @cache
@@ -141,18 +145,23 @@ def _block_sizes(library: Library, isa: int) -> list[int]:
 class NativeNetwork:
     """An SRNet's forward pass on the kernels: (N, 3, T + 2c, T + 2c) float32 tiles -> (N, 3, sT, sT).
 
-    ``isa``: the instruction set to run on (one of :func:`instruction_sets`; None = the best this CPU has). Raises
+    ``isa``: the instruction set to run on (one of :func:`instruction_sets`; None = the best this CPU has); ``band``:
+    the rows each layer computes at a time (None = ``BAND_ROWS`` of the instruction set; the result does not
+    depend on it, only the speed). Raises
     ValueError for a file that is not consistent kernel weights (``export.kernel_weights``), or for an instruction set
     this CPU does not run: the kernels trust the shapes they are given, so every one is checked here or before each
     call.
     """
 
-    def __init__(self, path: Path, isa: str | None = None):
+    def __init__(self, path: Path, isa: str | None = None, band: int | None = None):
         self._library = _kernels()
         supported = _supported(self._library)
         self.isa = supported[0] if isa is None else isa
         if self.isa not in supported:
             raise ValueError(f"this CPU cannot run the native kernels on {self.isa!r}; it runs {supported}")
+        self.band = BAND_ROWS[self.isa] if band is None else band
+        if self.band < 1:
+            raise ValueError(f"band must be at least 1 row, got {self.band}")
         self._isa_code = _isa_code(self._library, self.isa)  # what the C takes, looked up once, not per tile
         with np.load(path, allow_pickle=False) as f:
             arrays = dict(f)
@@ -219,26 +228,27 @@ class NativeNetwork:
 
     def _tile(self, x: np.ndarray, f32: np.ndarray | None = None, u8: np.ndarray | None = None) -> None:
         """One C-contiguous (3, T + 2c, T + 2c) tile into ``f32`` (3, sT, sT) or ``u8`` (sT, sT, 3), in one call.
-        Intermediate maps live in this thread's workspace: fresh arrays of a few MB each would be page-faulted in on
-        every tile."""
+        The layers' line buffers, the phases and the skip live in this thread's workspace: fresh arrays would be
+        page-faulted in on every tile."""
         if x.shape[0] != self.channels or x.dtype != np.float32 or not x.flags.c_contiguous:
             raise ValueError(f"expected a C-contiguous ({self.channels}, h, w) float32 tile, got {x.shape} {x.dtype}")
         buffers = [_WORKSPACE.take(slot, size) for slot, size in enumerate(self._buffer_sizes(*x.shape[1:]))]
         address = self._library.address
         network = (self._layers, len(self.body), self.channels, self.scale, self.crop, address(self.lag))
-        tile = (address(x), *x.shape[1:], *(address(b) for b in buffers), address(f32), address(u8))
+        lines, learned, skip = (address(b) for b in buffers)
+        tile = (address(x), *x.shape[1:], lines, self.band, learned, skip, address(f32), address(u8))
         if self._library.lib.fsrcnn_forward(self._isa_code, *network, *tile):
             raise RuntimeError("fsrcnn_forward has no kernel for one of the layers")
 
     def _buffer_sizes(self, height: int, width: int) -> tuple[int, int, int]:
-        """Floats fsrcnn_forward writes in each buffer for a tile of height x width: the layers take turns in the
-        first two (the body, then the phases), the skip's s*s phases of each colour fill the third."""
-        sizes, h, w = [0, 0], height, width
-        for i, conv in enumerate([*self.body, self.phases]):
+        """Floats fsrcnn_forward writes in each buffer for a tile of height x width: the body's line buffers, the
+        learned phases' planes, the skip's s*s phases of each colour."""
+        lines = self._library.lib.fsrcnn_line_floats(self._layers, len(self.body), height, width, self.band)
+        h, w = height, width
+        for conv in [*self.body, self.phases]:
             h, w = h - conv.k + 1, w - conv.k + 1
-            sizes[i % 2] = max(sizes[i % 2], conv.cout * h * w)
         core = (height - 2 * self.context) * (width - 2 * self.context)
-        return sizes[0], sizes[1], self.channels * self.scale**2 * core
+        return lines, self.phases.cout * h * w, self.channels * self.scale**2 * core
 
 
 class _Workspace(threading.local):

@@ -98,6 +98,18 @@ def test_shipped_native_twins_compute_the_shipped_model(isa, model):
 
 
 @on_every_isa
+@pytest.mark.parametrize("model", ["fast_x2", "fast_x3", "fast_x4", "fast-webp-q50_x2"])  # phases of 2, 3 and 2; deep
+def test_the_pipelines_band_of_rows_changes_no_pixel(isa, model):
+    rng = np.random.default_rng(1)
+    reference = NativeNetwork(MODELS / f"{model}_native.npz", isa=isa, band=10_000)  # every map whole
+    x = rng.random((1, 3, 50 + 2 * reference.context, 37 + 2 * reference.context), dtype=np.float32)
+    expected = reference.run(x)
+    for band in (1, 2, 3, 5, 8, 13):
+        got = NativeNetwork(MODELS / f"{model}_native.npz", isa=isa, band=band).run(x)
+        np.testing.assert_array_equal(got, expected, err_msg=f"band {band}")
+
+
+@on_every_isa
 def test_eight_bit_pixels_are_to_pixels_of_the_float_result_rounded_at_the_boundaries(isa):
     net = NativeNetwork(MODELS / "fast_x2_native.npz", isa=isa)
     x = np.random.default_rng(2).random((2, 3, 30, 27), dtype=np.float32)

@@ -18,6 +18,7 @@
  */
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "fsrcnn.h"
 
@@ -183,17 +184,23 @@ static BlockKernel kernel_for(int isa, int cb) {
     return NULL;
 }
 
-int fsrcnn_conv(int isa, const float *in, int cin, long in_plane, long in_row, const float *wp, const float *bias,
-                const float *slope, int cout, int cb, int k, float *out, int oh, int ow) {
+/* Rows y0 .. y1 of a convolution whose output planes are plane_rows x ow (row y reads input rows y .. y + k - 1). */
+static int conv_rows(int isa, const float *in, int cin, long in_plane, long in_row, const float *wp, const float *bias,
+                     const float *slope, int cout, int cb, int k, float *out, int plane_rows, int ow, int y0, int y1) {
     const BlockKernel block = cb >= 1 && cout % cb == 0 && fsrcnn_isa_supported(isa) ? kernel_for(isa, cb) : NULL;
     if (!block) return -1;
-    for (int y = 0; y < oh; y += 2) { /* every block of channels, then the next two rows: their input stays in cache */
-        const int rb = oh - y < 2 ? 1 : 2;
+    for (int y = y0; y < y1; y += 2) { /* every block of channels, then the next two rows: their input stays in cache */
+        const int rb = y1 - y < 2 ? 1 : 2;
         for (int b = 0; b < cout / cb; b++)
             block(in, cin, in_plane, in_row, wp + (long)b * cin * k * k * cb, bias + b * cb, slope ? slope + b * cb : 0,
-                  k, out + (long)b * cb * oh * ow, oh, ow, y, rb);
+                  k, out + (long)b * cb * plane_rows * ow, plane_rows, ow, y, rb);
     }
     return 0;
+}
+
+int fsrcnn_conv(int isa, const float *in, int cin, long in_plane, long in_row, const float *wp, const float *bias,
+                const float *slope, int cout, int cb, int k, float *out, int oh, int ow) {
+    return conv_rows(isa, in, cin, in_plane, in_row, wp, bias, slope, cout, cb, k, out, oh, ow, 0, oh);
 }
 
 void fsrcnn_assemble(const float *skip, const float *learned, int c, int s, int h, int w, int lh, int lw,
@@ -243,28 +250,79 @@ PER_ISA void fsrcnn_planes_from_u8(const uint8_t *src, long row_stride, int size
     }
 }
 
-int fsrcnn_forward(int isa, const FsrcnnLayer *layer, int body, int channels, int scale, int crop, const int *lag,
-                   const float *x, int h, int w, float *ws0, float *ws1, float *skip, float *out_f32,
-                   uint8_t *out_u8) {
-    float *ws[2] = {ws0, ws1};
-    const float *in = x;
-    int ih = h, iw = w;
-    for (int i = 0; i <= body; i++) {
-        const FsrcnnLayer *l = &layer[i];
-        const int oh = ih - l->k + 1, ow = iw - l->k + 1;
-        if (fsrcnn_conv(isa, in, l->cin, (long)ih * iw, iw, l->weight, l->bias, l->slope, l->cout, l->block, l->k,
-                        ws[i % 2], oh, ow))
-            return -1;
-        in = ws[i % 2];
-        ih = oh;
-        iw = ow;
+long fsrcnn_line_floats(const FsrcnnLayer *layer, int body, int h, int w, int band) {
+    long total = 0;
+    for (int i = 0; i < body; i++) {
+        h -= layer[i].k - 1, w -= layer[i].k - 1;
+        const int rows = band + layer[i + 1].k - 1;
+        total += (long)layer[i].cout * (rows < h ? rows : h) * w;
     }
+    return total;
+}
+
+/* The body and the phases as a pipeline of line buffers: layer i < body keeps only the rows of its output that the
+ * next layer has not used yet (at most band + k_next - 1 of them), layer body (the phases) writes its whole output.
+ * Each pass over the layers lets every layer compute what its input and its buffer's room allow, at most `band`
+ * rows, so a wide map (56 channels at tile 128: 32 KB a row) passes through a few rows at a time, in cache. A
+ * buffer always holds at least k_next rows, so its consumer can always move: the pipeline never stalls. */
+static int body_in_bands(int isa, const FsrcnnLayer *layer, int body, const float *x, int h, int w, float *lines,
+                         int band, float *learned) {
+    enum { MAX_LAYERS = 64 };
+    if (body + 1 > MAX_LAYERS || band < 1) return -1;
+    int oh[MAX_LAYERS], ow[MAX_LAYERS], cap[MAX_LAYERS], done[MAX_LAYERS], base[MAX_LAYERS];
+    float *buf[MAX_LAYERS];
+    for (int i = 0, ih = h, iw = w; i <= body; i++) {
+        oh[i] = ih - layer[i].k + 1, ow[i] = iw - layer[i].k + 1;
+        ih = oh[i], iw = ow[i];
+        done[i] = base[i] = 0;
+        if (i < body) {
+            cap[i] = band + layer[i + 1].k - 1 < oh[i] ? band + layer[i + 1].k - 1 : oh[i];
+            buf[i] = lines;
+            lines += (long)layer[i].cout * cap[i] * ow[i];
+        } else {
+            cap[i] = oh[i];
+            buf[i] = learned;
+        }
+    }
+    while (done[body] < oh[body]) {
+        for (int i = 0; i <= body; i++) {
+            const FsrcnnLayer *l = &layer[i];
+            if (i < body && done[i + 1] > base[i]) { /* drop the rows the next layer has used */
+                const int drop = done[i + 1] - base[i], keep = done[i] - done[i + 1];
+                for (int c = 0; c < l->cout; c++) {
+                    float *plane = buf[i] + (long)c * cap[i] * ow[i];
+                    memmove(plane, plane + (long)drop * ow[i], sizeof(float) * keep * ow[i]);
+                }
+                base[i] = done[i + 1];
+            }
+            int end = i == 0 ? oh[0] : done[i - 1] - l->k + 1; /* the rows its input allows */
+            end = end < base[i] + cap[i] ? end : base[i] + cap[i];
+            end = end < done[i] + band ? end : done[i] + band;
+            if (end <= done[i]) continue;
+            const float *in = i == 0 ? x : buf[i - 1] - (long)base[i - 1] * ow[i - 1]; /* row r of the input at r */
+            const long in_plane = i == 0 ? (long)h * w : (long)cap[i - 1] * ow[i - 1], in_row = i == 0 ? w : ow[i - 1];
+            float *out = buf[i] - (long)base[i] * ow[i];
+            if (conv_rows(isa, in, l->cin, in_plane, in_row, l->weight, l->bias, l->slope, l->cout, l->block, l->k, out,
+                          cap[i], ow[i], done[i], end))
+                return -1;
+            done[i] = end;
+        }
+    }
+    return 0;
+}
+
+int fsrcnn_forward(int isa, const FsrcnnLayer *layer, int body, int channels, int scale, int crop, const int *lag,
+                   const float *x, int h, int w, float *lines, int band, float *learned, float *skip, float *out_f32,
+                   uint8_t *out_u8) {
+    if (body_in_bands(isa, layer, body, x, h, w, lines, band, learned)) return -1;
+    int ih = h, iw = w;
+    for (int i = 0; i <= body; i++) ih -= layer[i].k - 1, iw -= layer[i].k - 1;
     const FsrcnnLayer *sk = &layer[body + 1];
     const int th = h - 2 * crop - sk->k + 1, tw = w - 2 * crop - sk->k + 1;
     for (int c = 0; c < channels; c++, sk++)
         if (fsrcnn_conv(isa, x + (long)c * h * w + (long)crop * w + crop, 1, (long)h * w, w, sk->weight, sk->bias,
                         sk->slope, sk->cout, sk->block, sk->k, skip + (long)c * sk->cout * th * tw, th, tw))
             return -1;
-    fsrcnn_assemble(skip, in, channels, scale, th, tw, ih, iw, lag, out_f32, out_u8);
+    fsrcnn_assemble(skip, learned, channels, scale, th, tw, ih, iw, lag, out_f32, out_u8);
     return 0;
 }

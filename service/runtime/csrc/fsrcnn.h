@@ -51,11 +51,17 @@ void fsrcnn_planes_from_u8(const uint8_t *src, long row_stride, int size, int c,
 
 /* A whole tile in one call (one release of Python's GIL instead of one per layer), on `isa`:
  *
- *   layer[0 .. body)      the body, from x (channels, h, w) through ws0, ws1, ws0, ... in turn;
- *   layer[body]           the transposed convolution's phases, into the buffer after the last body layer's;
+ *   layer[0 .. body)      the body, from x (channels, h, w), each layer's output kept in a line buffer of at most
+ *                         band + k - 1 rows (k the next layer's kernel) in `lines`: the layers run as a pipeline,
+ *                         a few rows at a time, so no wide map is ever written whole;
+ *   layer[body]           the transposed convolution's phases, into `learned` (whole planes);
  *   layer[body + 1 + c]   the skip's s*s phases of colour c, from x cropped by `crop`, into `skip`;
  *
- * then fsrcnn_assemble into out_f32 or out_u8. Returns fsrcnn_conv's -1 if a layer has no kernel. */
+ * then fsrcnn_assemble into out_f32 or out_u8. `lines` holds fsrcnn_line_floats(layer, body, h, w, band) floats.
+ * Returns fsrcnn_conv's -1 if a layer has no kernel (or band < 1). */
 int fsrcnn_forward(int isa, const FsrcnnLayer *layer, int body, int channels, int scale, int crop, const int *lag,
-                   const float *x, int h, int w, float *ws0, float *ws1, float *skip, float *out_f32,
+                   const float *x, int h, int w, float *lines, int band, float *learned, float *skip, float *out_f32,
                    uint8_t *out_u8);
+
+/* The floats fsrcnn_forward's line buffers take for a tile of h x w and rows of `band`. */
+long fsrcnn_line_floats(const FsrcnnLayer *layer, int body, int h, int w, int band);
