@@ -1,34 +1,26 @@
 # The upscaling service (python -m service) with the shipped models baked in. No torch in either flavour.
 #
-#   docker build -t upscaler:gpu .                         # CUDA 13 + cuDNN 9 runtime, onnxruntime-gpu (default)
-#   docker build -t upscaler:cpu --build-arg FLAVOR=cpu .  # slim Python base, onnxruntime (CPU)
+#   docker build -t upscaler:gpu .                         # onnxruntime-gpu with CUDA 13 + cuDNN 9 as wheels (default)
+#   docker build -t upscaler:cpu --build-arg FLAVOR=cpu .  # onnxruntime (CPU)
 #
-# Written for BuildKit and the legacy builder alike (no RUN --mount, no heredocs): the legacy builder runs every
-# stage, so a build that replaces the base images (deploy/docker-smoke.sh) sets both GPU_BASE and CPU_BASE.
-# Where PyPI is not reachable from the build, PIP_INDEX_URL / PIP_FIND_LINKS / PIP_NO_INDEX point pip at a mirror.
+# Both flavours are the same slim Python base; they differ only in their requirements file. The GPU flavour needs no
+# CUDA base image: onnxruntime-gpu[cuda,cudnn] brings the CUDA runtime, cuBLAS, cuFFT, cuRAND, NVRTC and cuDNN as
+# nvidia-* wheels, which the service preloads (service/runtime/onnxruntime_backend.py); the host gives only the
+# driver (libcuda.so.1, mounted by the NVIDIA Container Toolkit). Without one the GPU image serves on the CPU and
+# says why (a log line, and device_reason in /v1/models).
+#
+# Written for BuildKit and the legacy builder alike (no RUN --mount, no heredocs). A build without a registry
+# (deploy/docker-smoke.sh) replaces BASE. Where PyPI is not reachable from the build, PIP_INDEX_URL / PIP_FIND_LINKS
+# / PIP_NO_INDEX point pip at a mirror.
 
-# onnxruntime-gpu 1.31.1 is built for CUDA 13 and cuDNN 9: the base must carry the same majors.
-ARG GPU_BASE=nvidia/cuda:13.0.1-cudnn-runtime-ubuntu24.04
-ARG CPU_BASE=python:3.12.12-slim-bookworm
+ARG BASE=python:3.12.12-slim-bookworm
 ARG FLAVOR=gpu
 
-FROM ${GPU_BASE} AS base-gpu
-FROM ${CPU_BASE} AS base-cpu
-
-# hadolint ignore=DL3006
-FROM base-${FLAVOR} AS base
+FROM ${BASE} AS base
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     LANG=C.UTF-8
 SHELL ["/bin/sh", "-eu", "-c"]
-# The CUDA image has no Python: take the distribution's (3.12 on Ubuntu 24.04). The slim Python image has its own.
-# Not version-pinned: the base image tag pins the distribution release, and its archive drops superseded versions.
-# hadolint ignore=DL3008
-RUN if ! python3 -c "import ensurepip, venv" 2>/dev/null; then \
-        apt-get update; \
-        apt-get install -y --no-install-recommends python3 python3-venv; \
-        rm -rf /var/lib/apt/lists/*; \
-    fi
 
 FROM base AS build
 ARG FLAVOR
@@ -44,6 +36,8 @@ COPY deploy/docker/requirements-common.txt deploy/docker/requirements-${FLAVOR}.
 RUN python3 -m venv /opt/venv \
  && /opt/venv/bin/pip install --only-binary=:all: -r /tmp/requirements/requirements-${FLAVOR}.txt \
  && /opt/venv/bin/python -c "import onnxruntime, fastapi, uvicorn, PIL, numpy" \
+ && /opt/venv/bin/python -c "import sys, onnxruntime as o; sys.exit('${FLAVOR}' == 'gpu' \
+        and 'CUDAExecutionProvider' not in o.get_available_providers())" \
  && ! /opt/venv/bin/python -c "import torch" 2>/dev/null
 
 # gcc for the service's compiled parts (service/runtime/csrc/fsrcnn.c, the CPU kernels; service/imageio/csrc/, the

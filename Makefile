@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 # onnxruntime-gpu only where an NVIDIA GPU answers; the CPU build everywhere else (they cannot share a venv).
 ORT_EXTRA := $(shell nvidia-smi -L >/dev/null 2>&1 && echo gpu || echo cpu)
 
-.PHONY: serve test test-without-avx512 screenshot lint install-serve install-test install-browser install-docker docker-smoke clean
+.PHONY: serve test test-without-avx512 screenshot lint install-serve install-test install-browser install-docker docker-smoke docker-faults clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -47,11 +47,20 @@ test-without-avx512: install-test
 	@command -v qemu-x86_64 >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq qemu-user >/dev/null)
 	qemu-x86_64 -cpu max $(PY) -m pytest -q -p no:cacheprovider tests/runtime/test_fsrcnn_kernels.py tests/test_compiled.py
 
-# Build the CPU image, run it, wait for /readyz and the HEALTHCHECK, upscale one image, stop it with SIGTERM
-# (deploy/docker-smoke.sh). Needs a Docker engine, or root with docker.io + debootstrap; prints SKIP otherwise.
+# Build both images (CPU and GPU flavours), run each, wait for /readyz and the HEALTHCHECK, upscale one image, check
+# where /v1/models says the models run, stop it with SIGTERM (deploy/docker-smoke.sh); sizes and start times to
+# SMOKE_RESULTS (empty: none). Needs a Docker engine, or root with docker.io + debootstrap; prints SKIP otherwise.
 # Not part of `make test`: it takes minutes.
+SMOKE_RESULTS ?= bench/results/docker-images.json
 docker-smoke: install-docker | $(PY)
-	PYTHON=$(PY) bash deploy/docker-smoke.sh
+	PYTHON=$(PY) SMOKE_RESULTS=$(SMOKE_RESULTS) bash deploy/docker-smoke.sh
+
+# Two CPU replicas behind a load balancer under docker compose, a batch pushed through while one replica is SIGKILLed
+# and the other drained (deploy/docker-faults.sh, tests/deploy/test_replicas_under_faults.py); figures to
+# FAULTS_RESULTS (empty: the test's temporary folder). Same needs as docker-smoke; prints SKIP without an engine.
+FAULTS_RESULTS ?= bench/results/replicas-under-faults.json
+docker-faults: install-docker install-test
+	PYTHON=$(PY) UPSCALER_FAULTS_RESULTS=$(FAULTS_RESULTS) bash deploy/docker-faults.sh
 
 # Debian's docker.io and debootstrap, where we are root with apt; otherwise the smoke test prints SKIP.
 install-docker:

@@ -2,6 +2,7 @@
 
     python3 deploy/docker-smoke-client.py URL wait-ready SECONDS   # until /readyz answers 200
     python3 deploy/docker-smoke-client.py URL upscale              # one PNG, x2, checks size, kernels, /metrics
+    python3 deploy/docker-smoke-client.py URL device cpu|cuda      # /v1/models says the models run there; prints why
 
 Exits non-zero with the reason when the service does not do what it should.
 """
@@ -89,11 +90,24 @@ def check_kernels(url: str) -> None:
         )
 
 
+def device(url: str, want: str) -> None:
+    """/v1/models must say the models run on ``want``, with the reason; the two are printed as JSON on stdout."""
+    with urllib.request.urlopen(f"{url}/v1/models", timeout=5) as r:
+        body = json.load(r)
+    got = {k: body.get(k) for k in ("device", "device_reason", "provider")}
+    print(f"models run on {got['device']} ({got['provider']}): {got['device_reason']}", file=sys.stderr)
+    if got["device"] != want or not got["device_reason"]:
+        raise SystemExit(f"/v1/models says {got}, not {want} with a reason")
+    print(json.dumps(got))
+
+
 if __name__ == "__main__":
     base, command = sys.argv[1], sys.argv[2]
     if command == "wait-ready":
         wait_ready(base, float(sys.argv[3]))
     elif command == "upscale":
         upscale(base)
+    elif command == "device":
+        device(base, sys.argv[3])
     else:
         raise SystemExit(__doc__)

