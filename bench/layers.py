@@ -54,6 +54,7 @@ def describe_layer(name: str, conv, x: np.ndarray, seconds: float) -> dict:
         "layer": name,
         "shape": f"{conv.cin}->{conv.cout}, {conv.k}x{conv.k}",
         "ms": round(seconds * 1e3, 4),
+        "mflop": round(flops / 1e6, 3),
         "gflops": round(flops / seconds / 1e9, 2),
         "bytes_read": int(x.nbytes + conv.weight.nbytes),
         "bytes_written": int(cout * h * w * 4),
@@ -78,12 +79,12 @@ def measure(model: str, isa: str, tile: int, repeat: int, bands: list[int]) -> d
     for layer in layers:
         layer["share"] = round(layer["ms"] / total, 3)
     whole_tile = tile_ms(model, isa, tile, repeat)
-    flops = sum(layer["gflops"] * layer["ms"] for layer in layers) * 1e6  # GFLOP/s x ms = MFLOP
+    mflop = sum(layer["mflop"] for layer in layers)
     return {
         "band": BAND_ROWS[isa],
         "tile_ms": round(whole_tile, 3),
         "layers_ms": round(total, 3),
-        "tile_gflops": round(flops / whole_tile / 1e6, 2),
+        "tile_gflops": round(mflop / whole_tile, 2),  # MFLOP per ms = GFLOP/s
         "band_tile_ms": {str(b): round(tile_ms(model, isa, tile, repeat, b or WHOLE), 3) for b in bands},
         "layers": layers,
     }

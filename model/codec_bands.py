@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from model.data import CODECS, list_images, load_rgb, split_holdout
+from model.data import CODECS, list_images, load_rgb, lossy_encode, split_holdout
 from model.evaluate import evaluate_images
 from model.image_quality import mod_crop
 from model.imresize import imresize
@@ -53,14 +53,12 @@ def quality_read(images: list[np.ndarray], scale: int, codec: str, quality: int)
     """The quality the service reads, on average, from the LR of ``images`` saved in ``codec`` at ``quality``."""
     reads = []
     for hr in images:
-        buf = io.BytesIO()
-        lr = imresize(mod_crop(hr, scale), 1 / scale)
-        Image.fromarray(lr).save(buf, format=codec.upper(), quality=quality)
+        data = lossy_encode(imresize(mod_crop(hr, scale), 1 / scale), codec, quality)
         if codec == "jpeg":
-            with Image.open(buf) as im:
+            with Image.open(io.BytesIO(data)) as im:
                 reads.append(estimate_quality(im.quantization).quality)
         else:
-            reads.append(read_quality(buf.getvalue()).quality)
+            reads.append(read_quality(data).quality)
     return round(float(np.mean(reads)))
 
 

@@ -29,6 +29,7 @@ __all__ = [
     "split_holdout",
     "load_rgb",
     "CODECS",
+    "lossy_encode",
     "lossy_roundtrip",
     "degrade",
     "LossyDegradation",
@@ -67,8 +68,8 @@ def load_rgb(path: str | Path) -> np.ndarray:
 CODECS = ("jpeg", "webp")  # the lossy formats training and evaluation can save LR images in
 
 
-def lossy_roundtrip(rgb: np.ndarray, codec: str, quality: int, subsampling: str = "4:2:0") -> np.ndarray:
-    """Save an (H, W, 3) uint8 image as ``codec`` with Pillow and decode it again.
+def lossy_encode(rgb: np.ndarray, codec: str, quality: int, subsampling: str = "4:2:0") -> bytes:
+    """An (H, W, 3) uint8 image saved as ``codec`` by Pillow.
 
     JPEG: libjpeg's IJG tables at ``quality``, chroma ``subsampling`` as given. WebP: libwebp's lossy encoder at
     ``quality`` with Pillow's defaults (method 4, always 4:2:0), what a Pillow or ``cwebp`` user gets.
@@ -80,7 +81,12 @@ def lossy_roundtrip(rgb: np.ndarray, codec: str, quality: int, subsampling: str 
         Image.fromarray(rgb).save(buf, format="WEBP", quality=int(quality))
     else:
         raise ValueError(f"codec must be one of {CODECS}, got {codec!r}")
-    with Image.open(buf) as im:
+    return buf.getvalue()
+
+
+def lossy_roundtrip(rgb: np.ndarray, codec: str, quality: int, subsampling: str = "4:2:0") -> np.ndarray:
+    """``lossy_encode``, decoded again: the pixels a decoder of that file sees."""
+    with Image.open(io.BytesIO(lossy_encode(rgb, codec, quality, subsampling))) as im:
         return np.asarray(im.convert("RGB"))
 
 

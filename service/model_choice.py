@@ -15,14 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from service.errors import BadParameter
-from service.imageio.jpeg_quality import JpegQuality
-from service.imageio.webp_quality import WebpQuality
+from service.imageio.decoding import Compression
 from service.model_files import ModelKey, ModelSpec
 
-__all__ = ["AUTO", "Compression", "ModelChoice", "bands", "check_requested", "choose_model", "scales_of"]
+__all__ = ["AUTO", "ModelChoice", "bands", "check_requested", "choose_model", "scales_of"]
 
 AUTO = "auto"
-Compression = JpegQuality | WebpQuality  # how compressed a lossy input is, as its decoder read it
 
 
 @dataclass(frozen=True)

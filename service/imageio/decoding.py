@@ -36,7 +36,7 @@ from service.imageio.png_writer import SIGNATURE
 from service.imageio.webp_quality import WebpQuality, read_quality
 from service.output_size import OutputPlan, SizeRequest
 
-__all__ = ["Decoded", "Limits", "decode", "guard_pixels", "INPUT_FORMATS", "MAX_JPEG_SCANS"]
+__all__ = ["Compression", "Decoded", "Limits", "decode", "guard_pixels", "INPUT_FORMATS", "MAX_JPEG_SCANS"]
 
 log = logging.getLogger("service.imageio.decoding")
 
@@ -60,6 +60,7 @@ MAX_JPEG_SCANS = 100  # progressive encoders write about 10 scans; each scan cos
 _MAX_JPEG_SEGMENTS = 4096  # markers before the first frame's data ends: far more than any encoder writes
 _ORIENTATION = 0x0112  # the EXIF tag
 _SIXTEEN_BIT = {"I;16", "I;16B", "I;16L", "I"}
+Compression = JpegQuality | WebpQuality  # how compressed a lossy input is, as read from its file
 
 
 @dataclass
@@ -74,7 +75,7 @@ class Decoded:
     source_format: str | None  # Pillow's name of the input format (PNG, JPEG, ...)
     icc_profile: bytes | None
     exif: bytes | None
-    compression: JpegQuality | WebpQuality | None = None  # how compressed a lossy JPEG or WebP input is
+    compression: Compression | None = None  # how compressed a lossy JPEG or WebP input is
     cicp: tuple[int, int] | None = None  # (colour primaries, transfer) of a HEIF's nclx box, where not sRGB's
     plan: OutputPlan | None = None  # the model scale and the final size, made from the header before decoding
 

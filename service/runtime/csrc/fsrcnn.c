@@ -250,12 +250,18 @@ PER_ISA void fsrcnn_planes_from_u8(const uint8_t *src, long row_stride, int size
     }
 }
 
+/* The rows of layer i's line buffer, whose output has oh rows: a band, plus what the next layer's kernel reaches
+ * past it; never more than the whole output. */
+static int line_rows(const FsrcnnLayer *layer, int i, int oh, int band) {
+    const int rows = band + layer[i + 1].k - 1;
+    return rows < oh ? rows : oh;
+}
+
 long fsrcnn_line_floats(const FsrcnnLayer *layer, int body, int h, int w, int band) {
     long total = 0;
     for (int i = 0; i < body; i++) {
         h -= layer[i].k - 1, w -= layer[i].k - 1;
-        const int rows = band + layer[i + 1].k - 1;
-        total += (long)layer[i].cout * (rows < h ? rows : h) * w;
+        total += (long)layer[i].cout * line_rows(layer, i, h, band) * w;
     }
     return total;
 }
@@ -276,7 +282,7 @@ static int body_in_bands(int isa, const FsrcnnLayer *layer, int body, const floa
         ih = oh[i], iw = ow[i];
         done[i] = base[i] = 0;
         if (i < body) {
-            cap[i] = band + layer[i + 1].k - 1 < oh[i] ? band + layer[i + 1].k - 1 : oh[i];
+            cap[i] = line_rows(layer, i, oh[i], band);
             buf[i] = lines;
             lines += (long)layer[i].cout * cap[i] * ow[i];
         } else {
