@@ -33,8 +33,9 @@ from onnx import TensorProto, helper, numpy_helper
 from export.cpu import lower_for_cpu
 from export.graph import drop_unused_initializers
 from export.kernel_weights import write_native
-from model.network import SRNet, build, config_dict, load_weights, macs_per_input_pixel
-from model.train import loss_label
+from model.network import SRNet, build, config_dict, macs_per_input_pixel
+from model.reparam import RepSRNet
+from model.train import loss_label, training_network
 from service.model_files import (
     CPU_GRAPH_SUFFIX,
     FP16_SUFFIX,
@@ -143,6 +144,26 @@ def export_fp16(src: Path, dst: Path) -> None:
     model.metadata_props.append(onnx.StringStringEntryProto(key=SOURCE_SHA256, value=file_sha256(src)))
     onnx.checker.check_model(model, full_check=True)
     onnx.save(model, str(dst))
+
+
+def fold_checked(rep: RepSRNet, sizes=((1, 40, 36), (2, 61, 77)), seed: int = 0) -> tuple[SRNet, float]:
+    """The folded plain network of ``rep`` and its max abs difference from ``rep`` computed branch by branch on
+    random inputs of two sizes; raises if that exceeds the export tolerance."""
+    plain = rep.fold().eval()
+    gen = torch.Generator().manual_seed(seed)
+    worst = 0.0
+    with torch.no_grad():
+        for n, h, w in sizes:
+            x = torch.rand(n, 3, h, w, generator=gen)
+            worst = max(worst, float((plain(x) - rep.eval().branchwise(x)).abs().max()))
+    if worst > PARITY_TOLERANCE:
+        raise SystemExit(f"the folded network differs from its branches by {worst:.2e} > {PARITY_TOLERANCE}")
+    return plain, worst
+
+
+def _rep_label(options: dict) -> str:
+    edges = "Sobel-x, Sobel-y and Laplacian branches, " if options.get("edges") else ""
+    return f"main + 1x1 -> kxk expand-squeeze at {options['expand']}x width, {edges}identity where shapes allow"
 
 
 def write_card(out: Path, stem: str, card: dict) -> None:
@@ -297,11 +318,16 @@ def main(argv: list[str] | None = None) -> None:
     training: dict = {}
     if args.checkpoint:
         ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-        net = SRNet(**ckpt["model_config"])
-        load_weights(net, ckpt["model"])
+        net = training_network(ckpt)
+        if isinstance(net, RepSRNet):
+            net, fold_err = fold_checked(net)
+            training["reparameterized"] = (
+                f"trained as re-parameterizable blocks ({_rep_label(ckpt['reparam'])}), folded into the plain "
+                f"network for export; folded vs branches max abs diff {fold_err:.2e}"
+            )
         variant, tc = ckpt["variant"], ckpt["train_config"]
         seconds = _training_seconds(Path(args.checkpoint))
-        training = {
+        training |= {
             "data": ", ".join(Path(d).name for d in tc["data"]) + f" (plus copies shrunk by {tc['rescales']})",
             "held_out": f"every {tc['holdout']}th image, for validation" if tc.get("holdout") else "none",
             "degradation": _degradation(tc),

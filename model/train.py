@@ -13,7 +13,10 @@ depends on the scale, is trained afresh. ``--init`` also takes an exported
 ``--jpeg LOW HIGH`` trains for JPEG-compressed inputs: every LR image is also
 saved as JPEG at qualities drawn from that range (``model.data.LossyDegradation``),
 and validation uses the range's middle quality; ``--webp LOW HIGH`` does the same
-with lossy WebP. ``--holdout N`` keeps every
+with lossy WebP. ``--reparam`` trains every convolution as a re-parameterizable block (``model.reparam``: ECB
+branches), each starting at the plain convolution (a fresh one, or ``--init``'s); checkpoints
+keep the branches, and ``load_network`` folds them into the plain network that is exported.
+``--holdout N`` keeps every
 N-th training image out of training and validates on those instead of ``--val``:
 
     python -m model.train --data ../shared/datasets/T91-part ../shared/datasets/Sun-Hays80 --holdout 10 \
@@ -41,6 +44,7 @@ from model.data import LossyDegradation, PatchSampler, degrade, list_images, loa
 from model.image_quality import BT601_LUMA, mod_crop, psnr, rgb_to_y
 from model.network import SRNet, build, config_dict, load_weights, pad_for_inference
 from model.onnx_weights import weights_from_onnx
+from model.reparam import RepOptions, RepSRNet
 
 log = logging.getLogger("model.train")
 
@@ -71,6 +75,8 @@ class TrainConfig:
     jpeg_copies: int = 4  # compressed versions of each LR image (JPEG or WebP)
     holdout: int = 0  # validate on every N-th training image, held out of training (instead of val); 0 = off
     val_crop: int = 0  # centre-crop validation images to at most this many HR pixels per side; 0 = whole
+    reparam: bool = False  # train each convolution as a block of parallel branches (model.reparam), folded for export
+    rep_expand: int = 2  # with reparam: width of the expand-squeeze branches, in multiples of a block's outputs
 
     @property
     def codec(self) -> str | None:
@@ -197,6 +203,7 @@ def _checkpoint(
     return {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
         "model_config": config_dict(net),
+        "reparam": asdict(net.options) if isinstance(net, RepSRNet) else None,  # branch options; folded on load
         "variant": cfg.variant,
         "model": net.state_dict(),
         "optimizer": opt.state_dict(),
@@ -208,11 +215,18 @@ def _checkpoint(
 
 
 def load_network(path: str | Path, map_location: str = "cpu") -> tuple[SRNet, dict]:
-    """Rebuild the network stored in a checkpoint; returns ``(net, checkpoint)``."""
+    """Rebuild the plain network stored in a checkpoint (branches folded); returns ``(net, checkpoint)``."""
     ckpt = torch.load(path, map_location=map_location, weights_only=False)
-    net = SRNet(**ckpt["model_config"])
+    net = training_network(ckpt)
+    return (net.fold() if isinstance(net, RepSRNet) else net), ckpt
+
+
+def training_network(ckpt: dict) -> SRNet:
+    """The network a checkpoint's run trained, with its weights: a ``RepSRNet`` (branches) or a plain ``SRNet``."""
+    options = ckpt.get("reparam")
+    net = RepSRNet(**ckpt["model_config"], options=RepOptions(**options)) if options else SRNet(**ckpt["model_config"])
     load_weights(net, ckpt["model"])
-    return net, ckpt
+    return net
 
 
 def _init_from(net: SRNet, path: str) -> None:
@@ -242,16 +256,20 @@ def train(cfg: TrainConfig) -> float:
     out.mkdir(parents=True, exist_ok=True)
 
     net = build(cfg.variant, cfg.scale)
-    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr)
-    step, best, lineage = 0, float("-inf"), lineage_of(cfg.init)
+    step, best, lineage, ckpt = 0, float("-inf"), lineage_of(cfg.init), None
     if cfg.resume and (out / "last.pt").exists():
         ckpt = torch.load(out / "last.pt", map_location="cpu", weights_only=False)
-        load_weights(net, ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+        net = training_network(ckpt)
         step, best, lineage = ckpt["step"], ckpt["best_psnr"], ckpt.get("lineage", lineage)
         log.info("resumed from %s at step %d", out / "last.pt", step)
-    elif cfg.init:
-        _init_from(net, cfg.init)
+    else:
+        if cfg.init:
+            _init_from(net, cfg.init)
+        if cfg.reparam:  # the branches start at the plain network's function
+            net = RepSRNet.starting_at(net, RepOptions(expand=cfg.rep_expand))
+    opt = torch.optim.Adam([p for p in net.parameters() if p.requires_grad], lr=cfg.lr)
+    if ckpt is not None:
+        opt.load_state_dict(ckpt["optimizer"])
     net.to(device)
     for state in opt.state.values():  # optimizer tensors follow the model to the GPU
         for k, v in state.items():
@@ -341,6 +359,8 @@ def parse_args(argv: list[str] | None = None) -> TrainConfig:
     p.add_argument("--jpeg-copies", type=int, default=d.jpeg_copies, help="compressed copies of each LR image")
     p.add_argument("--holdout", type=int, default=d.holdout, help="validate on every N-th training image instead")
     p.add_argument("--val-crop", type=int, default=d.val_crop)
+    p.add_argument("--reparam", action="store_true", help="train with re-parameterizable blocks (model.reparam)")
+    p.add_argument("--rep-expand", type=int, default=d.rep_expand)
     args = vars(p.parse_args(argv))
     args["rescales"] = tuple(args["rescales"])
     args["jpeg"] = tuple(args["jpeg"] or ())

@@ -36,6 +36,15 @@ def test_added_mapping_layers_start_as_the_identity(lr):
     torch.testing.assert_close(upscale(dst, lr), upscale(src, lr), rtol=0, atol=1e-6)
 
 
+def test_widened_shrunk_channels_start_unread_and_so_change_nothing(lr):
+    src = trained_like(build("fast", 4))
+    dst = reshape(src, d=56, m=6, s=20)
+    assert (dst.config.s, dst.config.m) == (20, 6)
+    torch.testing.assert_close(upscale(dst, lr), upscale(src, lr), rtol=0, atol=1e-6)
+    new_rows = dst.body[2].weight[12:]  # the new channels are made (so training can use them at once)
+    assert new_rows.abs().sum() > 0
+
+
 def test_pruning_drops_the_channels_that_carry_nothing(lr):
     src = trained_like(build("fast", 3))
     with torch.no_grad():
@@ -63,4 +72,4 @@ def test_the_written_checkpoint_loads_as_the_variant_and_says_where_it_came_from
     main(["--checkpoint", str(src), "--variant", "deep", "--out", str(tmp_path / "run" / "init.pt")])
     net, ckpt = load_network(tmp_path / "run" / "init.pt")
     assert net.config == build("deep", 2).config
-    assert ckpt["lineage"][-1].startswith("reshaped from fast (d 56, m 4) to deep")
+    assert ckpt["lineage"][-1].startswith("reshaped from fast (d 56, s 12, m 4) to deep")
