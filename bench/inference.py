@@ -3,9 +3,9 @@ tiles, each as a fraction of the machine's SGEMM rate for its instruction set.
 
     python -m bench.inference [--models fast_x2,turbo_x2] [--tile 128] [--batch 8] [--quick]
 
-Writes ``bench/results/engine-<machine class>.json`` (``bench.machine.machine_class``). Every figure counts the
-multiply-adds of the network as trained (not the extra ones of ONNX Runtime's _cpu graph: its padded channels, one-hot
-shuffles and a layer computed twice) at the real tile shape.
+Writes ``bench/results/engine-<machine class>.json`` (``bench.machine.machine_class``; ``--name`` names another file).
+Every figure counts the multiply-adds of the network as trained (not the extra ones of ONNX Runtime's _cpu graph:
+its padded channels, one-hot shuffles and a layer computed twice) at the real tile shape.
 
 The service's layout: one single-threaded run per core at once, each of the service's CPU batch size for that
 runtime (4 tiles on the native kernels, 2 on ONNX Runtime). Timed there, in one run:
@@ -226,6 +226,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--threads", type=int, default=os.cpu_count())
     p.add_argument("--quick", action="store_true", help="smoke run: tiny tile, one repeat, no result file")
+    p.add_argument("--name", help="result file name (default engine-<machine class>)")
     args = p.parse_args(argv)
     repeat = 1 if args.quick else 15
     tile = 16 if args.quick else args.tile
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     result = {"tile": tile, "batch": args.batch, "threads": args.threads, "models": models}
     print(json.dumps(result, indent=2))
     if not args.quick:
-        print("wrote", write_result(f"engine-{machine_class()}", result))
+        print("wrote", write_result(args.name or f"engine-{machine_class()}", result))
 
 
 if __name__ == "__main__":

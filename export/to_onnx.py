@@ -340,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
             "lineage": ckpt.get("lineage", []),
             "seed": tc["seed"],
             "device": ckpt.get("device", "cpu"),
+            "machine": ckpt.get("machine", "not recorded"),
             "time": f"{seconds:.0f} s" if seconds is not None else "not recorded",
             "checkpoint": f"{Path(args.checkpoint).name} (the run's last step unless named best.pt)",
         }

@@ -29,6 +29,8 @@ import argparse
 import csv
 import logging
 import math
+import os
+import platform
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -202,6 +204,7 @@ def _checkpoint(
 ) -> dict:
     return {
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "machine": machine(),
         "model_config": config_dict(net),
         "reparam": asdict(net.options) if isinstance(net, RepSRNet) else None,  # branch options; folded on load
         "variant": cfg.variant,
@@ -212,6 +215,14 @@ def _checkpoint(
         "train_config": asdict(cfg),
         "lineage": lineage,  # how the weights this run started from were made, oldest first
     }
+
+
+def machine() -> str:
+    """The CPU this process trains on and the threads torch uses, for the model card."""
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""  # Linux only
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
+    cpu = names[0] if names else platform.processor() or platform.machine()
+    return f"{cpu}, {os.cpu_count()} CPUs; torch on {torch.get_num_threads()} threads"
 
 
 def load_network(path: str | Path, map_location: str = "cpu") -> tuple[SRNet, dict]:

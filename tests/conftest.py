@@ -30,6 +30,7 @@ SHIPPED_VARIANTS = (
     *("fast", "turbo"),
     *("fast-jpeg-q30", "fast-jpeg-q50", "fast-jpeg-q75", "fast-jpeg-q90"),
     "fast-webp-q50",
+    "quality",
 )
 DATASETS = ROOT.parent / "shared" / "datasets"
 # Tests of the native CPU kernels skip where they cannot run (no compiler at install, neither AVX2 nor AVX-512),

@@ -10,7 +10,18 @@ import pytest
 import torch
 from PIL import Image
 
-from bench import image_coding, inference, int8, layers, memory, mixed_traffic, resampling, serving, threads
+from bench import (
+    clean_models,
+    image_coding,
+    inference,
+    int8,
+    layers,
+    memory,
+    mixed_traffic,
+    resampling,
+    serving,
+    threads,
+)
 from model.image_quality import mod_crop
 from model.imresize import imresize
 from service.imageio.webp_quality import read_quality
@@ -143,3 +154,13 @@ def test_the_sixteen_bit_memory_benchmark_compares_growth_with_the_raw_pixels(ca
     memory.main(["--quick", "--sixteen-bit"])
     out = capsys.readouterr().out
     assert "16-bit RGBA PNG, x2" in out and "x raw in+out" in out and "wrote" not in out
+
+
+def test_the_clean_model_comparison_gives_each_models_gain_against_the_first():
+    images = [smooth_image(40, 36, seed=s) for s in range(2)]
+    models = [MODELS / "fast_x2.onnx", MODELS / "quality_x2.onnx", MODELS / "fast_x2.onnx"]
+    rows = clean_models.compare(models, ["fast", "quality", "fast again"], images, ["a", "b"], 2)
+    assert [r["model"] for r in rows] == ["fast", "quality", "fast again"]
+    assert rows[0]["gain_over_baseline"] == 0 and rows[2]["gain_over_baseline"] == 0
+    assert rows[1]["gain_over_baseline"] == pytest.approx(rows[1]["gain"] - rows[0]["gain"], abs=2e-3)
+    assert rows[1]["psnr"] != rows[0]["psnr"]  # a different model gives different pixels

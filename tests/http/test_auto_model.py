@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from service.imageio.webp_quality import read_quality
-from tests.conftest import encode_image, smooth_image
+from tests.conftest import encode_image, serving, smooth_image
 
 
 def jpeg(quality: int) -> bytes:
@@ -97,3 +97,17 @@ def test_models_lists_auto_as_the_default_and_each_models_band(client, bands):
     body = client.get("/v1/models").json()
     assert body["default_model"] == "auto" and body["clean_model"] == "fast"
     assert all(high >= low for low, high in bands)
+
+
+def test_the_quality_tier_is_served_by_name_at_every_scale(client):
+    png = encode_image(Image.fromarray(smooth_image(48, 40)))
+    for scale in (2, 3, 4):
+        response = upscale(client, png, model="quality", scale=scale)
+        assert response.headers["x-model"] == f"quality_x{scale}"
+
+
+def test_the_clean_model_setting_makes_auto_run_the_quality_tier(tmp_path):
+    png = encode_image(Image.fromarray(smooth_image(48, 40)))
+    with serving(tmp_path, clean_model="quality") as (_, c):
+        assert upscale(c, png).headers["x-model"] == "quality_x2"
+        assert c.get("/v1/models").json()["clean_model"] == "quality"

@@ -45,6 +45,7 @@ def test_a_run_writes_checkpoints_and_a_log_row_per_validation(images, tmp_path)
     assert best == pytest.approx(max(float(r["val_psnr"]) for r in rows), abs=1e-3)  # the log rounds
     net, ckpt = load_network(tmp_path / "last.pt")
     assert ckpt["step"] == 4 and net.config == build("fast", 2).config
+    assert "CPUs; torch on 1 threads" in ckpt["machine"]  # what the card says the run cost was measured on
 
 
 def test_resume_continues_from_the_last_checkpoint(images, tmp_path):
