@@ -20,7 +20,7 @@ from pathlib import Path
 
 from bench.machine import write_result
 from bench.serving import ROOT
-from model.data import list_images, load_rgb, split_holdout
+from model.data import held_out_files, load_rgb
 from model.evaluate import evaluate_images
 from model.train import centre_crop
 
@@ -29,8 +29,7 @@ DATASETS = ROOT.parent / "shared" / "datasets"
 
 def held_out_images(data: list[Path], names: list[str], holdout: int, crop: int) -> tuple[list, list[str]]:
     """The held-out images of the folders ``names`` (see the module docstring) and their file names."""
-    _, held = split_holdout([f for folder in data for f in list_images(folder)], holdout)
-    files = [f for f in held if f.parent.name in names]
+    files = held_out_files(data, holdout, names)
     return [centre_crop(load_rgb(f), crop) for f in files], [f"{f.parent.name}/{f.name}" for f in files]
 
 

@@ -31,7 +31,7 @@ from PIL import Image
 
 from bench.machine import write_result
 from bench.serving import ROOT, free_port, running
-from model.data import list_images, load_rgb, split_holdout
+from model.data import held_out_files, list_images, load_rgb
 from model.image_quality import mod_crop, psnr, rgb_to_y
 from model.imresize import imresize
 from model.train import centre_crop
@@ -86,8 +86,7 @@ def load(args: argparse.Namespace) -> tuple[str, list[np.ndarray]]:
     """The name of the image set and its images (see the module docstring)."""
     if not args.held_out:
         return args.data[0].name, [load_rgb(f) for f in list_images(args.data[0])]
-    _, held_out = split_holdout([f for folder in args.data for f in list_images(folder)], args.holdout)
-    files = [f for f in held_out if f.parent.name in args.held_out]
+    files = held_out_files(args.data, args.holdout, args.held_out)
     return f"{'+'.join(args.held_out)}-held-out", [centre_crop(load_rgb(f), args.crop) for f in files]
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from service.host import cpu_model
+
 __all__ = [
     "describe",
     "machine_class",
@@ -63,15 +65,8 @@ def caches() -> dict[str, str]:
 
 def describe() -> dict:
     """CPU model, its class, core count, caches, library versions."""
-    cpu = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
     return {
-        "cpu": cpu,
+        "cpu": cpu_model() or "unknown",
         "machine_class": machine_class(),
         "cores": os.cpu_count(),
         "caches": caches(),

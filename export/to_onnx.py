@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -101,13 +102,21 @@ def _fusable_activations(model: onnx.ModelProto) -> None:
     drop_unused_initializers(model.graph)
 
 
-def parity(net: SRNet, path: Path, sizes=((1, 40, 36), (2, 61, 77)), seed: int = 0) -> float:
+CHECK_SIZES = ((1, 40, 36), (2, 61, 77))  # (N, H, W) of the random inputs every export check runs
+
+
+def random_inputs(sizes=CHECK_SIZES, seed: int = 0) -> Iterator[torch.Tensor]:
+    """Random (N, 3, H, W) inputs in [0, 1], one per size, the same for every check with the same seed."""
+    gen = torch.Generator().manual_seed(seed)
+    for n, h, w in sizes:
+        yield torch.rand(n, 3, h, w, generator=gen)
+
+
+def parity(net: SRNet, path: Path, sizes=CHECK_SIZES, seed: int = 0) -> float:
     """Max abs difference between ONNX Runtime (CPU) and PyTorch on random inputs of two sizes."""
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    gen = torch.Generator().manual_seed(seed)
     worst = 0.0
-    for n, h, w in sizes:
-        x = torch.rand(n, 3, h, w, generator=gen)
+    for x in random_inputs(sizes, seed):
         with torch.no_grad():
             ref = net.eval()(x).numpy()
         got = sess.run(None, {INPUT: x.numpy()})[0]
@@ -146,16 +155,12 @@ def export_fp16(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
-def fold_checked(rep: RepSRNet, sizes=((1, 40, 36), (2, 61, 77)), seed: int = 0) -> tuple[SRNet, float]:
+def fold_checked(rep: RepSRNet, sizes=CHECK_SIZES, seed: int = 0) -> tuple[SRNet, float]:
     """The folded plain network of ``rep`` and its max abs difference from ``rep`` computed branch by branch on
     random inputs of two sizes; raises if that exceeds the export tolerance."""
-    plain = rep.fold().eval()
-    gen = torch.Generator().manual_seed(seed)
-    worst = 0.0
+    plain, rep = rep.fold().eval(), rep.eval()
     with torch.no_grad():
-        for n, h, w in sizes:
-            x = torch.rand(n, 3, h, w, generator=gen)
-            worst = max(worst, float((plain(x) - rep.eval().branchwise(x)).abs().max()))
+        worst = max(float((plain(x) - rep.branchwise(x)).abs().max()) for x in random_inputs(sizes, seed))
     if worst > PARITY_TOLERANCE:
         raise SystemExit(f"the folded network differs from its branches by {worst:.2e} > {PARITY_TOLERANCE}")
     return plain, worst

@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from model.data import CODECS, list_images, load_rgb, lossy_encode, split_holdout
+from model.data import CODECS, held_out_files, load_rgb, lossy_encode
 from model.evaluate import evaluate_images
 from model.image_quality import mod_crop
 from model.imresize import imresize
@@ -97,8 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--holdout", type=int, default=10)
     p.add_argument("--crop", type=int, default=384)
     args = p.parse_args(argv)
-    _, held_out = split_holdout([f for folder in args.data for f in list_images(folder)], args.holdout)
-    held_out = [f for f in held_out if not args.measure_on or f.parent.name in args.measure_on]
+    held_out = held_out_files(args.data, args.holdout, args.measure_on)
     images = [centre_crop(load_rgb(f), args.crop) for f in held_out]
     models = {m.stem: m for m in [args.clean, *args.models]}
     qualities = QUALITIES[args.codec]

@@ -27,6 +27,7 @@ __all__ = [
     "IMAGE_SUFFIXES",
     "list_images",
     "split_holdout",
+    "held_out_files",
     "load_rgb",
     "CODECS",
     "lossy_encode",
@@ -57,6 +58,13 @@ def split_holdout(files: list[Path], every: int) -> tuple[list[Path], list[Path]
     if every <= 0:
         return files, []
     return [f for i, f in enumerate(files) if i % every], files[::every]
+
+
+def held_out_files(folders: list[str | Path], every: int, of: list[str] | None = None) -> list[Path]:
+    """The images ``model.train --data FOLDERS --holdout EVERY`` holds out, only those of the folders named ``of``
+    (by folder name) if given: the images model choices are measured on."""
+    _, held_out = split_holdout([f for folder in folders for f in list_images(folder)], every)
+    return [f for f in held_out if not of or f.parent.name in of]
 
 
 def load_rgb(path: str | Path) -> np.ndarray:

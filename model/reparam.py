@@ -149,10 +149,14 @@ class RepConvTranspose2d(nn.Module):
             deconv.padding[0],
             options,
         )
-        with torch.no_grad():
-            block.main.weight.copy_(deconv.weight - block._squeeze())
-            block.main.bias.copy_(deconv.bias)
+        block.set_folded(deconv.weight.detach(), deconv.bias.detach())
         return block
+
+    @torch.no_grad()
+    def set_folded(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Set the main branch so that the folded transposed convolution is (``weight``, ``bias``)."""
+        self.main.weight.copy_(weight - self._squeeze())
+        self.main.bias.copy_(bias)
 
     def _squeeze(self) -> torch.Tensor:
         # ConvTranspose2d weights are (cin, cout, k, k): the 1x1 map (mid, cin) is applied to the input side.

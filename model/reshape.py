@@ -25,9 +25,8 @@ from pathlib import Path
 
 import torch
 
-from model.network import VARIANTS, SRNet, config_dict, load_weights, macs_per_input_pixel
-from model.onnx_weights import weights_from_onnx
-from model.train import lineage, lineage_of, load_network
+from model.network import VARIANTS, SRNet, config_dict, macs_per_input_pixel
+from model.train import lineage, load_network
 
 __all__ = ["reshape"]
 
@@ -88,12 +87,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--variant", required=True, choices=sorted(VARIANTS), help="the shape to reshape it to")
     p.add_argument("--out", required=True, help="the checkpoint to write")
     args = p.parse_args(argv)
-    if args.checkpoint.endswith(".onnx"):
-        config, state = weights_from_onnx(args.checkpoint)
-        src, ckpt = SRNet(**config), {"lineage": lineage_of(args.checkpoint), "variant": Path(args.checkpoint).stem}
-        load_weights(src, state)
-    else:
-        src, ckpt = load_network(args.checkpoint)
+    src, ckpt = load_network(args.checkpoint)
     shape = VARIANTS[args.variant]
     if src.config.channel_slopes != shape.get("channel_slopes", True):
         raise SystemExit(f"{args.variant} differs from the checkpoint's network in its PReLU slopes")

@@ -47,6 +47,7 @@ from model.image_quality import BT601_LUMA, mod_crop, psnr, rgb_to_y
 from model.network import SRNet, build, config_dict, load_weights, pad_for_inference
 from model.onnx_weights import weights_from_onnx
 from model.reparam import RepOptions, RepSRNet
+from service.host import cpu_model
 
 log = logging.getLogger("model.train")
 
@@ -219,14 +220,20 @@ def _checkpoint(
 
 def machine() -> str:
     """The CPU this process trains on and the threads torch uses, for the model card."""
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""  # Linux only
-    names = [line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")]
-    cpu = names[0] if names else platform.processor() or platform.machine()
+    cpu = cpu_model() or platform.processor() or platform.machine()
     return f"{cpu}, {os.cpu_count()} CPUs; torch on {torch.get_num_threads()} threads"
 
 
 def load_network(path: str | Path, map_location: str = "cpu") -> tuple[SRNet, dict]:
-    """Rebuild the plain network stored in a checkpoint (branches folded); returns ``(net, checkpoint)``."""
+    """Rebuild the plain network stored in a checkpoint (branches folded); returns ``(net, checkpoint)``.
+
+    An exported ``.onnx`` (``--init`` takes those too) gives its network and a checkpoint that holds only its
+    lineage and name."""
+    if str(path).endswith(".onnx"):
+        config, state = weights_from_onnx(path)
+        net = SRNet(**config)
+        load_weights(net, state)
+        return net, {"lineage": lineage_of(str(path)), "variant": Path(path).stem}
     ckpt = torch.load(path, map_location=map_location, weights_only=False)
     net = training_network(ckpt)
     return (net.fold() if isinstance(net, RepSRNet) else net), ckpt

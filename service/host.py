@@ -22,6 +22,7 @@ __all__ = [
     "MMAP_THRESHOLD",
     "TRIM_THRESHOLD",
     "available_cores",
+    "cpu_model",
     "cuda_status",
     "cuda_usable",
     "die_with_parent",
@@ -122,6 +123,13 @@ def available_cores() -> int:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     quota = _cgroup_cpu_quota()
     return max(1, min(cores, math.ceil(quota))) if quota else cores
+
+
+def cpu_model() -> str | None:
+    """The CPU's model name as the kernel reports it (Linux's /proc/cpuinfo), for labelling figures; None elsewhere."""
+    cpuinfo = Path("/proc/cpuinfo")
+    lines = cpuinfo.read_text().splitlines() if cpuinfo.exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), None)
 
 
 def _cgroup_cpu_quota(root: Path = Path("/sys/fs/cgroup")) -> float | None:

@@ -1,5 +1,7 @@
 """model.reshape: a neighbouring shape started from a trained network."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -73,3 +75,11 @@ def test_the_written_checkpoint_loads_as_the_variant_and_says_where_it_came_from
     net, ckpt = load_network(tmp_path / "run" / "init.pt")
     assert net.config == build("deep", 2).config
     assert ckpt["lineage"][-1].startswith("reshaped from fast (d 56, s 12, m 4) to deep")
+
+
+def test_an_exported_model_can_be_reshaped_and_its_lineage_names_the_file(tmp_path):
+    shipped = Path(__file__).resolve().parents[2] / "export" / "models" / "fast_x2.onnx"
+    main(["--checkpoint", str(shipped), "--variant", "quality", "--out", str(tmp_path / "init.pt")])
+    net, ckpt = load_network(tmp_path / "init.pt")
+    assert net.config == build("quality", 2).config
+    assert ckpt["lineage"][0].startswith("fast_x2.onnx") and "to quality" in ckpt["lineage"][-1]
