@@ -248,14 +248,12 @@ def training_network(ckpt: dict) -> SRNet:
 
 
 def _init_from(net: SRNet, path: str) -> None:
-    """Copy every tensor of the same name and shape from a checkpoint or exported ``.onnx`` (the body).
+    """Copy every tensor of the same name and shape from a checkpoint (folded, if it trained branches) or an
+    exported ``.onnx`` (the body).
 
     Per-channel PReLU slopes start a per-layer slope at their mean.
     """
-    if path.endswith(".onnx"):
-        _, src = weights_from_onnx(path)
-    else:
-        src = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    src = load_network(path)[0].state_dict()  # a --reparam checkpoint's branches folded first
     own = net.state_dict()
     src = {k: v.mean(0, keepdim=True) if v.ndim == 1 and own.get(k, v).shape == (1,) else v for k, v in src.items()}
     shared = {k: v for k, v in src.items() if k in own and own[k].shape == v.shape and not k.startswith("skip")}

@@ -87,3 +87,15 @@ def test_export_of_a_reparam_checkpoint_ships_the_plain_graph_and_records_the_fo
     card = json.loads((tmp_path / "rep_x2.json").read_text())
     assert card["config"] == build("fast", 2).config.__dict__
     assert "folded vs branches max abs diff" in card["training"]["reparameterized"]
+
+
+def test_a_reparam_checkpoint_starts_another_run_at_its_folded_network(images, tmp_path):  # noqa: F811
+    first, second = tmp_path / "first", tmp_path / "second"
+    cfg = TrainConfig(data=[str(images)], scale=2, batch=2, patch=8, steps=2, threads=1)
+    train(TrainConfig(**{**cfg.__dict__, "out": str(first), "reparam": True}))
+    still = {"lr": 0.0, "lr_min": 0.0, "warmup": 0}  # one step that moves nothing: the start is what is saved
+    train(TrainConfig(**{**cfg.__dict__, **still, "out": str(second), "steps": 1, "init": str(first / "last.pt")}))
+    (folded, _), (started, _) = load_network(first / "last.pt"), load_network(second / "last.pt")
+    x = torch.rand(1, 3, 20, 20)
+    with torch.no_grad():
+        torch.testing.assert_close(started(x), folded(x), rtol=0, atol=1e-6)
