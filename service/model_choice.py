@@ -7,6 +7,11 @@ quantisation tables, ``service.imageio.webp_quality`` from a WebP's VP8 frame he
 holds it; the clean model (``UPSCALER_CLEAN_MODEL``, ``fast`` by default) runs everything else: lossless inputs
 (PNG, BMP, TIFF, GIF, lossless WebP, 16-bit), HEIF and AVIF (their quantisers are not read), and lossy inputs of a
 quality no band covers (the bands end where the clean model is the better one).
+
+The clean model names a tier, and auto stays in it: the models for compressed inputs are those named after it
+(``quality-jpeg-q75`` is of the tier ``quality``), their bands measured against that clean model. A tier with no
+such models at a scale for a codec (``turbo``; ``quality`` at x3) borrows ``fast``'s, which every tier is measured
+against, rather than sending compressed inputs to a model made for clean ones.
 """
 
 from __future__ import annotations
@@ -18,9 +23,10 @@ from service.errors import BadParameter
 from service.imageio.decoding import Compression
 from service.model_files import ModelKey, ModelSpec
 
-__all__ = ["AUTO", "ModelChoice", "bands", "check_requested", "choose_model", "scales_of"]
+__all__ = ["AUTO", "ModelChoice", "bands", "check_requested", "choose_model", "scales_of", "tier_bands", "tier_of"]
 
 AUTO = "auto"
+BORROWED_TIER = "fast"  # whose models for compressed inputs a tier without its own uses
 
 
 @dataclass(frozen=True)
@@ -35,6 +41,23 @@ def bands(specs: Mapping[ModelKey, ModelSpec], scale: int, field: str) -> list[t
     return sorted(
         (*spec.card[field], key) for key, spec in specs.items() if key.scale == scale and spec.card.get(field)
     )
+
+
+def tier_of(variant: str) -> str:
+    """The tier a model belongs to: its name up to the first hyphen (``fast-jpeg-q75`` is ``fast``'s)."""
+    return variant.split("-", 1)[0]
+
+
+def tier_bands(
+    specs: Mapping[ModelKey, ModelSpec], scale: int, field: str, clean: str
+) -> list[tuple[int, int, ModelKey]]:
+    """The bands auto uses when ``clean`` is the clean model: its tier's own, else ``BORROWED_TIER``'s."""
+    found = bands(specs, scale, field)
+    for tier in (tier_of(clean), BORROWED_TIER):
+        own = [band for band in found if tier_of(band[2].variant) == tier]
+        if own:
+            return own
+    return []
 
 
 def check_requested(specs: Mapping[ModelKey, ModelSpec], requested: str, scale: int | None, clean: str) -> None:
@@ -62,7 +85,7 @@ def choose_model(
         return ModelChoice(ModelKey(requested, scale), "named in the request")
     if compression is None:
         return ModelChoice(ModelKey(clean, scale), "auto: not a lossy JPEG or WebP")
-    for low, high, key in bands(specs, scale, compression.band):
+    for low, high, key in tier_bands(specs, scale, compression.band, clean):
         if low <= compression.quality <= high:
             return ModelChoice(key, f"auto: {compression.describe()}")
     return ModelChoice(ModelKey(clean, scale), f"auto: {compression.describe()}, in no band")

@@ -35,7 +35,11 @@ class Settings(BaseSettings):
         description="model used when a request names none; auto: the one made for the input (a JPEG band's, or the "
         "clean model)",
     )
-    clean_model: str = Field("fast", description="the model auto runs for lossless inputs and JPEGs in no band")
+    clean_model: str = Field(
+        "fast",
+        description="the model auto runs for lossless inputs and lossy ones in no band; also the tier whose models "
+        "auto runs for compressed inputs (quality-jpeg-* for quality; fast's where a tier has none)",
+    )
     variants: list[str] = Field(default_factory=list, description="variants to load (empty = all found)")
     device: str = Field("auto", pattern="^(auto|cpu|cuda)$", description="auto: CUDA if ONNX Runtime has it")
     # fp16 is slower than fp32 on the GPUs measured, for these thin networks (bench/results/gpu.json).
