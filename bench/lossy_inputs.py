@@ -3,17 +3,20 @@ and bicubic.
 
     python -m bench.lossy_inputs [--data ../shared/datasets/Set5] [--scales 2 3 4] [--quick]
     python -m bench.lossy_inputs --data ../shared/datasets/{T91,BSD200,Sun-Hays80} --held-out BSD200 --crop 384
+    python -m bench.lossy_inputs ... --tier quality    # auto with UPSCALER_CLEAN_MODEL=quality
 
 The literature's protocol with the compression users' photos carry: each HR image is mod-cropped, shrunk with
 MATLAB bicubic, and that LR saved as JPEG by Pillow at quality q (4:2:0), as lossy WebP by Pillow at quality q
 (libwebp's defaults), or as PNG for the clean row. With ``--held-out``, the images are those training held out
 (every ``--holdout``-th of the ``--data`` folders, as ``model.train --holdout`` splits them) of the folders named,
 centre-cropped to ``--crop``: photos no shipped model trained on. Each file is sent to a real server
-(``python -m service``, default settings) twice: with no model named (``auto``) and with
-``model=fast`` (the clean model, what the service ran for every input before ``auto``); both answer PNG
+(``python -m service``, default settings but ``UPSCALER_CLEAN_MODEL=--tier``) twice: with no model named
+(``auto``) and naming the tier's clean model (``model=fast``, what the service ran for every input before
+``auto``; ``model=quality`` with ``--tier quality``); both answer PNG
 (``format=png``), so the figures measure the model and not a JPEG encoder on the way out. Y-PSNR against the HR,
 shave = scale; the baseline is bicubic upscaling of the same decoded (compressed) LR. Writes
-``bench/results/lossy-inputs-<data>.json``: the mean per scale and row, and the models ``auto`` ran (``X-Model``);
+``bench/results/lossy-inputs-<data>[-<tier>].json``: the mean per scale and row, and the models ``auto`` ran
+(``X-Model``);
 ``--quick`` prints the JSON instead (the tests run it on small images of their own).
 """
 
@@ -54,7 +57,9 @@ def upscaled(client: httpx.Client, data: bytes, scale: int, model: str | None) -
         return np.asarray(im.convert("RGB")), response.headers["x-model"]
 
 
-def measure(client: httpx.Client, images: list[np.ndarray], scale: int, fmt: str, quality: int | None) -> dict:
+def measure(
+    client: httpx.Client, images: list[np.ndarray], scale: int, fmt: str, quality: int | None, tier: str
+) -> dict:
     rows = []
     for img in images:
         hr = mod_crop(img, scale)
@@ -63,20 +68,20 @@ def measure(client: httpx.Client, images: list[np.ndarray], scale: int, fmt: str
             lr = np.asarray(im.convert("RGB"))  # what the server decodes
         y = rgb_to_y(hr)
         auto, ran = upscaled(client, data, scale, None)
-        fast, _ = upscaled(client, data, scale, "fast")
+        clean, _ = upscaled(client, data, scale, tier)
         rows.append(
             {
                 "bicubic": psnr(y, rgb_to_y(imresize(lr, scale)), shave=scale),
-                "fast": psnr(y, rgb_to_y(fast), shave=scale),
+                "clean": psnr(y, rgb_to_y(clean), shave=scale),
                 "auto": psnr(y, rgb_to_y(auto), shave=scale),
                 "model": ran,
             }
         )
-    means = {k: round(float(np.mean([r[k] for r in rows])), 3) for k in ("bicubic", "fast", "auto")}
+    means = {k: round(float(np.mean([r[k] for r in rows])), 3) for k in ("bicubic", "clean", "auto")}
     return {
         "lr": "clean (PNG)" if quality is None else f"{fmt.replace('WEBP', 'WebP')} q{quality}",
         **means,
-        "fast_gain": round(means["fast"] - means["bicubic"], 3),
+        "clean_gain": round(means["clean"] - means["bicubic"], 3),
         "auto_gain": round(means["auto"] - means["bicubic"], 3),
         "auto_ran": sorted({r["model"] for r in rows}),
     }
@@ -97,26 +102,30 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--holdout", type=int, default=10)
     p.add_argument("--crop", type=int, default=384)
     p.add_argument("--scales", type=int, nargs="+", default=[2, 3, 4])
+    p.add_argument("--tier", default="fast", help="the clean model auto runs (UPSCALER_CLEAN_MODEL), and its tier")
     p.add_argument("--quick", action="store_true", help="print the JSON, write nothing")
     args = p.parse_args(argv)
     name, images = load(args)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    result: dict = {"data": name, "images": len(images), "scales": {}}
+    result: dict = {"data": name, "images": len(images), "tier": args.tier, "scales": {}}
     if args.held_out:
         result["crop"] = args.crop
-    with running([sys.executable, "-m", "service"], {"UPSCALER_PORT": str(port)}, url):
+    env = {"UPSCALER_PORT": str(port), "UPSCALER_CLEAN_MODEL": args.tier}
+    with running([sys.executable, "-m", "service"], env, url):
         with httpx.Client(base_url=url, timeout=120) as client:
             for scale in args.scales:
-                result["scales"][str(scale)] = [measure(client, images, scale, fmt, q) for fmt, q in ROWS]
+                result["scales"][str(scale)] = [measure(client, images, scale, fmt, q, args.tier) for fmt, q in ROWS]
     for scale, rows in result["scales"].items():
         for r in rows:
-            line = f"x{scale} {r['lr']:<12} bicubic {r['bicubic']:.2f}  fast {r['fast']:.2f} ({r['fast_gain']:+.2f})"
-            print(f"{line}  auto {r['auto']:.2f} ({r['auto_gain']:+.2f}) {r['auto_ran']}", file=sys.stderr)
+            clean = f"{args.tier} {r['clean']:.2f} ({r['clean_gain']:+.2f})"
+            auto = f"auto {r['auto']:.2f} ({r['auto_gain']:+.2f}) {r['auto_ran']}"
+            print(f"x{scale} {r['lr']:<12} bicubic {r['bicubic']:.2f}  {clean}  {auto}", file=sys.stderr)
     if args.quick:
         print(json.dumps(result))
     else:
-        print("wrote", write_result(f"lossy-inputs-{name}", result))
+        suffix = "" if args.tier == "fast" else f"-{args.tier}"
+        print("wrote", write_result(f"lossy-inputs-{name}{suffix}", result))
 
 
 if __name__ == "__main__":
