@@ -14,7 +14,8 @@ quality of ``QUALITIES``. Each quality goes to the model with the best mean Y-PS
 qualities one model wins, its edges halfway between measured qualities, and the qualities the clean model wins are
 left to it. The qualities are those the service reads back from the files (for JPEG the encoder's own; for WebP the
 estimate from the frame header, ``service.imageio.webp_quality``, which lies within a point or two of the
-encoder's), so a band holds what ``auto`` will see. Writes ``bench/results/<codec>-bands-x<scale>.json`` with every
+encoder's), so a band holds what ``auto`` will see. Writes ``bench/results/<codec>-bands-x<scale>.json`` (with
+``-<clean>`` after it for a clean model other than ``fast``: another tier's bands) with every
 figure and the bands, which ``python -m export.to_onnx --evaluate MODEL --jpeg-band LOW HIGH`` (or
 ``--webp-band``) then records in each card.
 """
@@ -96,6 +97,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--measure-on", nargs="+", help="measure only the held-out images of these folders (names)")
     p.add_argument("--holdout", type=int, default=10)
     p.add_argument("--crop", type=int, default=384)
+    p.add_argument("--name", help="the result's file name (default <codec>-bands-x<scale>, -<tier> past fast's)")
     args = p.parse_args(argv)
     held_out = held_out_files(args.data, args.holdout, args.measure_on)
     images = [centre_crop(load_rgb(f), args.crop) for f in held_out]
@@ -116,7 +118,9 @@ def main(argv: list[str] | None = None) -> None:
         "psnr": {name: {str(q): round(v, 3) for q, v in row.items()} for name, row in table.items()},
         "bands": chosen,
     }
-    out = RESULTS / f"{args.codec}-bands-x{args.scale}.json"
+    clean = args.clean.stem.removesuffix(f"_x{args.scale}")  # a tier's bands are measured against its clean model
+    name = args.name or f"{args.codec}-bands-x{args.scale}" + ("" if clean == "fast" else f"-{clean}")
+    out = RESULTS / f"{name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(chosen), "->", out)
 
