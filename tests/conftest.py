@@ -24,13 +24,15 @@ from service.runtime.fsrcnn_kernels import instruction_sets, kernels_unavailable
 
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "export" / "models"
-# Every model shipped, at x2, x3 and x4: the two clean ones, the four for JPEG inputs and the one for WebP inputs
-# (docs/model.md).
-SHIPPED_VARIANTS = (
-    *("fast", "turbo"),
-    *("fast-jpeg-q30", "fast-jpeg-q50", "fast-jpeg-q75", "fast-jpeg-q90"),
-    "fast-webp-q50",
-    "quality",
+# Every model shipped (docs/model.md), as <variant>_x<scale>: at x2, x3 and x4 the three clean tiers, fast's four
+# models for JPEG inputs and its one for WebP inputs; at x2 the quality tier's three for JPEG inputs.
+SHIPPED_MODELS = (
+    *(
+        f"{variant}_x{scale}"
+        for variant in ("fast", "turbo", "quality", "fast-webp-q50", *(f"fast-jpeg-q{q}" for q in (30, 50, 75, 90)))
+        for scale in (2, 3, 4)
+    ),
+    *("quality-jpeg-q50_x2", "quality-jpeg-q75_x2", "quality-jpeg-q90_x2"),
 )
 DATASETS = ROOT.parent / "shared" / "datasets"
 # Tests of the native CPU kernels skip where they cannot run (no compiler at install, neither AVX2 nor AVX-512),

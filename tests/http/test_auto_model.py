@@ -23,11 +23,11 @@ def webp(quality: int, **params) -> bytes:
     return buf.getvalue()
 
 
-def served_bands(client, field: str) -> dict[tuple[int, int], str]:
-    """The x2 bands of the default tier (``fast``), the one auto stays in unless ``UPSCALER_CLEAN_MODEL`` says."""
+def served_bands(client, field: str, tier: str = "fast", scale: int = 2) -> dict[tuple[int, int], str]:
+    """The bands of a tier's models (``fast``: the one auto stays in unless ``UPSCALER_CLEAN_MODEL`` says)."""
     models = client.get("/v1/models").json()["models"]
-    ours = [m for m in models if m["scale"] == 2 and m[field] and tier_of(m["variant"]) == "fast"]
-    return {tuple(m[field]): f"{m['variant']}_x2" for m in ours}
+    ours = [m for m in models if m["scale"] == scale and m[field] and tier_of(m["variant"]) == tier]
+    return {tuple(m[field]): f"{m['variant']}_x{scale}" for m in ours}
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +44,8 @@ def webp_bands(client) -> dict[tuple[int, int], str]:
     return found
 
 
-def expected_model(bands: dict[tuple[int, int], str], quality: int) -> str:
-    return next((model for (low, high), model in bands.items() if low <= quality <= high), "fast_x2")
+def expected_model(bands: dict[tuple[int, int], str], quality: int, clean: str = "fast_x2") -> str:
+    return next((model for (low, high), model in bands.items() if low <= quality <= high), clean)
 
 
 def upscale(client, data: bytes, **params):
@@ -109,8 +109,14 @@ def test_the_quality_tier_is_served_by_name_at_every_scale(client):
         assert response.headers["x-model"] == f"quality_x{scale}"
 
 
-def test_the_clean_model_setting_makes_auto_run_the_quality_tier(tmp_path):
+def test_the_clean_model_setting_makes_auto_run_the_quality_tier_and_its_jpeg_models(tmp_path):
     png = encode_image(Image.fromarray(smooth_image(48, 40)))
     with serving(tmp_path, clean_model="quality") as (_, c):
         assert upscale(c, png).headers["x-model"] == "quality_x2"
         assert c.get("/v1/models").json()["clean_model"] == "quality"
+        own, borrowed = served_bands(c, "jpeg_quality", "quality"), served_bands(c, "jpeg_quality", scale=3)
+        assert own, "the quality tier has no JPEG models of its own at x2"
+        for quality in (30, 50, 75, 90):
+            assert upscale(c, jpeg(quality)).headers["x-model"] == expected_model(own, quality, "quality_x2")
+            ran = upscale(c, jpeg(quality), scale=3).headers["x-model"]
+            assert ran == expected_model(borrowed, quality, "quality_x3")  # fast's JPEG models: quality has none at x3

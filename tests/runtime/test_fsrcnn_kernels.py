@@ -14,9 +14,7 @@ from service.runtime import backends as backends_module
 from service.runtime import fsrcnn_kernels as native
 from service.runtime.engine import Engine, to_pixels
 from service.runtime.fsrcnn_kernels import NativeNetwork, kernels_unavailable
-from tests.conftest import MODELS, SHIPPED_VARIANTS, needs_kernels, on_every_isa
-
-SHIPPED = [f"{v}_x{s}" for v in SHIPPED_VARIANTS for s in (2, 3, 4)]  # the JPEG models too (x2 q75 is deep)
+from tests.conftest import MODELS, SHIPPED_MODELS, needs_kernels, on_every_isa
 
 
 def conv_reference(x: np.ndarray, w: np.ndarray, b: np.ndarray, slope: np.ndarray | None) -> np.ndarray:
@@ -83,7 +81,7 @@ def test_conv_reads_a_crop_of_a_larger_array_in_place(isa):
 
 
 @on_every_isa
-@pytest.mark.parametrize("model", SHIPPED)
+@pytest.mark.parametrize("model", SHIPPED_MODELS)  # the JPEG models too (x2 fast-jpeg-* are deep)
 def test_shipped_native_twins_compute_the_shipped_model(isa, model):
     net = NativeNetwork(MODELS / f"{model}_native.npz", isa=isa)
     assert net.isa == isa
