@@ -8,10 +8,11 @@ holds it; the clean model (``UPSCALER_CLEAN_MODEL``, ``fast`` by default) runs e
 (PNG, BMP, TIFF, GIF, lossless WebP, 16-bit), HEIF and AVIF (their quantisers are not read), and lossy inputs of a
 quality no band covers (the bands end where the clean model is the better one).
 
-The clean model names a tier, and auto stays in it: the models for compressed inputs are those named after it
-(``quality-jpeg-q75`` is of the tier ``quality``), their bands measured against that clean model. A tier with no
-such models at a scale for a codec (``turbo``; ``quality`` at x3) borrows ``fast``'s, which every tier is measured
-against, rather than sending compressed inputs to a model made for clean ones.
+The clean model names a tier, and auto stays in it: the models for compressed inputs are those named
+``<clean model>-...`` (``quality-jpeg-q75`` for ``quality``), their bands measured against that clean model. A tier
+with no such models at a scale for a codec (``turbo``; ``quality`` at x3, or for WebP) borrows those of ``fast``, the
+default, with the bands measured against ``fast``, rather than sending compressed inputs to a model made for clean
+ones. A model folder of one's own must name its models for compressed inputs that way for auto to run them.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from service.errors import BadParameter
 from service.imageio.decoding import Compression
 from service.model_files import ModelKey, ModelSpec
 
-__all__ = ["AUTO", "ModelChoice", "bands", "check_requested", "choose_model", "scales_of", "tier_bands", "tier_of"]
+__all__ = ["AUTO", "ModelChoice", "auto_band", "bands", "check_requested", "choose_model", "scales_of", "tier_bands"]
 
 AUTO = "auto"
 BORROWED_TIER = "fast"  # whose models for compressed inputs a tier without its own uses
@@ -43,21 +44,23 @@ def bands(specs: Mapping[ModelKey, ModelSpec], scale: int, field: str) -> list[t
     )
 
 
-def tier_of(variant: str) -> str:
-    """The tier a model belongs to: its name up to the first hyphen (``fast-jpeg-q75`` is ``fast``'s)."""
-    return variant.split("-", 1)[0]
-
-
 def tier_bands(
     specs: Mapping[ModelKey, ModelSpec], scale: int, field: str, clean: str
 ) -> list[tuple[int, int, ModelKey]]:
-    """The bands auto uses when ``clean`` is the clean model: its tier's own, else ``BORROWED_TIER``'s."""
+    """The bands auto uses when ``clean`` is the clean model: its own tier's (models named ``<clean>-...``), else
+    ``BORROWED_TIER``'s."""
     found = bands(specs, scale, field)
-    for tier in (tier_of(clean), BORROWED_TIER):
-        own = [band for band in found if tier_of(band[2].variant) == tier]
+    for tier in (clean, BORROWED_TIER):
+        own = [band for band in found if band[2].variant.startswith(f"{tier}-")]
         if own:
             return own
     return []
+
+
+def auto_band(specs: Mapping[ModelKey, ModelSpec], key: ModelKey, field: str, clean: str) -> list[int] | None:
+    """The ``[low, high]`` of ``field`` for which auto runs model ``key`` under the clean model ``clean``; None if
+    it never does (no band, or another tier's)."""
+    return next(([low, high] for low, high, other in tier_bands(specs, key.scale, field, clean) if other == key), None)
 
 
 def check_requested(specs: Mapping[ModelKey, ModelSpec], requested: str, scale: int | None, clean: str) -> None:

@@ -7,7 +7,7 @@ import pytest
 from service.errors import BadParameter
 from service.imageio.jpeg_quality import JpegQuality
 from service.imageio.webp_quality import WebpQuality
-from service.model_choice import bands, check_requested, choose_model
+from service.model_choice import auto_band, bands, check_requested, choose_model
 from service.model_files import ModelKey, ModelSpec
 
 
@@ -47,6 +47,7 @@ def choose(quality: int | None, exact: bool = True, scale: int = 2, requested: s
         (10, "fast-jpeg-low"),
         (40, "fast-jpeg-low"),
         (41, "fast-jpeg-mid"),
+        (65, "fast-jpeg-mid"),
         (75, "fast-jpeg-high"),
         (92, "fast-jpeg-high"),
     ],
@@ -97,8 +98,16 @@ def test_a_tier_with_jpeg_models_of_its_own_runs_only_those_and_its_clean_model(
 
 def test_a_tier_without_models_for_a_codec_or_scale_borrows_fasts():
     assert choose(30, clean="turbo").key == ModelKey("fast-jpeg-low", 2)
+    assert choose(50, clean="turbo").key == ModelKey("fast-jpeg-mid", 2)  # not quality's, though its band holds 50
+    assert choose(50, clean="quality-v2").key == ModelKey("fast-jpeg-mid", 2)  # a tier is the whole name, not a part
     assert webp(30, clean="quality").key == ModelKey("fast-webp-mid", 2)
     assert choose(50, scale=3, clean="quality").key == ModelKey("fast-jpeg-mid", 3)
+
+
+def test_auto_band_is_a_models_band_only_in_the_tier_that_runs_it():
+    assert auto_band(SPECS, ModelKey("quality-jpeg-mid", 2), "jpeg_quality", "quality") == [1, 70]
+    assert auto_band(SPECS, ModelKey("quality-jpeg-mid", 2), "jpeg_quality", "fast") is None
+    assert auto_band(SPECS, ModelKey("fast-jpeg-high", 2), "webp_quality", "quality") == [60, 85]  # borrowed
 
 
 def test_bands_are_listed_lowest_first_per_scale():

@@ -28,13 +28,17 @@ class ModelInfo(BaseModel):
         None, description="per JPEG quality of the LR: Set5 Y-PSNR of the model and of bicubic of the same JPEG"
     )
     jpeg_quality: list[int] | None = Field(
-        None, description="[low, high]: the JPEG qualities model=auto runs this model for; null: none"
+        None,
+        description="[low, high]: the JPEG qualities model=auto runs this model for under this server's clean model "
+        "(its tier); null: none",
     )
     set5_webp: dict[str, dict[str, float]] | None = Field(
         None, description="per WebP quality of the LR: Set5 Y-PSNR of the model and of bicubic of the same WebP"
     )
     webp_quality: list[int] | None = Field(
-        None, description="[low, high]: the lossy WebP qualities model=auto runs this model for; null: none"
+        None,
+        description="[low, high]: the lossy WebP qualities model=auto runs this model for under this server's clean "
+        "model (its tier); null: none",
     )
     precision: str
     kernels: str = Field(description="what runs the model: 'native' (the service's own CPU kernels) or 'onnxruntime'")

@@ -7,7 +7,6 @@ import pytest
 from PIL import Image
 
 from service.imageio.webp_quality import read_quality
-from service.model_choice import tier_of
 from tests.conftest import encode_image, serving, smooth_image
 
 
@@ -26,7 +25,7 @@ def webp(quality: int, **params) -> bytes:
 def served_bands(client, field: str, tier: str = "fast", scale: int = 2) -> dict[tuple[int, int], str]:
     """The bands of a tier's models (``fast``: the one auto stays in unless ``UPSCALER_CLEAN_MODEL`` says)."""
     models = client.get("/v1/models").json()["models"]
-    ours = [m for m in models if m["scale"] == scale and m[field] and tier_of(m["variant"]) == tier]
+    ours = [m for m in models if m["scale"] == scale and m[field] and m["variant"].startswith(f"{tier}-")]
     return {tuple(m[field]): f"{m['variant']}_x{scale}" for m in ours}
 
 
@@ -100,6 +99,7 @@ def test_models_lists_auto_as_the_default_and_each_models_band(client, bands):
     body = client.get("/v1/models").json()
     assert body["default_model"] == "auto" and body["clean_model"] == "fast"
     assert all(high >= low for low, high in bands)
+    assert not served_bands(client, "jpeg_quality", "quality"), "another tier's bands are not what auto runs here"
 
 
 def test_the_quality_tier_is_served_by_name_at_every_scale(client):
@@ -115,8 +115,9 @@ def test_the_clean_model_setting_makes_auto_run_the_quality_tier_and_its_jpeg_mo
         assert upscale(c, png).headers["x-model"] == "quality_x2"
         assert c.get("/v1/models").json()["clean_model"] == "quality"
         own, borrowed = served_bands(c, "jpeg_quality", "quality"), served_bands(c, "jpeg_quality", scale=3)
-        assert own, "the quality tier has no JPEG models of its own at x2"
-        for quality in (30, 50, 75, 90):
+        assert own and borrowed, "the quality tier has no JPEG models of its own at x2, or fast none at x3"
+        assert not served_bands(c, "jpeg_quality"), "fast's x2 JPEG bands are listed though auto does not use them"
+        for quality in (30, 50, 75, 90, 98):
             assert upscale(c, jpeg(quality)).headers["x-model"] == expected_model(own, quality, "quality_x2")
             ran = upscale(c, jpeg(quality), scale=3).headers["x-model"]
             assert ran == expected_model(borrowed, quality, "quality_x3")  # fast's JPEG models: quality has none at x3

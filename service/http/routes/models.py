@@ -7,6 +7,8 @@ from fastapi import APIRouter
 from service.errors import NotReady
 from service.http.dependencies import State
 from service.http.schemas import ModelInfo, ModelsResponse
+from service.model_choice import auto_band
+from service.model_files import ModelKey
 
 __all__ = ["router"]
 
@@ -18,7 +20,7 @@ async def models(state: State) -> ModelsResponse:
     """The variants and scales served, their model-card facts and the execution provider in use."""
     if state.engine is None:
         raise NotReady("models are still loading")
-    eng = state.engine
+    eng, clean = state.engine, state.settings.clean_model
     infos = [
         ModelInfo(
             variant=v,
@@ -29,9 +31,9 @@ async def models(state: State) -> ModelsResponse:
             trained=spec.card.get("trained", False),
             set5=spec.card.get("set5"),
             set5_jpeg=spec.card.get("set5_jpeg"),
-            jpeg_quality=spec.card.get("jpeg_quality"),
+            jpeg_quality=auto_band(eng.specs, ModelKey(v, sc), "jpeg_quality", clean),
             set5_webp=spec.card.get("set5_webp"),
-            webp_quality=spec.card.get("webp_quality"),
+            webp_quality=auto_band(eng.specs, ModelKey(v, sc), "webp_quality", clean),
             precision="fp16" if eng.fp16 else "fp32",
             kernels=eng.kernels((v, sc)),
             instruction_set=eng.instruction_set((v, sc)),
@@ -40,7 +42,7 @@ async def models(state: State) -> ModelsResponse:
     ]
     return ModelsResponse(
         default_model=state.settings.default_model,
-        clean_model=state.settings.clean_model,
+        clean_model=clean,
         provider=eng.provider,
         device=state.device,
         device_reason=state.device_reason,
