@@ -143,6 +143,18 @@ def test_lossy_input_benchmark_sends_each_row_to_the_model_of_its_band(tmp_path,
         assert row["auto_ran"] == sorted(expected), row
 
 
+def test_lossy_input_benchmark_measures_another_tier_against_its_own_clean_model(tmp_path, capsys):
+    from bench import lossy_inputs
+
+    Image.fromarray(smooth_image(64, 72)).save(tmp_path / "0.png")
+    lossy_inputs.main(["--quick", "--data", str(tmp_path), "--scales", "2", "--tier", "quality"])
+    result = json.loads(capsys.readouterr().out)
+    rows = {row["lr"]: row for row in result["scales"]["2"]}
+    assert result["tier"] == "quality" and rows["clean (PNG)"]["auto_ran"] == ["quality_x2"]
+    assert rows["clean (PNG)"]["clean"] == rows["clean (PNG)"]["auto"]  # auto ran the tier's clean model
+    assert rows["JPEG q50"]["auto_ran"][0].startswith("quality-jpeg-")
+
+
 def test_mixed_traffic_benchmark_sends_every_case_to_every_scheduler(capsys):
     result = mixed_traffic.main(["--quick"])
     assert [run["scheduling"] for run in result["runs"]] == list(mixed_traffic.SCHEDULERS)
