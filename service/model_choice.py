@@ -24,7 +24,7 @@ from service.errors import BadParameter
 from service.imageio.decoding import Compression
 from service.model_files import ModelKey, ModelSpec
 
-__all__ = ["AUTO", "ModelChoice", "auto_band", "bands", "check_requested", "choose_model", "scales_of", "tier_bands"]
+__all__ = ["AUTO", "ModelChoice", "auto_bands", "bands", "check_requested", "choose_model", "scales_of", "tier_bands"]
 
 AUTO = "auto"
 BORROWED_TIER = "fast"  # whose models for compressed inputs a tier without its own uses
@@ -57,10 +57,11 @@ def tier_bands(
     return []
 
 
-def auto_band(specs: Mapping[ModelKey, ModelSpec], key: ModelKey, field: str, clean: str) -> list[int] | None:
-    """The ``[low, high]`` of ``field`` for which auto runs model ``key`` under the clean model ``clean``; None if
-    it never does (no band, or another tier's)."""
-    return next(([low, high] for low, high, other in tier_bands(specs, key.scale, field, clean) if other == key), None)
+def auto_bands(specs: Mapping[ModelKey, ModelSpec], field: str, clean: str) -> dict[ModelKey, list[int]]:
+    """``{model: [low, high]}`` of ``field`` at every scale: the qualities auto runs each model for under the clean
+    model ``clean`` (a model with no band, or another tier's, is absent)."""
+    scales = {key.scale for key in specs}
+    return {key: [low, high] for scale in scales for low, high, key in tier_bands(specs, scale, field, clean)}
 
 
 def check_requested(specs: Mapping[ModelKey, ModelSpec], requested: str, scale: int | None, clean: str) -> None:

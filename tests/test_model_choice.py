@@ -7,7 +7,7 @@ import pytest
 from service.errors import BadParameter
 from service.imageio.jpeg_quality import JpegQuality
 from service.imageio.webp_quality import WebpQuality
-from service.model_choice import auto_band, bands, check_requested, choose_model
+from service.model_choice import auto_bands, bands, check_requested, choose_model
 from service.model_files import ModelKey, ModelSpec
 
 
@@ -104,10 +104,10 @@ def test_a_tier_without_models_for_a_codec_or_scale_borrows_fasts():
     assert choose(50, scale=3, clean="quality").key == ModelKey("fast-jpeg-mid", 3)
 
 
-def test_auto_band_is_a_models_band_only_in_the_tier_that_runs_it():
-    assert auto_band(SPECS, ModelKey("quality-jpeg-mid", 2), "jpeg_quality", "quality") == [1, 70]
-    assert auto_band(SPECS, ModelKey("quality-jpeg-mid", 2), "jpeg_quality", "fast") is None
-    assert auto_band(SPECS, ModelKey("fast-jpeg-high", 2), "webp_quality", "quality") == [60, 85]  # borrowed
+def test_auto_bands_list_a_models_band_only_in_the_tier_that_runs_it():
+    assert auto_bands(SPECS, "jpeg_quality", "quality").get(ModelKey("quality-jpeg-mid", 2)) == [1, 70]
+    assert auto_bands(SPECS, "jpeg_quality", "fast").get(ModelKey("quality-jpeg-mid", 2)) is None
+    assert auto_bands(SPECS, "webp_quality", "quality").get(ModelKey("fast-jpeg-high", 2)) == [60, 85]  # borrowed
 
 
 def test_bands_are_listed_lowest_first_per_scale():

@@ -7,7 +7,7 @@ from fastapi import APIRouter
 from service.errors import NotReady
 from service.http.dependencies import State
 from service.http.schemas import ModelInfo, ModelsResponse
-from service.model_choice import auto_band
+from service.model_choice import auto_bands
 from service.model_files import ModelKey
 
 __all__ = ["router"]
@@ -21,6 +21,7 @@ async def models(state: State) -> ModelsResponse:
     if state.engine is None:
         raise NotReady("models are still loading")
     eng, clean = state.engine, state.settings.clean_model
+    jpeg_bands, webp_bands = (auto_bands(eng.specs, field, clean) for field in ("jpeg_quality", "webp_quality"))
     infos = [
         ModelInfo(
             variant=v,
@@ -31,9 +32,9 @@ async def models(state: State) -> ModelsResponse:
             trained=spec.card.get("trained", False),
             set5=spec.card.get("set5"),
             set5_jpeg=spec.card.get("set5_jpeg"),
-            jpeg_quality=auto_band(eng.specs, ModelKey(v, sc), "jpeg_quality", clean),
+            jpeg_quality=jpeg_bands.get(ModelKey(v, sc)),
             set5_webp=spec.card.get("set5_webp"),
-            webp_quality=auto_band(eng.specs, ModelKey(v, sc), "webp_quality", clean),
+            webp_quality=webp_bands.get(ModelKey(v, sc)),
             precision="fp16" if eng.fp16 else "fp32",
             kernels=eng.kernels((v, sc)),
             instruction_set=eng.instruction_set((v, sc)),
